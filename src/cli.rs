@@ -1,0 +1,193 @@
+//! Command-line definitions: raw input, parsed by clap. Values that have a shape (durations,
+//! port ranges, addresses) are parsed here with the same types the config file uses.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Addr, Affinity, Dur, PortList, Probability};
+
+/// Monitor network performance and load-balance HTTP and UDP, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "netpulse", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start everything from one config (with no file: the classic lab on 127.0.0.1)
+    Up(UpArgs),
+    /// Run mock backends: HTTP servers that name their port, or classic UDP ping servers
+    #[command(subcommand)]
+    Serve(ServeCommand),
+    /// Run a balancer from flags, or the balancers of a config file
+    Balance(BalanceArgs),
+    /// Ping a classic UDP ping server (or a balancer in front of some)
+    UdpPing(UdpPingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// TOML config; see examples/netpulse.toml (omit for the embedded default)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// No access-log lines
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand {
+    /// HTTP/1.1 backends answering "Handled by server on port N"
+    Http(ServeHttpArgs),
+    /// UDP ping servers replying with the datagram upper-cased
+    Udp(ServeUdpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeHttpArgs {
+    /// Ports: a range (8001-8004), a list (8001,8003) or repeated
+    #[arg(
+        long = "ports",
+        visible_alias = "port",
+        short = 'p',
+        required = true,
+        value_name = "PORTS"
+    )]
+    pub ports: Vec<PortList>,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// No line per request
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeUdpArgs {
+    /// Ports: a range (2526-2528), a list (2526,2528) or repeated
+    #[arg(
+        long = "ports",
+        visible_alias = "port",
+        short = 'p',
+        required = true,
+        value_name = "PORTS"
+    )]
+    pub ports: Vec<PortList>,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Probability of dropping a request, from 0 to 1 (the classic lab: 0.36)
+    #[arg(long, default_value = "0", value_name = "P")]
+    pub loss: Probability,
+    /// Seed for the simulated loss, to make it reproducible
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// No line per datagram
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BalanceArgs {
+    /// Run the balancers of this config file (its [serve] section is ignored)
+    #[arg(long, short = 'c', value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
+    /// No access-log lines
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub kind: Option<BalanceKind>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BalanceKind {
+    /// HTTP/1.1 reverse proxy
+    Http(BalanceHttpArgs),
+    /// UDP datagram balancer
+    Udp(BalanceUdpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BalanceHttpArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8000
+    #[arg(long, short = 'l', value_name = "ADDR")]
+    pub listen: Addr,
+    /// Backend address; repeat it or separate with commas
+    #[arg(
+        long = "backend",
+        short = 'b',
+        required = true,
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub backends: Vec<Addr>,
+    /// Time to connect to a backend before answering 504
+    #[arg(long, default_value_t = config::default_connect_timeout(), value_name = "DUR")]
+    pub connect_timeout: Dur,
+    /// Time for a backend to start its response before answering 504
+    #[arg(long, default_value_t = config::default_http_timeout(), value_name = "DUR")]
+    pub timeout: Dur,
+    /// Client connections served at once
+    #[arg(long, default_value_t = config::default_max_connections(), value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_connections: usize,
+    /// Worker threads (default: one per core)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub workers: Option<usize>,
+    /// No access-log lines
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BalanceUdpArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8888
+    #[arg(long, short = 'l', value_name = "ADDR")]
+    pub listen: Addr,
+    /// Backend address; repeat it or separate with commas
+    #[arg(
+        long = "backend",
+        short = 'b',
+        required = true,
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub backends: Vec<Addr>,
+    /// none: every datagram to the next backend; client: pin each client address to one backend
+    #[arg(long, value_enum, default_value = "none")]
+    pub affinity: Affinity,
+    /// Client flows held at once (least recently used one evicted)
+    #[arg(long, default_value_t = config::default_max_flows(), value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_flows: usize,
+    /// A flow idle this long is closed
+    #[arg(long, default_value_t = config::default_flow_idle(), value_name = "DUR")]
+    pub flow_idle_timeout: Dur,
+    /// No access-log lines
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UdpPingArgs {
+    /// Server or balancer host name or IP
+    pub host: String,
+    /// Its UDP port
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Pings to send
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Time to wait for each reply (e.g. 1s, 250ms)
+    #[arg(short = 'W', long, default_value = "1s", value_name = "DUR")]
+    pub timeout: Dur,
+    /// Least time between sends in seconds (default: next ping once the last is answered or timed out)
+    #[arg(short = 'i', long, default_value = "0", value_name = "SECS")]
+    pub interval: Dur,
+}

@@ -1,0 +1,400 @@
+//! Runs a parsed command line: every long-running command becomes a [`Config`] and goes through
+//! one start-up path, so `up`, `serve` and `balance` bind, report and stop the same way.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::{BalanceArgs, BalanceKind, Cli, Command, ServeCommand, UdpPingArgs};
+use crate::config::{
+    Backends, BalanceConfig, Config, ConfigError, HttpBalancerConfig, PortList, ServeConfig,
+    ServeHttpConfig, ServeUdpConfig, UdpBalancerConfig,
+};
+use crate::log::Log;
+use crate::net::DRAIN_TIMEOUT;
+use crate::proxy::http::HttpBalancer;
+use crate::proxy::udp::UdpBalancer;
+use crate::serve::http::HttpServers;
+use crate::serve::ping::{self, PingPlan};
+use crate::serve::udp::UdpServers;
+
+/// Bad usage that clap could not see (exit code 2, like a bad flag).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// Runs the command and maps the outcome to an exit code: 0 success, 1 failure, 2 bad usage.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netpulse: {e:#}");
+            let usage = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => {
+            let config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => Config::embedded_default(),
+            };
+            start(config, log(args.quiet), None)
+        }
+        Command::Serve(ServeCommand::Http(a)) => {
+            let serve = ServeConfig {
+                http: Some(ServeHttpConfig {
+                    bind: a.bind,
+                    ports: ports(a.ports)?,
+                }),
+                udp: None,
+            };
+            start(
+                Config {
+                    serve,
+                    ..Config::default()
+                },
+                log(a.quiet),
+                None,
+            )
+        }
+        Command::Serve(ServeCommand::Udp(a)) => {
+            let udp = ServeUdpConfig {
+                bind: a.bind,
+                ports: ports(a.ports)?,
+                loss: a.loss,
+                seed: a.seed,
+            };
+            let serve = ServeConfig {
+                http: None,
+                udp: Some(udp),
+            };
+            start(
+                Config {
+                    serve,
+                    ..Config::default()
+                },
+                log(a.quiet),
+                None,
+            )
+        }
+        Command::Balance(args) => balance(args),
+        Command::UdpPing(args) => udp_ping(&args),
+    }
+}
+
+fn log(quiet: bool) -> Log {
+    if quiet {
+        Log::disabled()
+    } else {
+        Log::stdout()
+    }
+}
+
+/// Joins repeated `--ports` values into one checked list.
+fn ports(lists: Vec<PortList>) -> Result<PortList> {
+    PortList::checked(lists.into_iter().flat_map(|l| l.0).collect())
+        .map_err(|e| UsageError(e).into())
+}
+
+fn balance(args: BalanceArgs) -> Result<ExitCode> {
+    let (balance, quiet, workers) = match args.kind {
+        None => {
+            let path = args
+                .config
+                .context("give --config FILE, or `balance http` / `balance udp` with flags")?;
+            let config = Config::load(&path)?;
+            if config.balance.http.is_empty() && config.balance.udp.is_empty() {
+                return Err(UsageError(format!(
+                    "{} has no [[balance.http]] or [[balance.udp]] table",
+                    path.display()
+                ))
+                .into());
+            }
+            (config.balance, args.quiet, None)
+        }
+        Some(BalanceKind::Http(a)) => {
+            let http = HttpBalancerConfig {
+                name: "http".into(),
+                listen: a.listen,
+                backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+                connect_timeout: a.connect_timeout,
+                timeout: a.timeout,
+                max_connections: a.max_connections,
+                pool_max_idle: crate::config::default_pool_idle(),
+                access_log: true,
+            };
+            (
+                BalanceConfig {
+                    http: vec![http],
+                    udp: vec![],
+                },
+                a.quiet,
+                a.workers,
+            )
+        }
+        Some(BalanceKind::Udp(a)) => {
+            let udp = UdpBalancerConfig {
+                name: "udp".into(),
+                listen: a.listen,
+                backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+                affinity: a.affinity,
+                max_flows: a.max_flows,
+                flow_idle_timeout: a.flow_idle_timeout,
+                access_log: true,
+            };
+            (
+                BalanceConfig {
+                    http: vec![],
+                    udp: vec![udp],
+                },
+                a.quiet,
+                None,
+            )
+        }
+    };
+    let config = Config {
+        serve: ServeConfig::default(),
+        balance,
+    };
+    // Flag-built configs get the same cross-table checks as files.
+    let config = Config::parse("", "flags").map(|_| config)?;
+    start(config, log(quiet), workers)
+}
+
+fn udp_ping(args: &UdpPingArgs) -> Result<ExitCode> {
+    let target = resolve(&args.host, args.port)?;
+    let label = format!("{}:{}", args.host, args.port);
+    let plan = PingPlan {
+        target,
+        label,
+        count: args.count,
+        timeout: args.timeout.0,
+        interval: args.interval.0,
+    };
+    let summary = ping::run(&plan, &mut std::io::stdout().lock()).context("udp-ping")?;
+    Ok(if summary.received > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Resolves `host` (a name or an IP), preferring IPv4 as the classic tools do.
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| UsageError(format!("cannot resolve host '{host}': {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| UsageError(format!("host '{host}' has no address")).into())
+}
+
+/// Everything a config asks for, bound but not yet running.
+struct Bound {
+    http_servers: Option<HttpServers>,
+    udp_servers: Option<UdpServers>,
+    http: Vec<HttpBalancer>,
+    udp: Vec<UdpBalancer>,
+    banner: String,
+}
+
+/// Binds every socket first (so a busy port fails the start with its address), prints what
+/// listens where, runs until Ctrl-C or SIGTERM, then stops cleanly.
+fn start(config: Config, log: Log, workers: Option<usize>) -> Result<ExitCode> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("netpulse-worker");
+    if let Some(n) = workers {
+        rt.worker_threads(n);
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    let bound = rt.block_on(async { bind(&config, &log) })?;
+    print!("{}", bound.banner);
+    rt.block_on(serve(bound))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bind(config: &Config, log: &Log) -> Result<Bound> {
+    let mut banner = String::from("netpulse is up:\n");
+    let mut tries = Vec::new();
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let http_servers = match &config.serve.http {
+        Some(h) => {
+            let s = HttpServers::bind(h.bind, &h.ports.0, log.clone())?;
+            let addrs = s.addrs();
+            let _ = writeln!(banner, "  http backends  {}", list(&addrs));
+            tries.push(format!("curl http://{}/", addrs[0]));
+            Some(s)
+        }
+        None => None,
+    };
+    let udp_servers = match &config.serve.udp {
+        Some(u) => {
+            let s = UdpServers::bind(u.bind, &u.ports.0, u.loss.0, u.seed, log.clone())?;
+            let addrs = s.addrs();
+            let _ = writeln!(
+                banner,
+                "  udp servers    {} (simulated loss {}%)",
+                list(&addrs),
+                u.loss.0 * 100.0
+            );
+            tries.push(format!(
+                "netpulse udp-ping {} {}",
+                addrs[0].ip(),
+                addrs[0].port()
+            ));
+            Some(s)
+        }
+        None => None,
+    };
+    let mut http = Vec::new();
+    for c in &config.balance.http {
+        let b = HttpBalancer::bind(c, log.clone())?;
+        let at = b.local_addr()?;
+        let _ = writeln!(
+            banner,
+            "  http balancer  \"{}\" on {at} -> {} (round-robin)",
+            c.name,
+            list(&c.backends.0)
+        );
+        tries.insert(0, format!("curl http://{at}/"));
+        http.push(b);
+    }
+    let mut udp = Vec::new();
+    for c in &config.balance.udp {
+        let b = UdpBalancer::bind(c, log.clone())?;
+        let at = b.local_addr()?;
+        let how = match c.affinity {
+            crate::config::Affinity::None => "round-robin per datagram",
+            crate::config::Affinity::Client => "round-robin, pinned per client",
+        };
+        let _ = writeln!(
+            banner,
+            "  udp balancer   \"{}\" on {at} -> {} ({how})",
+            c.name,
+            list(&c.backends.0)
+        );
+        tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
+        udp.push(b);
+    }
+    if tries.is_empty() {
+        return Err(UsageError(
+            "nothing to run: the config has no [serve] or [balance] section".into(),
+        )
+        .into());
+    }
+    tries.sort_by_key(|t| !t.starts_with("curl"));
+    tries.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
+    banner.push_str("try:\n");
+    for t in tries {
+        let _ = writeln!(banner, "  {t}");
+    }
+    banner.push_str("Ctrl-C stops it.\n");
+    Ok(Bound {
+        http_servers,
+        udp_servers,
+        http,
+        udp,
+        banner,
+    })
+}
+
+async fn serve(bound: Bound) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    if let Some(s) = bound.http_servers {
+        let rx = stop_rx.clone();
+        tasks.spawn(async move { s.run(rx).await.context("http backends") });
+    }
+    for b in bound.http {
+        let (rx, name) = (stop_rx.clone(), b.name().to_string());
+        tasks.spawn(async move {
+            b.run(rx)
+                .await
+                .with_context(|| format!("http balancer \"{name}\""))
+        });
+    }
+    let mut threads = Vec::new();
+    if let Some(s) = bound.udp_servers {
+        for t in s
+            .spawn(stop_rx.clone())
+            .context("cannot start udp servers")?
+        {
+            threads.push(("udp server".to_string(), t));
+        }
+    }
+    for b in bound.udp {
+        let name = format!("udp balancer \"{}\"", b.name());
+        let t = b
+            .spawn(stop_rx.clone())
+            .with_context(|| format!("cannot start {name}"))?;
+        tasks.spawn_blocking(move || match t.join() {
+            Ok(r) => r.map(drop).with_context(|| name.clone()),
+            Err(_) => Err(anyhow::anyhow!("{name} crashed")),
+        });
+    }
+    for (name, t) in threads {
+        tasks.spawn_blocking(move || match t.join() {
+            Ok(r) => r.with_context(|| name.clone()),
+            Err(_) => Err(anyhow::anyhow!("{name} crashed")),
+        });
+    }
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(done) = tasks.join_next() => {
+            failure = Some(done.map_err(anyhow::Error::from).and_then(|r| r).err()
+                .unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly")));
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                failure.get_or_insert(e);
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "netpulse: some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway"
+        );
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,594 @@
+//! Validated configuration: the TOML file format, its embedded default, and the value types
+//! (durations, port lists, probabilities) shared with the command-line flags.
+//!
+//! Everything is checked while it is deserialized, so a bad value is reported by the TOML parser
+//! with its line, column and field name.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+/// The configuration `netpulse up` runs when given no file: the classic lab on 127.0.0.1.
+pub const DEFAULT_CONFIG: &str = include_str!("../examples/netpulse.toml");
+
+/// A problem with a configuration file or a flag value; always reported as bad usage.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mock backends to start.
+    #[serde(default)]
+    pub serve: ServeConfig,
+    /// Balancers to start.
+    #[serde(default)]
+    pub balance: BalanceConfig,
+}
+
+/// `[serve]`: mock backends.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    pub http: Option<ServeHttpConfig>,
+    pub udp: Option<ServeUdpConfig>,
+}
+
+/// `[serve.http]`: HTTP backends that answer with their port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeHttpConfig {
+    #[serde(default = "loopback")]
+    pub bind: IpAddr,
+    pub ports: PortList,
+}
+
+/// `[serve.udp]`: classic UDP ping servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeUdpConfig {
+    #[serde(default = "loopback")]
+    pub bind: IpAddr,
+    pub ports: PortList,
+    #[serde(default)]
+    pub loss: Probability,
+    pub seed: Option<u64>,
+}
+
+/// `[balance]`: `[[balance.http]]` and `[[balance.udp]]` tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    #[serde(default)]
+    pub http: Vec<HttpBalancerConfig>,
+    #[serde(default)]
+    pub udp: Vec<UdpBalancerConfig>,
+}
+
+/// One HTTP reverse proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpBalancerConfig {
+    #[serde(default = "default_http_name")]
+    pub name: String,
+    pub listen: Addr,
+    pub backends: Backends,
+    /// Time allowed to open a connection to a backend (502 when exceeded).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time allowed for a backend to start its response (504 when exceeded).
+    #[serde(default = "default_http_timeout")]
+    pub timeout: Dur,
+    /// Client connections served at once; further clients wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Idle keep-alive connections kept per backend.
+    #[serde(default = "default_pool_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+/// One UDP balancer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpBalancerConfig {
+    #[serde(default = "default_udp_name")]
+    pub name: String,
+    pub listen: Addr,
+    pub backends: Backends,
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// Client flows (each with its own upstream socket) held at once; the least recently used
+    /// one is evicted to admit a new client.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+    /// A flow with no traffic for this long is closed.
+    #[serde(default = "default_flow_idle")]
+    pub flow_idle_timeout: Dur,
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+/// How a UDP balancer maps datagrams to backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// Every datagram goes to the next backend in the rotation (the classic lab).
+    #[default]
+    None,
+    /// A client address is pinned to the backend its first datagram went to.
+    Client,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn yes() -> bool {
+    true
+}
+fn default_http_name() -> String {
+    "http".into()
+}
+fn default_udp_name() -> String {
+    "udp".into()
+}
+/// Default connect timeout to an HTTP backend.
+pub fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+/// Default time for an HTTP backend to begin its response.
+pub fn default_http_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+/// Default bound on concurrent client connections per HTTP balancer.
+pub fn default_max_connections() -> usize {
+    10_000
+}
+/// Default idle connections pooled per HTTP backend.
+pub fn default_pool_idle() -> usize {
+    256
+}
+/// Default bound on UDP flows per balancer.
+pub fn default_max_flows() -> usize {
+    4096
+}
+/// Default idle timeout of a UDP flow.
+pub fn default_flow_idle() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl Config {
+    /// Parses and validates TOML text; `origin` names it in errors (a path, or "embedded default").
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: origin.to_string(),
+            message: describe_toml_error(&e, text),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// The embedded default (the classic lab).
+    pub fn embedded_default() -> Self {
+        // The default is part of the binary and covered by a unit test; failing here is a bug.
+        Self::parse(DEFAULT_CONFIG, "embedded default").expect("embedded default config is valid")
+    }
+
+    /// Checks that span several tables.
+    fn check(&self) -> Result<(), String> {
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        let tcp = self
+            .balance
+            .http
+            .iter()
+            .map(|b| (b.listen.0, b.name.as_str(), "tcp"));
+        let udp = self
+            .balance
+            .udp
+            .iter()
+            .map(|b| (b.listen.0, b.name.as_str(), "udp"));
+        let mut by_proto: Vec<(SocketAddr, &str, &str)> = tcp.chain(udp).collect();
+        if let Some(h) = &self.serve.http {
+            by_proto.extend(
+                h.ports
+                    .0
+                    .iter()
+                    .map(|&p| (SocketAddr::new(h.bind, p), "serve.http", "tcp")),
+            );
+        }
+        if let Some(u) = &self.serve.udp {
+            by_proto.extend(
+                u.ports
+                    .0
+                    .iter()
+                    .map(|&p| (SocketAddr::new(u.bind, p), "serve.udp", "udp")),
+            );
+        }
+        for proto in ["tcp", "udp"] {
+            seen.clear();
+            for &(addr, who, _) in by_proto.iter().filter(|x| x.2 == proto) {
+                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+                    return Err(format!(
+                        "{who} and {other} both listen on {proto} {addr}; give each its own address"
+                    ));
+                }
+                seen.push((addr, who));
+            }
+        }
+        for b in &self.balance.udp {
+            let v4 = b.backends.0[0].is_ipv4();
+            if b.backends.0.iter().any(|a| a.is_ipv4() != v4) {
+                return Err(format!(
+                    "balance.udp \"{}\": backends mix IPv4 and IPv6; use one family per balancer",
+                    b.name
+                ));
+            }
+            if b.max_flows == 0 {
+                return Err(format!(
+                    "balance.udp \"{}\": max_flows must be at least 1",
+                    b.name
+                ));
+            }
+        }
+        for b in &self.balance.http {
+            if b.max_connections == 0 {
+                return Err(format!(
+                    "balance.http \"{}\": max_connections must be at least 1",
+                    b.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Shortens the TOML parser's multi-line report to `line N, column M: message (near `text`)`.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim_end_matches('\n');
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let near = text[span.start.min(text.len())..span.end.min(text.len())].trim();
+            let near: String = near.chars().take(60).collect();
+            if near.is_empty() {
+                format!("line {line}, column {column}: {message}")
+            } else {
+                format!("line {line}, column {column}: {message} (at `{near}`)")
+            }
+        }
+        None => message.to_string(),
+    }
+}
+
+/// A duration written like `"1s"`, `"250ms"`, `"1.5s"`, `"2m"`, `"100us"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Dur)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_secs_f64() * 1000.0;
+        if ms >= 1000.0 {
+            write!(f, "{}s", ms / 1000.0)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// Parses a duration with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("'{s}' is not a duration; write it like \"1s\", \"250ms\" or \"1.5s\"")
+    })?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "'{s}' has unknown unit '{other}'; use ns, us, ms, s, m or h"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("'{s}' is too long a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A list of ports from specs like `8001-8004`, `8001,8003` or `8001` (repeatable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+impl FromStr for PortList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut ports = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            ports.extend(parse_port_range(part)?);
+        }
+        Ok(PortList(ports))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortList {
+    /// Accepts `"8001-8004"`, `8001`, or an array of either.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum One {
+            Port(i64),
+            Spec(String),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(One),
+            Many(Vec<One>),
+        }
+        let parts = match Raw::deserialize(d)? {
+            Raw::One(one) => vec![one],
+            Raw::Many(many) => many,
+        };
+        let mut ports = Vec::new();
+        for part in parts {
+            let spec = match part {
+                One::Port(p) => p.to_string(),
+                One::Spec(s) => s,
+            };
+            ports.extend(spec.parse::<PortList>().map_err(de::Error::custom)?.0);
+        }
+        PortList::checked(ports).map_err(de::Error::custom)
+    }
+}
+
+impl PortList {
+    /// Rejects an empty list and repeated ports.
+    pub fn checked(ports: Vec<u16>) -> Result<Self, String> {
+        if ports.is_empty() {
+            return Err("no ports given; write them like \"8001-8004\"".into());
+        }
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("port {} is listed twice", w[0]));
+        }
+        Ok(PortList(ports))
+    }
+}
+
+/// `8001` or `8001-8004` (inclusive; the start must not exceed the end; port 0 is refused).
+pub fn parse_port_range(s: &str) -> Result<Vec<u16>, String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("'{}' is not a port (1-65535)", p.trim())),
+            Ok(n) => Ok(n),
+        }
+    };
+    match s.split_once('-') {
+        None => Ok(vec![port(s)?]),
+        Some((a, b)) => {
+            let (lo, hi) = (port(a)?, port(b)?);
+            if lo > hi {
+                return Err(format!("port range {s} runs backwards; write {hi}-{lo}"));
+            }
+            Ok((lo..=hi).collect())
+        }
+    }
+}
+
+/// A socket address written `IP:PORT` (IPv6 as `[::1]:8000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Addr(pub SocketAddr);
+
+impl FromStr for Addr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let addr: SocketAddr = s.trim().parse().map_err(|_| {
+            format!("'{s}' is not an address; write IP:PORT like 127.0.0.1:8001 or [::1]:8001")
+        })?;
+        if addr.port() == 0 {
+            return Err(format!("'{s}' has port 0; give a real port"));
+        }
+        Ok(Addr(addr))
+    }
+}
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A non-empty list of backend addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends(pub Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Backends {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<Addr>::deserialize(d)?;
+        if list.is_empty() {
+            return Err(de::Error::custom("at least one backend is required"));
+        }
+        Ok(Backends(list.into_iter().map(|a| a.0).collect()))
+    }
+}
+
+/// A probability in [0, 1], e.g. a simulated loss rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Probability(pub f64);
+
+impl FromStr for Probability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<f64>() {
+            Ok(p) if (0.0..=1.0).contains(&p) => Ok(Probability(p)),
+            _ => Err(format!(
+                "'{s}' is not a probability; give a number from 0 to 1, like 0.36"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Probability {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = f64::deserialize(d)?;
+        p.to_string().parse().map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").unwrap_err().contains("\"250ms\""));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn port_ranges_and_lists() {
+        assert_eq!(
+            "8001-8004".parse::<PortList>().unwrap().0,
+            vec![8001, 8002, 8003, 8004]
+        );
+        assert_eq!("8001,8003".parse::<PortList>().unwrap().0, vec![8001, 8003]);
+        assert_eq!("9".parse::<PortList>().unwrap().0, vec![9]);
+        let backwards = "8004-8001".parse::<PortList>().unwrap_err();
+        assert!(
+            backwards.contains("8004-8001") && backwards.contains("8001-8004"),
+            "{backwards}"
+        );
+        assert!("0".parse::<PortList>().is_err());
+        assert!("70000".parse::<PortList>().is_err());
+        assert!(
+            PortList::checked(vec![1, 2, 1])
+                .unwrap_err()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn embedded_default_is_the_classic_lab() {
+        let c = Config::embedded_default();
+        let http = &c.balance.http[0];
+        assert_eq!(http.listen.0, "127.0.0.1:8000".parse().unwrap());
+        let ports: Vec<u16> = http.backends.0.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, vec![8001, 8002, 8003, 8004]);
+        assert_eq!(
+            c.serve.http.as_ref().unwrap().ports.0,
+            vec![8001, 8002, 8003, 8004]
+        );
+        let udp = &c.balance.udp[0];
+        assert_eq!(udp.listen.0, "127.0.0.1:8888".parse().unwrap());
+        assert_eq!(udp.affinity, Affinity::None);
+        assert_eq!(
+            c.serve.udp.as_ref().unwrap().ports.0,
+            vec![2526, 2527, 2528]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let text = "[[balance.http]]\nlisten = \"127.0.0.1:8000\"\nbackends = []\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("line 3") && e.contains("at least one backend"),
+            "{e}"
+        );
+
+        let text = "[[balance.udp]]\nlisten = \"127.0.0.1:8888\"\nbackends = [\"127.0.0.1:1\"]\nafinity = \"client\"\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("afinity"), "{e}");
+
+        let text = "[[balance.http]]\nlisten = \"localhost\"\nbackends = [\"127.0.0.1:1\"]\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("IP:PORT"), "{e}");
+
+        let text = "[[balance.http]]\nlisten = \"127.0.0.1:80\"\nbackends = [\"127.0.0.1:1\"]\ntimeout = \"soon\"\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("duration"), "{e}");
+
+        let text = "[serve.udp]\nports = \"2528-2526\"\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("backwards"), "{e}");
+
+        let text = "[serve.udp]\nports = 2526\nloss = 1.5\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("probability"), "{e}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let text = "[serve.http]\nports = \"8001-8002\"\n[[balance.http]]\nlisten = \"127.0.0.1:8002\"\nbackends = [\"127.0.0.1:8001\"]\n";
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("127.0.0.1:8002") && e.contains("both listen"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Listener plumbing shared by the balancers and the mock servers: binding with errors that name
+//! the address and its owner, the shutdown signal, and the HTTP/1.1 accept loop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// How long in-flight HTTP requests may take to finish once shutdown starts.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client must send its request headers within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A listening socket could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {proto} {addr} ({owner}): {source}")]
+pub struct BindError {
+    pub proto: &'static str,
+    pub addr: SocketAddr,
+    pub owner: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds a TCP listener (SO_REUSEADDR, a deep backlog), non-blocking, ready for tokio.
+pub fn bind_tcp(addr: SocketAddr, owner: &str) -> Result<std::net::TcpListener, BindError> {
+    let fail = |source| BindError {
+        proto: "tcp",
+        addr,
+        owner: owner.to_string(),
+        source,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Binds a UDP socket with large buffers so bursts are absorbed rather than dropped.
+pub fn bind_udp(addr: SocketAddr, owner: &str) -> Result<std::net::UdpSocket, BindError> {
+    let fail = |source| BindError {
+        proto: "udp",
+        addr,
+        owner: owner.to_string(),
+        source,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into()).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// The signal every server watches; `true` means stop.
+pub type ShutdownRx = watch::Receiver<bool>;
+
+/// Resolves when `rx` says stop (or its sender is gone).
+pub async fn stopped(mut rx: ShutdownRx) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves HTTP/1.1 with keep-alive on `listener` until `shutdown`, then lets in-flight
+/// requests finish for up to [`DRAIN_TIMEOUT`]. At most `max_connections` clients are served
+/// at once; further ones wait in the accept queue.
+pub async fn serve_http<F, Fut, B>(
+    listener: std::net::TcpListener,
+    max_connections: usize,
+    shutdown: ShutdownRx,
+    handler: F,
+) -> io::Result<()>
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::from_std(listener)?;
+    let handler = Arc::new(handler);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, and keep serving.
+                    eprintln!("netpulse: accept on {}: {e}", listener.local_addr()?);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let h = handler.clone();
+        let service = service_fn(move |req| {
+            let h = h.clone();
+            async move { Ok::<_, Infallible>(h(req, peer).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, malformed request already answered with 400).
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    Ok(())
+}

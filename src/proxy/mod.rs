@@ -1,0 +1,4 @@
+//! Data paths: they move requests and datagrams, and ask `balance` where each one goes.
+
+pub mod http;
+pub mod udp;

@@ -1,0 +1,166 @@
+//! Classic UDP ping servers: reply with the datagram upper-cased, dropping a share of requests
+//! to simulate loss (reproducibly with a seed).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::log::Log;
+use crate::net::{self, BindError, ShutdownRx};
+
+/// How often a server checks the stop signal while idle.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A small, fast, reproducible generator (SplitMix64); statistical quality is ample for loss.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// UDP ping servers on a set of ports, bound and ready to run.
+pub struct UdpServers {
+    sockets: Vec<UdpSocket>,
+    loss: f64,
+    seed: u64,
+    log: Log,
+}
+
+impl UdpServers {
+    /// Binds every port first; `seed` of `None` picks one from the clock.
+    pub fn bind(
+        ip: IpAddr,
+        ports: &[u16],
+        loss: f64,
+        seed: Option<u64>,
+        log: Log,
+    ) -> Result<Self, BindError> {
+        let sockets = ports
+            .iter()
+            .map(|&p| net::bind_udp(SocketAddr::new(ip, p), "udp ping server"))
+            .collect::<Result<_, _>>()?;
+        let seed = seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(Self {
+            sockets,
+            loss,
+            seed,
+            log,
+        })
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves each port on a thread of its own until `shutdown`.
+    pub fn spawn(
+        self,
+        shutdown: ShutdownRx,
+    ) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
+        self.sockets
+            .into_iter()
+            .map(|socket| {
+                let port = socket.local_addr()?.port();
+                // Each port draws from its own stream, so one port's traffic does not change another's.
+                let rng = SplitMix64::new(
+                    self.seed ^ u64::from(port).wrapping_mul(0xA24B_AED4_963E_E407),
+                );
+                let (loss, log, stop) = (self.loss, self.log.clone(), shutdown.clone());
+                thread::Builder::new()
+                    .name(format!("udp-server-{port}"))
+                    .spawn(move || serve(socket, port, loss, rng, log, stop))
+            })
+            .collect()
+    }
+}
+
+fn serve(
+    socket: UdpSocket,
+    port: u16,
+    loss: f64,
+    mut rng: SplitMix64,
+    log: Log,
+    stop: ShutdownRx,
+) -> io::Result<()> {
+    socket.set_read_timeout(Some(POLL))?;
+    let mut buf = vec![0u8; 65_536];
+    while !*stop.borrow() {
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            // A queued ICMP error from an earlier reply; keep serving.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        };
+        let message = &mut buf[..n];
+        let drop = loss > 0.0 && rng.next_f64() < loss;
+        if log.enabled() {
+            let fate = if drop {
+                "dropped (simulated loss)"
+            } else {
+                "replied"
+            };
+            log.line(format!(
+                "[{port}] {peer} \"{}\" {fate}",
+                super::printable(message)
+            ));
+        }
+        if drop {
+            continue;
+        }
+        message.make_ascii_uppercase();
+        // A full buffer loses the reply, as UDP may; the client counts it as loss.
+        let _ = socket.send_to(message, peer);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_rate_is_close_to_the_probability_and_reproducible() {
+        let mut a = SplitMix64::new(7);
+        let mut b = SplitMix64::new(7);
+        let n = 100_000;
+        let drops = (0..n).filter(|_| a.next_f64() < 0.36).count();
+        // 0.36 * 100000 = 36000; 5 standard deviations of the binomial are about 760.
+        assert!((35_240..=36_760).contains(&drops), "{drops}");
+        let mut a = SplitMix64::new(7);
+        assert!((0..1000).all(|_| a.next_u64() == b.next_u64()));
+    }
+}

@@ -1,0 +1,220 @@
+//! Helpers for the integration tests: run the real binary, wait for it to listen, and talk to
+//! it over loopback. Each test uses its own 127.x.y.z address so tests never share a port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn netpulse() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_netpulse"))
+}
+
+/// A running `netpulse` whose output is collected; killed when dropped.
+pub struct Proc {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `netpulse ARGS` and waits until it says it is up.
+    pub fn up(args: &[&str]) -> Proc {
+        let p = Proc::spawn(args);
+        p.wait_for("Ctrl-C stops it.", Duration::from_secs(10));
+        p
+    }
+
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = netpulse()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netpulse");
+        let out = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc { child, out }
+    }
+
+    /// Everything printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until the output contains `text`; panics with the output after `limit`.
+    pub fn wait_for(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.output().contains(text) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("netpulse never printed {text:?}; output:\n{}", self.output());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM") and waits up to `limit` for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> ExitStatus {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success());
+        self.wait(limit)
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "netpulse did not exit in {limit:?}; output:\n{}", self.output());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `netpulse ARGS` to completion (at most `limit`); returns the exit code and everything
+/// it printed (stdout and stderr).
+pub fn run(args: &[&str], limit: Duration) -> (i32, String) {
+    let mut p = Proc::spawn(args);
+    let status = p.wait(limit);
+    // Let the reader threads catch the last lines.
+    thread::sleep(Duration::from_millis(50));
+    (status.code().unwrap_or(-1), p.output())
+}
+
+/// An HTTP response as the tests see it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 client connection that keeps the connection open between requests.
+pub struct Http {
+    reader: BufReader<TcpStream>,
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Http { reader: BufReader::new(s) }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().unwrap()
+    }
+
+    /// Sends raw bytes and reads one response.
+    pub fn raw(&mut self, request: &[u8]) -> Resp {
+        self.reader.get_mut().write_all(request).unwrap();
+        self.read_response()
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+    }
+
+    pub fn read_response(&mut self) -> Resp {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut resp = Resp { status, headers, body: String::new() };
+        if let Some(len) = resp.header("content-length") {
+            let mut body = vec![0u8; len.parse().unwrap()];
+            self.reader.read_exact(&mut body).unwrap();
+            resp.body = String::from_utf8_lossy(&body).into_owned();
+        } else if resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0u8; n + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                body.extend_from_slice(&chunk[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+            resp.body = String::from_utf8_lossy(&body).into_owned();
+        }
+        resp
+    }
+}
+
+/// One GET on a fresh connection.
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
+    Http::connect(addr).get(path)
+}
+
+/// Waits until a TCP port accepts connections.
+pub fn wait_tcp(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never accepted");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A UDP socket on `ip` with a read timeout, for talking to balancers.
+pub fn udp_client(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
