@@ -233,7 +233,10 @@ impl Relay {
             };
             let before = self.replies.len();
             // An error here is an ICMP report queued on the flow socket: nothing to relay.
-            let got = self.replies.recv(flow.socket.as_raw_fd()).unwrap_or_default();
+            let got = self
+                .replies
+                .recv(flow.socket.as_raw_fd())
+                .unwrap_or_default();
             if got == 0 {
                 return Ok(());
             }

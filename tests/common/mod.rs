@@ -1,6 +1,6 @@
 //! Helpers for the integration tests: run the real binary, wait for it to listen, and talk to
 //! it over loopback. Each test uses its own 127.x.y.z address so tests never share a port.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -68,7 +68,10 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("netpulse never printed {text:?}; output:\n{}", self.output());
+        panic!(
+            "netpulse never printed {text:?}; output:\n{}",
+            self.output()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,7 +80,10 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM") and waits up to `limit` for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> ExitStatus {
-        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
         self.wait(limit)
     }
@@ -88,7 +94,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "netpulse did not exit in {limit:?}; output:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "netpulse did not exit in {limit:?}; output:\n{}",
+                self.output()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -125,7 +135,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -138,7 +151,9 @@ impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Http { reader: BufReader::new(s) }
+        Http {
+            reader: BufReader::new(s),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -158,7 +173,11 @@ impl Http {
     pub fn read_response(&mut self) -> Resp {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -170,12 +189,19 @@ impl Http {
             let (k, v) = h.split_once(':').unwrap();
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let mut resp = Resp { status, headers, body: String::new() };
+        let mut resp = Resp {
+            status,
+            headers,
+            body: String::new(),
+        };
         if let Some(len) = resp.header("content-length") {
             let mut body = vec![0u8; len.parse().unwrap()];
             self.reader.read_exact(&mut body).unwrap();
             resp.body = String::from_utf8_lossy(&body).into_owned();
-        } else if resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
             let mut body = Vec::new();
             loop {
                 let mut size = String::new();

@@ -1,0 +1,279 @@
+//! The command line as a user meets it: `up`, config files, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Proc, addr, get, run};
+
+const QUICK: Duration = Duration::from_secs(5);
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("netpulse-test-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
+    let mut up = Proc::up(&["up"]);
+    let banner = up.output();
+    for text in [
+        "127.0.0.1:8000",
+        "127.0.0.1:8888",
+        "127.0.0.1:8004",
+        "127.0.0.1:2528",
+        "curl http://127.0.0.1:8000/",
+        "netpulse udp-ping 127.0.0.1 8888",
+    ] {
+        assert!(banner.contains(text), "banner lacks {text}: {banner}");
+    }
+    for port in 8001..=8004 {
+        assert_eq!(
+            get(addr(&format!("127.0.0.1:{port}")), "/").body,
+            format!("Handled by server on port {port}\n")
+        );
+    }
+    let ports: Vec<String> = (0..4)
+        .map(|_| get(addr("127.0.0.1:8000"), "/").body)
+        .collect();
+    assert_eq!(
+        ports.iter().collect::<std::collections::HashSet<_>>().len(),
+        4,
+        "{ports:?}"
+    );
+    for port in ["2526", "2527", "2528", "8888"] {
+        let (code, out) = run(&["udp-ping", "localhost", port, "-c", "3"], QUICK);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("3 received, 0% packet loss"), "{out}");
+    }
+    let status = up.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn in_flight_requests_finish_when_stopping() {
+    // A backend that takes 600 ms to answer.
+    let slow = TcpListener::bind("127.0.3.1:8001").unwrap();
+    thread::spawn(move || {
+        for s in slow.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            while r.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            thread::sleep(Duration::from_millis(600));
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n");
+        }
+    });
+    let path = temp_config(
+        "drain",
+        "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n",
+    );
+    let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
+    let client = thread::spawn(|| get(addr("127.0.3.1:8000"), "/"));
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let status = up.signal_and_wait("TERM", Duration::from_secs(5));
+    let r = client.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "slow\n"));
+    assert!(status.success());
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // And the listener is closed: new clients are refused.
+    assert!(std::net::TcpStream::connect("127.0.3.1:8000").is_err());
+}
+
+#[test]
+fn balance_config_runs_only_the_balancers_of_a_file() {
+    let text = "[serve.http]\nbind = \"127.0.3.2\"\nports = \"8001\"\n\n\
+        [[balance.http]]\nname = \"front\"\nlisten = \"127.0.3.2:8000\"\nbackends = [\"127.0.3.2:8001\"]\n\n\
+        [[balance.udp]]\nlisten = \"127.0.3.2:8888\"\nbackends = [\"127.0.3.2:2526\"]\naffinity = \"client\"\n";
+    let path = temp_config("balance", text);
+    let lb = Proc::up(&["balance", "--config", path.to_str().unwrap()]);
+    let out = lb.output();
+    assert!(
+        out.contains("\"front\" on 127.0.3.2:8000") && out.contains("pinned per client"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("http backends"),
+        "serve section should be ignored: {out}"
+    );
+    // No backend runs, so the balancer answers 502 itself.
+    assert_eq!(get(addr("127.0.3.2:8000"), "/").status, 502);
+    // The same file with `up` starts the backend too.
+    drop(lb);
+    let _up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
+    assert_eq!(
+        get(addr("127.0.3.2:8000"), "/").body,
+        "Handled by server on port 8001\n"
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let (code, out) = run(
+        &[
+            "balance",
+            "http",
+            "--listen",
+            "127.0.0.1:8000",
+            "--backend",
+            "127.0.0.1:8001",
+            "--bogus",
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--bogus"), "{out}");
+
+    let (code, out) = run(&["serve", "http", "--ports", "8004-8001"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("8004-8001") && out.contains("write 8001-8004"),
+        "{out}"
+    );
+
+    let (code, out) = run(
+        &[
+            "balance",
+            "http",
+            "--listen",
+            "localhost:80",
+            "--backend",
+            "127.0.0.1:8001",
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("IP:PORT"), "{out}");
+
+    let (code, out) = run(&["serve", "udp", "--ports", "2526", "--loss", "1.5"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("probability"), "{out}");
+
+    let (code, out) = run(
+        &["udp-ping", "no-such-host.invalid", "8888", "-c", "1"],
+        QUICK,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cannot resolve host 'no-such-host.invalid'"),
+        "{out}"
+    );
+
+    let (code, out) = run(
+        &["udp-ping", "127.0.0.1", "8888", "--timeout", "soon"],
+        QUICK,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("duration"), "{out}");
+
+    let (code, out) = run(&["balance"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--config"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn a_busy_port_is_named_and_nothing_half_starts() {
+    let _taken = TcpListener::bind("127.0.3.3:8002").unwrap();
+    let (code, out) = run(
+        &[
+            "serve",
+            "http",
+            "--bind",
+            "127.0.3.3",
+            "--ports",
+            "8001-8003",
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot listen on tcp 127.0.3.3:8002") && out.contains("in use"),
+        "{out}"
+    );
+    assert!(!out.contains("netpulse is up"), "{out}");
+
+    let _taken = UdpSocket::bind("127.0.3.3:8888").unwrap();
+    let (code, out) = run(
+        &[
+            "balance",
+            "udp",
+            "--listen",
+            "127.0.3.3:8888",
+            "--backend",
+            "127.0.3.3:2526",
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("udp 127.0.3.3:8888") && out.contains("udp balancer"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_line_and_field() {
+    let path = temp_config(
+        "typo",
+        "[[balance.udp]]\nlisten = \"127.0.0.1:8888\"\nbackends = [\"127.0.0.1:2526\"]\nafinity = \"client\"\n",
+    );
+    let (code, out) = run(&["up", "--config", path.to_str().unwrap()], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(path.to_str().unwrap()) && out.contains("line 4") && out.contains("afinity"),
+        "{out}"
+    );
+
+    let path = temp_config(
+        "dur",
+        "[[balance.http]]\nlisten = \"127.0.0.1:8000\"\nbackends = [\"127.0.0.1:8001\"]\n\ntimeout = 30\n",
+    );
+    let (code, out) = run(&["balance", "--config", path.to_str().unwrap()], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("line 5"), "{out}");
+
+    let path = temp_config("syntax", "[serve.http\nports = 1\n");
+    let (code, out) = run(&["up", "--config", path.to_str().unwrap()], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("line 1"), "{out}");
+
+    let (code, out) = run(&["up", "--config", "/nonexistent/netpulse.toml"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cannot read config /nonexistent/netpulse.toml")
+            && out.contains("No such file"),
+        "{out}"
+    );
+
+    let path = temp_config("empty", "# nothing\n");
+    let (code, out) = run(&["up", "--config", path.to_str().unwrap()], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing to run"), "{out}");
+}
+
+#[test]
+fn the_example_config_is_the_embedded_default() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/netpulse.toml"
+    ))
+    .unwrap();
+    assert_eq!(example, netpulse::config::DEFAULT_CONFIG);
+    // And `--help` lists every command of the design.
+    let (code, out) = run(&["--help"], QUICK);
+    assert_eq!(code, 0);
+    for cmd in ["up", "serve", "balance", "udp-ping"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}
