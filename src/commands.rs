@@ -215,9 +215,13 @@ struct Bound {
 /// Binds every socket first (so a busy port fails the start with its address), prints what
 /// listens where, runs until Ctrl-C or SIGTERM, then stops cleanly.
 fn start(config: Config, log: Log, workers: Option<usize>) -> Result<ExitCode> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a single-threaded scheduler does the same work without cross-thread handoffs.
+    let mut rt = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all().thread_name("netpulse-worker");
-    if let Some(n) = workers {
+    if let Some(n) = workers.filter(|&n| n > 1) {
         rt.worker_threads(n);
     }
     let rt = rt.build().context("cannot start the async runtime")?;

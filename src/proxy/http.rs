@@ -1,88 +1,113 @@
 //! The HTTP/1.1 reverse proxy: one rotation shared by all clients, pooled keep-alive connections
 //! to the backends, bodies streamed both ways, and errors that say who caused them.
+//!
+//! Each client connection is one task that reads a request head, asks `balance` for a backend,
+//! and relays the exchange byte for byte (re-framing only what HTTP requires), so a request
+//! costs about one read and one write on each side. Heads are parsed and rewritten by [`super::h1`].
 
-use std::error::Error as _;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
+use super::h1::{self, Chunked, Framing, HeadError, RequestHead};
 use crate::balance::{BackendSet, RoundRobin};
 use crate::clock::UtcTime;
 use crate::config::HttpBalancerConfig;
 use crate::log::Log;
-use crate::net::{self, BindError, ShutdownRx};
+use crate::net::{self, BindError, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, ShutdownRx};
 
-/// What a client receives: the backend's streamed body, or our own short error text.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// How long an idle pooled backend connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// How long an idle pooled backend connection may be reused.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may stay idle between requests on a keep-alive connection.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Read buffer per direction per connection; it grows only to hold a large head.
+const BUF_SIZE: usize = 16 * 1024;
 
 /// A bound, ready-to-run HTTP balancer.
 pub struct HttpBalancer {
-    name: String,
     listener: std::net::TcpListener,
     max_connections: usize,
-    inner: Arc<Proxy>,
+    proxy: Arc<Proxy>,
 }
 
-/// The per-request state shared by every connection.
+/// The state every connection shares.
 struct Proxy {
     name: String,
+    /// Health may change, order never does: index `i` is always backend `i` of the config.
     backends: Arc<ArcSwap<BackendSet>>,
-    authorities: Vec<Authority>,
     rotation: RoundRobin,
-    client: Client<HttpConnector, Incoming>,
+    pools: Vec<Pool>,
+    connect_timeout: Duration,
     timeout: Duration,
     log: Log,
 }
 
-/// Why a request got no answer from a backend; decides 502 / 503 / 504.
+/// Idle keep-alive connections to one backend, most recent last.
+struct Pool {
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+}
+
+/// Why an exchange failed, and so which status the client gets.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
     #[error("no healthy backend")]
     NoBackend,
-    #[error("backend {0} did not accept a connection in time")]
-    ConnectTimeout(SocketAddr),
+    #[error("backend {0} did not accept a connection within {1:?}")]
+    ConnectTimeout(SocketAddr, Duration),
     #[error("backend {0} could not be reached: {1}")]
-    Connect(SocketAddr, String),
+    Connect(SocketAddr, io::Error),
     #[error("backend {0} did not respond within {1:?}")]
     Timeout(SocketAddr, Duration),
     #[error("backend {0} failed: {1}")]
     Backend(SocketAddr, String),
+    #[error("client went away: {0}")]
+    Client(io::Error),
 }
 
 impl ProxyError {
-    fn status(&self) -> StatusCode {
+    fn status(&self) -> u16 {
         match self {
-            Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ConnectTimeout(..) | Self::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect(..) | Self::Backend(..) => StatusCode::BAD_GATEWAY,
+            Self::NoBackend => 503,
+            Self::ConnectTimeout(..) | Self::Timeout(..) => 504,
+            Self::Connect(..) | Self::Backend(..) => 502,
+            // Nobody to answer; logged as 499 like nginx does.
+            Self::Client(_) => 499,
         }
     }
+}
+
+/// How an exchange ended, for the access log and the connection's fate.
+struct Outcome {
+    backend: Option<SocketAddr>,
+    status: u16,
+    /// Whether the client connection can carry another request.
+    keep_client: bool,
 }
 
 impl HttpBalancer {
@@ -91,29 +116,19 @@ impl HttpBalancer {
         let owner = format!("http balancer \"{}\"", config.name);
         let listener = net::bind_tcp(config.listen.0, &owner)?;
         let backends = &config.backends.0;
-        let authorities = backends
+        let pools = backends
             .iter()
-            .map(|a| {
-                Authority::try_from(a.to_string()).expect("a socket address is a valid authority")
+            .map(|_| Pool {
+                idle: Mutex::new(Vec::new()),
+                max_idle: config.pool_max_idle,
             })
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.0));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .set_host(false)
-            .build(connector);
-        let inner = Arc::new(Proxy {
+        let proxy = Arc::new(Proxy {
             name: config.name.clone(),
             backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(backends))),
-            authorities,
             rotation: RoundRobin::new(),
-            client,
+            pools,
+            connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
             log: if config.access_log {
                 log
@@ -122,76 +137,226 @@ impl HttpBalancer {
             },
         });
         Ok(Self {
-            name: config.name.clone(),
             listener,
             max_connections: config.max_connections,
-            inner,
+            proxy,
         })
     }
 
     /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.proxy.name
     }
 
-    /// The live backend set, for health checkers to replace.
+    /// The live backend set, for health checkers to replace (same backends, same order).
     pub fn backends(&self) -> Arc<ArcSwap<BackendSet>> {
-        self.inner.backends.clone()
+        self.proxy.backends.clone()
     }
 
-    /// Serves until `shutdown`, then drains in-flight requests.
-    pub async fn run(self, shutdown: ShutdownRx) -> std::io::Result<()> {
-        let proxy = self.inner;
-        net::serve_http(
-            self.listener,
-            self.max_connections,
-            shutdown,
-            move |req, peer| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(req, peer).await }
-            },
-        )
-        .await
+    /// Serves until `shutdown`; then stops accepting and lets requests in flight finish for up
+    /// to [`DRAIN_TIMEOUT`]. Idle keep-alive connections are closed.
+    pub async fn run(self, shutdown: ShutdownRx) -> io::Result<()> {
+        let listener = TcpListener::from_std(self.listener)?;
+        let limit = self.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let permits = Arc::new(Semaphore::new(limit as usize));
+        let stop = net::stopped(shutdown.clone());
+        tokio::pin!(stop);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut stop => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = &mut stop => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning, and keep serving.
+                        eprintln!("netpulse: http balancer \"{}\": accept: {e}", self.proxy.name);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.proxy.clone();
+            let rx = shutdown.clone();
+            tokio::spawn(async move {
+                proxy.serve_client(stream, peer, rx).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(limit)).await;
+        Ok(())
     }
 }
 
-impl Proxy {
-    async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        let target = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let (backend, result) = self.forward(req, client).await;
-        let response = match result {
-            Ok(resp) => resp.map(Either::Left),
-            Err(e) => error_response(&e),
-        };
-        if self.log.enabled() {
-            let to = backend.map_or_else(|| "-".to_string(), |b| b.to_string());
-            self.log.line(format!(
-                "{} http {} {client} \"{method} {target}\" -> {to} {} {:.3}ms",
-                UtcTime::now().rfc3339(),
-                self.name,
-                response.status().as_u16(),
-                start.elapsed().as_secs_f64() * 1000.0
-            ));
+/// A read buffer: bytes `start..end` of `data` are unread.
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Self {
+            data: vec![0; BUF_SIZE],
+            start: 0,
+            end: 0,
         }
-        response
     }
 
-    /// Sends the request to the next backend; returns which one was chosen and its answer.
-    async fn forward(
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Reads more from `s`, making room first (compacting, or growing to hold a large head).
+    async fn fill(&mut self, s: &mut TcpStream) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < h1::MAX_HEAD + BUF_SIZE {
+                self.data.resize(self.data.len() * 2, 0);
+            }
+        }
+        let n = s.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// Reads with a deadline; a timeout is an `io::ErrorKind::TimedOut` error.
+async fn fill_within(buf: &mut Buf, s: &mut TcpStream, limit: Duration) -> io::Result<usize> {
+    match tokio::time::timeout(limit, buf.fill(s)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The per-connection scratch space, allocated once per client connection.
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    cbuf: Buf,
+    bbuf: Buf,
+    /// The outgoing head (and the first body bytes) for whichever side is being written.
+    out: Vec<u8>,
+}
+
+impl Proxy {
+    async fn serve_client(&self, client: TcpStream, peer: SocketAddr, mut shutdown: ShutdownRx) {
+        let mut c = Conn {
+            client,
+            peer,
+            cbuf: Buf::new(),
+            bbuf: Buf::new(),
+            out: Vec::with_capacity(2048),
+        };
+        loop {
+            let head = match self.read_request_head(&mut c, &mut shutdown).await {
+                Some(h) => h,
+                None => return,
+            };
+            let start = Instant::now();
+            c.cbuf.consume(head.len);
+            let outcome = self.exchange(&mut c, &head, &shutdown).await;
+            if self.log.enabled() {
+                let to = outcome
+                    .backend
+                    .map_or_else(|| "-".to_string(), |b| b.to_string());
+                self.log.line(format!(
+                    "{} http {} {peer} \"{}\" -> {to} {} {:.3}ms",
+                    UtcTime::now().rfc3339(),
+                    self.name,
+                    head.line,
+                    outcome.status,
+                    start.elapsed().as_secs_f64() * 1000.0
+                ));
+            }
+            if !outcome.keep_client || *shutdown.borrow() {
+                let _ = c.client.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Waits for a complete request head; `None` closes the connection (the client left, idled
+    /// out, sent garbage — answered with 400 / 431 — or we are shutting down while it is idle).
+    async fn read_request_head(
         &self,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-    ) -> (Option<SocketAddr>, Result<Response<Incoming>, ProxyError>) {
+        c: &mut Conn,
+        shutdown: &mut ShutdownRx,
+    ) -> Option<RequestHead> {
+        let mut first_byte = c.cbuf.is_empty();
+        loop {
+            if !c.cbuf.is_empty() {
+                match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.out)
+                {
+                    Ok(Some(head)) => return Some(head),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                        let _ = c
+                            .client
+                            .write_all(&error_page(status, &e.to_string(), true))
+                            .await;
+                        if self.log.enabled() {
+                            self.log.line(format!(
+                                "{} http {} {} bad request: {e}",
+                                UtcTime::now().rfc3339(),
+                                self.name,
+                                c.peer
+                            ));
+                        }
+                        return None;
+                    }
+                }
+            }
+            // Idle between requests: shutdown closes the connection; once a request has begun,
+            // the header timeout applies.
+            let limit = if first_byte {
+                CLIENT_IDLE_TIMEOUT
+            } else {
+                HEADER_READ_TIMEOUT
+            };
+            let read = tokio::select! {
+                r = fill_within(&mut c.cbuf, &mut c.client, limit) => r,
+                _ = shutdown.wait_for(|s| *s), if first_byte => return None,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => first_byte = false,
+            }
+        }
+    }
+
+    /// Relays one request and its response; answers errors itself when nothing was sent yet.
+    async fn exchange(&self, c: &mut Conn, head: &RequestHead, shutdown: &ShutdownRx) -> Outcome {
         let picked = {
             let set = self.backends.load();
             self.rotation
@@ -199,106 +364,370 @@ impl Proxy {
                 .and_then(|i| set.get(i).map(|b| (i, b.addr)))
         };
         let Some((index, backend)) = picked else {
-            return (None, Err(ProxyError::NoBackend));
+            let unread = head.framing != Framing::Empty;
+            return self
+                .fail(c, head, None, ProxyError::NoBackend, unread)
+                .await;
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authorities[index].clone());
-        parts.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or_else(|| Some("/".parse().expect("/")));
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-        *req.version_mut() = http::Version::HTTP_11;
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        append_forwarded_for(headers, client);
-        if !headers.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(self.authorities[index].as_str()) {
-                headers.insert(header::HOST, v);
+        if !head.has_host {
+            c.out
+                .extend_from_slice(format!("Host: {backend}\r\n").as_bytes());
+        }
+        c.out.extend_from_slice(b"\r\n");
+        if head.expect_continue && !head.http10 {
+            if let Err(e) = c.client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                return self
+                    .fail(c, head, Some(backend), ProxyError::Client(e), true)
+                    .await;
             }
         }
-        let result = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::Timeout(backend, self.timeout)),
-            Ok(Err(e)) => Err(classify(&e, backend)),
-            Ok(Ok(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
-                Ok(resp)
+        match self.forward(c, head, index, backend, shutdown).await {
+            Ok(outcome) => outcome,
+            Err((e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
+        }
+    }
+
+    /// Sends the request (retrying once on a fresh connection if a pooled one turns out dead
+    /// before answering) and streams the response back. `Err` carries whether part of the
+    /// request body is still unread on the client connection, which rules out keeping it.
+    async fn forward(
+        &self,
+        c: &mut Conn,
+        head: &RequestHead,
+        index: usize,
+        backend: SocketAddr,
+        shutdown: &ShutdownRx,
+    ) -> Result<Outcome, (ProxyError, bool)> {
+        // Append the body bytes already read; if that is the whole body, the request can be
+        // replayed on another connection.
+        let mut chunked = Chunked::default();
+        let mut body_left = 0u64;
+        let whole = match head.framing {
+            Framing::Empty | Framing::UntilClose => true,
+            Framing::Length(n) => {
+                let have = (c.cbuf.bytes().len() as u64).min(n) as usize;
+                c.out.extend_from_slice(&c.cbuf.bytes()[..have]);
+                c.cbuf.consume(have);
+                body_left = n - have as u64;
+                body_left == 0
+            }
+            Framing::Chunked => {
+                let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| {
+                    (
+                        ProxyError::Client(io::Error::new(io::ErrorKind::InvalidData, e)),
+                        true,
+                    )
+                })?;
+                c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
+                c.cbuf.consume(used);
+                chunked.is_done()
             }
         };
-        (Some(backend), result)
-    }
-}
-
-/// Turns a client error into who-caused-what.
-fn classify(e: &hyper_util::client::legacy::Error, backend: SocketAddr) -> ProxyError {
-    let mut cause = e.source();
-    let mut detail = e.to_string();
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::ConnectTimeout(backend);
+        let mut pooled = self.pools[index].take();
+        loop {
+            let reused = pooled.is_some();
+            let mut upstream = match pooled.take() {
+                Some(s) => s,
+                None => self.connect(backend).await.map_err(|e| (e, !whole))?,
+            };
+            if let Err(e) = upstream.write_all(&c.out).await {
+                if reused && whole {
+                    continue;
+                }
+                return Err((ProxyError::Backend(backend, format!("write: {e}")), !whole));
+            }
+            if !whole {
+                self.stream_request_body(
+                    c,
+                    &mut upstream,
+                    head.framing,
+                    body_left,
+                    &mut chunked,
+                    backend,
+                )
+                .await?;
+            }
+            c.bbuf.clear();
+            match self
+                .relay_response(c, &mut upstream, head, backend, shutdown)
+                .await
+            {
+                Ok((outcome, reusable)) => {
+                    if reusable {
+                        self.pools[index].put(upstream);
+                    }
+                    return Ok(outcome);
+                }
+                // A pooled connection the backend had already closed: replay on a fresh one.
+                Err(Relay::NoResponse(_)) if reused && whole => continue,
+                Err(Relay::NoResponse(e)) | Err(Relay::BeforeHead(e)) => return Err((e, !whole)),
+                Err(Relay::AfterHead) => {
+                    return Ok(Outcome {
+                        backend: Some(backend),
+                        status: 502,
+                        keep_client: false,
+                    });
+                }
             }
         }
-        detail = c.to_string();
-        cause = c.source();
     }
-    if e.is_connect() {
-        ProxyError::Connect(backend, detail)
-    } else {
-        ProxyError::Backend(backend, detail)
+
+    async fn connect(&self, backend: SocketAddr) -> Result<TcpStream, ProxyError> {
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(backend)).await {
+            Err(_) => Err(ProxyError::ConnectTimeout(backend, self.connect_timeout)),
+            Ok(Err(e)) => Err(ProxyError::Connect(backend, e)),
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+        }
+    }
+
+    /// Streams the rest of a request body from the client to the backend.
+    async fn stream_request_body(
+        &self,
+        c: &mut Conn,
+        upstream: &mut TcpStream,
+        framing: Framing,
+        mut left: u64,
+        chunked: &mut Chunked,
+        backend: SocketAddr,
+    ) -> Result<(), (ProxyError, bool)> {
+        let client_err = |e: io::Error| (ProxyError::Client(e), true);
+        loop {
+            let done = match framing {
+                Framing::Length(_) => left == 0,
+                _ => chunked.is_done(),
+            };
+            if done {
+                return Ok(());
+            }
+            if c.cbuf.is_empty() {
+                match fill_within(&mut c.cbuf, &mut c.client, HEADER_READ_TIMEOUT).await {
+                    Ok(0) => return Err(client_err(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(client_err(e)),
+                }
+            }
+            let take = match framing {
+                Framing::Length(_) => {
+                    let n = (c.cbuf.bytes().len() as u64).min(left) as usize;
+                    left -= n as u64;
+                    n
+                }
+                _ => chunked
+                    .feed(c.cbuf.bytes(), |_| {})
+                    .map_err(|e| client_err(io::Error::new(io::ErrorKind::InvalidData, e)))?,
+            };
+            upstream
+                .write_all(&c.cbuf.bytes()[..take])
+                .await
+                .map_err(|e| (ProxyError::Backend(backend, format!("write: {e}")), true))?;
+            c.cbuf.consume(take);
+        }
+    }
+
+    /// Reads the response head (relaying 1xx), then streams head and body to the client.
+    /// Returns the outcome and whether the backend connection can be pooled.
+    async fn relay_response(
+        &self,
+        c: &mut Conn,
+        upstream: &mut TcpStream,
+        head: &RequestHead,
+        backend: SocketAddr,
+        shutdown: &ShutdownRx,
+    ) -> Result<(Outcome, bool), Relay> {
+        let deadline = Instant::now() + self.timeout;
+        let mut received_any = false;
+        let resp = loop {
+            let parsed = if c.bbuf.is_empty() {
+                None
+            } else {
+                h1::parse_response(c.bbuf.bytes(), head.is_head, !head.http10, &mut c.out)
+                    .map_err(|e| Relay::BeforeHead(ProxyError::Backend(backend, e.to_string())))?
+            };
+            match parsed {
+                Some(r) if (100..200).contains(&r.status) => {
+                    c.bbuf.consume(r.len);
+                    if !head.http10 {
+                        c.out.extend_from_slice(b"\r\n");
+                        c.client
+                            .write_all(&c.out)
+                            .await
+                            .map_err(|e| Relay::BeforeHead(ProxyError::Client(e)))?;
+                    }
+                    continue;
+                }
+                Some(r) => break r,
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got_nothing = !received_any;
+            received_any = true;
+            match fill_within(&mut c.bbuf, upstream, left).await {
+                Ok(0) if got_nothing => {
+                    return Err(Relay::NoResponse(ProxyError::Backend(
+                        backend,
+                        "closed the connection without responding".into(),
+                    )));
+                }
+                Ok(0) => {
+                    return Err(Relay::BeforeHead(ProxyError::Backend(
+                        backend,
+                        "closed the connection mid-head".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Relay::BeforeHead(ProxyError::Timeout(
+                        backend,
+                        self.timeout,
+                    )));
+                }
+                Err(e) if got_nothing => {
+                    return Err(Relay::NoResponse(ProxyError::Backend(
+                        backend,
+                        e.to_string(),
+                    )));
+                }
+                Err(e) => {
+                    return Err(Relay::BeforeHead(ProxyError::Backend(
+                        backend,
+                        e.to_string(),
+                    )));
+                }
+            }
+        };
+        c.bbuf.consume(resp.len);
+        let dechunk = head.http10 && resp.framing == Framing::Chunked;
+        let keep_client = head.keep_alive
+            && resp.framing != Framing::UntilClose
+            && !dechunk
+            && !*shutdown.borrow();
+        if !keep_client {
+            c.out.extend_from_slice(b"Connection: close\r\n");
+        } else if head.http10 {
+            c.out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        let outcome = Outcome {
+            backend: Some(backend),
+            status: resp.status,
+            keep_client,
+        };
+
+        // The body: the first bytes travel with the head, the rest as it arrives.
+        let mut left = match resp.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut chunked = Chunked::default();
+        let mut first = true;
+        loop {
+            let (take, done) = match resp.framing {
+                Framing::Empty => (0, true),
+                Framing::Length(_) => {
+                    let n = (c.bbuf.bytes().len() as u64).min(left) as usize;
+                    left -= n as u64;
+                    (n, left == 0)
+                }
+                Framing::Chunked => {
+                    let input = c.bbuf.bytes();
+                    let used = if dechunk {
+                        let out = &mut c.out;
+                        chunked.feed(input, |r| out.extend_from_slice(&input[r]))
+                    } else {
+                        chunked.feed(input, |_| {})
+                    };
+                    let used = used.map_err(|_| Relay::AfterHead)?;
+                    (used, chunked.is_done())
+                }
+                Framing::UntilClose => (c.bbuf.bytes().len(), false),
+            };
+            if !dechunk {
+                c.out.extend_from_slice(&c.bbuf.bytes()[..take]);
+            }
+            c.bbuf.consume(take);
+            if !c.out.is_empty() || first {
+                c.client
+                    .write_all(&c.out)
+                    .await
+                    .map_err(|_| Relay::AfterHead)?;
+                c.out.clear();
+                first = false;
+            }
+            if done {
+                // Bytes after the response mean the backend is confused: do not reuse it.
+                let reusable = resp.reusable && c.bbuf.is_empty();
+                return Ok((outcome, reusable));
+            }
+            match fill_within(&mut c.bbuf, upstream, self.timeout).await {
+                Ok(0) if resp.framing == Framing::UntilClose => return Ok((outcome, false)),
+                Ok(0) | Err(_) => return Err(Relay::AfterHead),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answers an error the client can still be told about (or just closes if it cannot).
+    async fn fail(
+        &self,
+        c: &mut Conn,
+        head: &RequestHead,
+        backend: Option<SocketAddr>,
+        e: ProxyError,
+        body_unread: bool,
+    ) -> Outcome {
+        let status = e.status();
+        if matches!(e, ProxyError::Client(_)) {
+            return Outcome {
+                backend,
+                status,
+                keep_client: false,
+            };
+        }
+        // The unread rest of a request body would be taken for the next request: close instead.
+        let keep_client = head.keep_alive && !body_unread;
+        let written = c
+            .client
+            .write_all(&error_page(status, &e.to_string(), !keep_client))
+            .await
+            .is_ok();
+        Outcome {
+            backend,
+            status,
+            keep_client: keep_client && written,
+        }
     }
 }
 
-fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    let status = e.status();
-    let body = format!(
-        "{} {}: {e}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+/// How relaying a response failed.
+enum Relay {
+    /// Nothing at all came back: safe to replay the request elsewhere.
+    NoResponse(ProxyError),
+    /// Failed before the client saw anything: the client gets an error page.
+    BeforeHead(ProxyError),
+    /// Failed after the head went out: the client connection can only be closed.
+    AfterHead,
 }
 
-/// Removes the fixed hop-by-hop headers and any header the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    // Upgrades (WebSocket) are not proxied yet; never half-forward one.
-    headers.remove(header::UPGRADE);
-}
-
-/// Appends the client's IP to `X-Forwarded-For`, keeping what earlier proxies wrote.
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let previous: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if previous.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", previous.join(", "))
+/// A complete short response of our own.
+fn error_page(status: u16, detail: &str, close: bool) -> Vec<u8> {
+    let reason = match status {
+        400 => "Bad Request",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
+    let body = format!("{status} {reason}: {detail}\n");
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
@@ -306,46 +735,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, vec!["content-length", "x-kept"]);
-    }
-
-    #[test]
-    fn forwarded_for_is_appended() {
-        let client: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, client);
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, client);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
-    }
-
-    #[test]
     fn errors_map_to_the_status_that_names_the_culprit() {
         let b: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(ProxyError::NoBackend.status(), 503);
-        assert_eq!(ProxyError::Connect(b, "refused".into()).status(), 502);
+        assert_eq!(
+            ProxyError::Connect(b, io::ErrorKind::ConnectionRefused.into()).status(),
+            502
+        );
         assert_eq!(ProxyError::Backend(b, "closed".into()).status(), 502);
         assert_eq!(ProxyError::Timeout(b, Duration::from_secs(1)).status(), 504);
-        assert_eq!(ProxyError::ConnectTimeout(b).status(), 504);
+        assert_eq!(
+            ProxyError::ConnectTimeout(b, Duration::from_secs(1)).status(),
+            504
+        );
+    }
+
+    #[test]
+    fn error_pages_are_complete_responses() {
+        let page = String::from_utf8(error_page(
+            502,
+            "backend 127.0.0.1:1 could not be reached",
+            true,
+        ))
+        .unwrap();
+        let (head, body) = page.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("Connection: close"));
+        assert_eq!(
+            body,
+            "502 Bad Gateway: backend 127.0.0.1:1 could not be reached\n"
+        );
     }
 }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Side-by-side throughput on loopback: netpulse vs direct, nginx and HAProxy, in one run.
+#
+#   bench/run.sh [SECONDS_PER_CASE=10] [WORKERS=1]
+#
+# Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
+# HTTP: wrk, 64 keep-alive connections, 4 backends (`netpulse serve http`), every proxy with the
+# same worker count and no access log. UDP: closed-loop clients (examples/udp_load.rs) through
+# each proxy to 3 `netpulse serve udp` servers. Only 127.0.9.1 is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+WORKERS=${2:-1}
+IP=127.0.9.1
+FLOWS=${FLOWS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+for tool in nginx haproxy wrk; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install -y nginx libnginx-mod-stream haproxy wrk)" >&2; exit 2; }
+done
+cargo build --release --quiet --bin netpulse --example udp_load
+BIN=target/release/netpulse
+LOAD=target/release/examples/udp_load
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+start() { "$@" >/dev/null 2>"$TMP/$(basename "$1").$RANDOM.err" & PIDS+=($!); }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$IP/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: port $1 never opened" >&2; exit 1; }
+
+# Backends shared by every case.
+start "$BIN" serve http --bind $IP --ports 9001-9004 --quiet
+start "$BIN" serve udp --bind $IP --ports 9101-9103 --quiet
+wait_port 9001
+
+# The proxies under test, all running at once on their own ports.
+start "$BIN" balance http --listen $IP:9000 --backend $IP:9001,$IP:9002,$IP:9003,$IP:9004 --workers "$WORKERS" --quiet
+start "$BIN" balance udp --listen $IP:9888 --backend $IP:9101,$IP:9102,$IP:9103 --quiet
+cat >"$TMP/nginx.conf" <<NGINX
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes $WORKERS;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream b { server $IP:9001; server $IP:9002; server $IP:9003; server $IP:9004; keepalive 256; }
+  server {
+    listen $IP:9010 reuseport;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+stream {
+  upstream u { server $IP:9101; server $IP:9102; server $IP:9103; }
+  server { listen $IP:9889 udp; proxy_pass u; proxy_responses 1; proxy_timeout 1s; }
+}
+NGINX
+start nginx -c "$TMP/nginx.conf" -p "$TMP"
+cat >"$TMP/haproxy.cfg" <<HAPROXY
+global
+  nbthread $WORKERS
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  bind $IP:9020
+  default_backend b
+backend b
+  balance roundrobin
+  server s1 $IP:9001
+  server s2 $IP:9002
+  server s3 $IP:9003
+  server s4 $IP:9004
+HAPROXY
+start haproxy -f "$TMP/haproxy.cfg"
+wait_port 9000; wait_port 9010; wait_port 9020
+
+http_case() { # name port
+  wrk -t1 -c64 -d1s "http://$IP:$2/" >/dev/null # warm pools
+  local out rps p99
+  out=$(wrk -t"$WRK_THREADS" -c64 -d"${SECS}s" --latency "http://$IP:$2/")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  printf '%s %s %s\n' "$1" "$rps" "$p99"
+}
+udp_case() { # name port
+  "$LOAD" "$IP:$2" "$FLOWS" 1 >/dev/null
+  local out
+  out=$("$LOAD" "$IP:$2" "$FLOWS" "$SECS")
+  printf '%s %s %s\n' "$1" "$(awk '{print $2}' <<<"$out")" "$(awk '{print $6}' <<<"$out")"
+}
+
+echo "netpulse bench: ${SECS}s per case, $WORKERS worker(s) per proxy, $(nproc) cores, $(date -u +%FT%TZ)"
+{
+  http_case direct 9001
+  http_case netpulse 9000
+  http_case nginx 9010
+  http_case haproxy 9020
+} >"$TMP/http"
+{
+  udp_case direct 9101
+  udp_case netpulse 9888
+  udp_case nginx 9889
+} >"$TMP/udp"
+
+echo
+echo "HTTP (wrk -c64 keep-alive, 4 backends)"
+awk 'NR==1 {d=$2} {best[$1]=$2} {printf "  %-9s %10.0f req/s  %5.2fx direct  p99 %s\n", $1, $2, $2/d, $3} END {
+  m = (best["nginx"] > best["haproxy"]) ? best["nginx"] : best["haproxy"];
+  printf "  netpulse / faster of nginx and haproxy = %.2fx\n", best["netpulse"]/m }' "$TMP/http"
+echo
+echo "UDP (closed loop, $FLOWS flows, 64-byte datagrams, 3 servers)"
+awk 'NR==1 {d=$2} {v[$1]=$2} {printf "  %-9s %10.0f datagrams/s  %5.2fx direct  lost %s\n", $1, $2, $2/d, $3} END {
+  printf "  netpulse / nginx = %.2fx\n", v["netpulse"]/v["nginx"] }' "$TMP/udp"
