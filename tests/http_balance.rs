@@ -219,6 +219,24 @@ fn echo_backend(at: &str) {
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
             r.read_exact(&mut body).unwrap();
+            if head
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("transfer-encoding: chunked"))
+            {
+                loop {
+                    let mut size = String::new();
+                    r.read_line(&mut size).unwrap();
+                    let n =
+                        usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+                    let mut chunk = vec![0u8; n + 2];
+                    r.read_exact(&mut chunk).unwrap();
+                    body.extend_from_slice(&chunk[..n]);
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            let len = body.len();
             let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
             let text = format!("{}\nbody-bytes: {len}\nbody-sum: {sum}\n", head.join("\n"));
             let resp = format!(
@@ -274,4 +292,188 @@ fn forwards_bodies_intact_and_rewrites_hop_headers() {
         "{r:?}"
     );
     assert_eq!(c.get("/second").status, 200);
+}
+
+/// A scripted backend: for each request it reads the head (and a Content-Length body), then
+/// writes whatever `reply` returns for the request head; closes when `reply` says so.
+fn scripted_backend(at: &str, reply: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static) {
+    let l = TcpListener::bind(at).unwrap();
+    let reply = std::sync::Arc::new(reply);
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let reply = reply.clone();
+            thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let len: usize = head
+                        .lines()
+                        .find_map(|h| {
+                            h.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    r.read_exact(&mut body).unwrap();
+                    let (bytes, close) = reply(&head);
+                    if r.get_mut().write_all(&bytes).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn chunked_responses_pass_through_and_are_decoded_for_http10_clients() {
+    scripted_backend("127.0.1.6:8001", |_| {
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), false)
+    });
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.1.6:8000",
+        "--backend",
+        "127.0.1.6:8001",
+        "--quiet",
+    ]);
+    let mut c = Http::connect(addr("127.0.1.6:8000"));
+    for _ in 0..3 {
+        let r = c.get("/");
+        assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    }
+    // HTTP/1.0 cannot read chunked: the body is decoded and the connection closed after it.
+    let mut old = std::net::TcpStream::connect("127.0.1.6:8000").unwrap();
+    old.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = String::new();
+    old.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\nhello world"), "{all}");
+    assert!(!all.to_ascii_lowercase().contains("chunked"), "{all}");
+}
+
+#[test]
+fn chunked_uploads_expect_continue_head_and_pipelining() {
+    echo_backend("127.0.1.7:8001");
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.1.7:8000",
+        "--backend",
+        "127.0.1.7:8001",
+        "--quiet",
+    ]);
+    // A chunked upload arrives chunked, whole, and the connection carries on.
+    let mut c = Http::connect(addr("127.0.1.7:8000"));
+    let r = c.raw(b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let seen = r.body.to_ascii_lowercase();
+    assert!(
+        seen.contains("transfer-encoding: chunked")
+            && seen.contains("body-bytes: 5\nbody-sum: 495"),
+        "{seen}"
+    );
+    let r = c.raw(
+        b"PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nabcd",
+    );
+    // 100 Continue comes first from the proxy itself, then the real response.
+    assert_eq!(r.status, 100);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("body-bytes: 4") && !r.body.to_ascii_lowercase().contains("expect"),
+        "{}",
+        r.body
+    );
+
+    // Two requests in one write (pipelining) get two responses, in order.
+    let mut p = Http::connect(addr("127.0.1.7:8000"));
+    let first = p.raw(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\n");
+    let second = p.read_response();
+    assert!(
+        first.body.starts_with("GET /one") && second.body.starts_with("GET /two"),
+        "{first:?} {second:?}"
+    );
+}
+
+#[test]
+fn head_requests_and_big_streamed_bodies() {
+    let _backends = Proc::up(&[
+        "serve",
+        "http",
+        "--bind",
+        "127.0.1.8",
+        "--ports",
+        "8001",
+        "--quiet",
+    ]);
+    let big = 8 * 1024 * 1024;
+    scripted_backend("127.0.1.8:8002", move |head| {
+        let body = vec![b'x'; big];
+        let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {big}\r\n\r\n").into_bytes();
+        if !head.starts_with("HEAD") {
+            resp.extend_from_slice(&body);
+        }
+        (resp, false)
+    });
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.1.8:8000",
+        "--backend",
+        "127.0.1.8:8002",
+        "--quiet",
+    ]);
+    let mut c = Http::connect(addr("127.0.1.8:8000"));
+    let r = c.head("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(&*big.to_string()));
+    // A HEAD response has no body: the next response on the connection must parse cleanly.
+    let r = c.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big);
+    assert!(r.body.bytes().all(|b| b == b'x'));
+}
+
+#[test]
+fn a_backend_closing_idle_keep_alive_connections_is_retried_transparently() {
+    // Answers one request per connection, then closes it without saying so.
+    scripted_backend("127.0.1.9:8001", |_| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec(),
+            true,
+        )
+    });
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.1.9:8000",
+        "--backend",
+        "127.0.1.9:8001",
+        "--quiet",
+    ]);
+    let mut c = Http::connect(addr("127.0.1.9:8000"));
+    for i in 0..20 {
+        let r = c.get("/");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "request {i}");
+        thread::sleep(Duration::from_millis(5));
+    }
 }

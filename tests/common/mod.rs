@@ -170,7 +170,25 @@ impl Http {
         self.raw(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
     }
 
+    /// Sends a HEAD request and reads the response, which has no body whatever it announces.
+    pub fn head(&mut self, path: &str) -> Resp {
+        self.reader
+            .get_mut()
+            .write_all(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .unwrap();
+        self.read_response_head()
+    }
+
     pub fn read_response(&mut self) -> Resp {
+        let mut resp = self.read_response_head();
+        if (100..200).contains(&resp.status) || resp.status == 204 || resp.status == 304 {
+            return resp;
+        }
+        self.read_body(&mut resp);
+        resp
+    }
+
+    fn read_response_head(&mut self) -> Resp {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
         let status: u16 = line
@@ -189,11 +207,14 @@ impl Http {
             let (k, v) = h.split_once(':').unwrap();
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let mut resp = Resp {
+        Resp {
             status,
             headers,
             body: String::new(),
-        };
+        }
+    }
+
+    fn read_body(&mut self, resp: &mut Resp) {
         if let Some(len) = resp.header("content-length") {
             let mut body = vec![0u8; len.parse().unwrap()];
             self.reader.read_exact(&mut body).unwrap();
@@ -216,7 +237,6 @@ impl Http {
             }
             resp.body = String::from_utf8_lossy(&body).into_owned();
         }
-        resp
     }
 }
 
