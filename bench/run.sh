@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side throughput on loopback: netpulse vs direct, nginx and HAProxy, in one run.
 #
-#   bench/run.sh [SECONDS_PER_CASE=10] [WORKERS=1]
+#   bench/run.sh [SECONDS_PER_CASE=5] [WORKERS=1]      (ROUNDS=3 FLOWS=32 WRK_THREADS=1)
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
 # HTTP: wrk, 64 keep-alive connections, 4 backends (`netpulse serve http`), every proxy with the
@@ -9,10 +9,11 @@
 # each proxy to 3 `netpulse serve udp` servers. Only 127.0.9.1 is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-10}
+SECS=${1:-5}
 WORKERS=${2:-1}
 IP=127.0.9.1
 FLOWS=${FLOWS:-32}
+ROUNDS=${ROUNDS:-3}
 WRK_THREADS=${WRK_THREADS:-1}
 for tool in nginx haproxy wrk; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install -y nginx libnginx-mod-stream haproxy wrk)" >&2; exit 2; }
@@ -81,40 +82,51 @@ HAPROXY
 start haproxy -f "$TMP/haproxy.cfg"
 wait_port 9000; wait_port 9010; wait_port 9020
 
-http_case() { # name port
-  wrk -t1 -c64 -d1s "http://$IP:$2/" >/dev/null # warm pools
+http_case() { # name port -> "name req/s p99_ms"
   local out rps p99
   out=$(wrk -t"$WRK_THREADS" -c64 -d"${SECS}s" --latency "http://$IP:$2/")
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  printf '%s %s %s\n' "$1" "$rps" "$p99"
+  p99=$(awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+        print (u == "us" ? v / 1000 : (u == "s" ? v * 1000 : v)) }' <<<"$out")
+  echo "$1 $rps $p99"
 }
-udp_case() { # name port
-  "$LOAD" "$IP:$2" "$FLOWS" 1 >/dev/null
+udp_case() { # name port -> "name datagrams/s lost"
   local out
   out=$("$LOAD" "$IP:$2" "$FLOWS" "$SECS")
-  printf '%s %s %s\n' "$1" "$(awk '{print $2}' <<<"$out")" "$(awk '{print $6}' <<<"$out")"
+  echo "$1 $(awk '{print $2, $6}' <<<"$out")"
+}
+# Median of column 2 (and 3) per name, in the order names first appear.
+median() {
+  python3 -c '
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+names = list(dict.fromkeys(r[0] for r in rows))
+for n in names:
+    col = lambda i: statistics.median(float(r[i]) for r in rows if r[0] == n)
+    print(n, col(1), col(2))
+' "$1"
 }
 
-echo "netpulse bench: ${SECS}s per case, $WORKERS worker(s) per proxy, $(nproc) cores, $(date -u +%FT%TZ)"
-{
-  http_case direct 9001
-  http_case netpulse 9000
-  http_case nginx 9010
-  http_case haproxy 9020
-} >"$TMP/http"
-{
-  udp_case direct 9101
-  udp_case netpulse 9888
-  udp_case nginx 9889
-} >"$TMP/udp"
+echo "netpulse bench: $ROUNDS rounds x ${SECS}s per case (medians), $WORKERS worker(s) per proxy, $(nproc) cores, $(date -u +%FT%TZ)"
+for port in 9001 9000 9010 9020; do wrk -t1 -c64 -d1s "http://$IP:$port/" >/dev/null; done # warm pools
+for r in $(seq "$ROUNDS"); do
+  # Cases interleave so that slow drift of a shared machine hits every contender alike.
+  http_case direct 9001 >>"$TMP/http"
+  http_case netpulse 9000 >>"$TMP/http"
+  http_case nginx 9010 >>"$TMP/http"
+  http_case haproxy 9020 >>"$TMP/http"
+  udp_case direct 9101 >>"$TMP/udp"
+  udp_case netpulse 9888 >>"$TMP/udp"
+  udp_case nginx 9889 >>"$TMP/udp"
+done
 
 echo
 echo "HTTP (wrk -c64 keep-alive, 4 backends)"
-awk 'NR==1 {d=$2} {best[$1]=$2} {printf "  %-9s %10.0f req/s  %5.2fx direct  p99 %s\n", $1, $2, $2/d, $3} END {
-  m = (best["nginx"] > best["haproxy"]) ? best["nginx"] : best["haproxy"];
-  printf "  netpulse / faster of nginx and haproxy = %.2fx\n", best["netpulse"]/m }' "$TMP/http"
+median "$TMP/http" | awk 'NR==1 {d=$2} {best[$1]=$2; p99[$1]=$3}
+  {printf "  %-9s %10.0f req/s  %5.2fx direct  p99 %.2f ms\n", $1, $2, $2/d, $3} END {
+  m = (best["nginx"] > best["haproxy"]) ? "nginx" : "haproxy";
+  printf "  netpulse / faster of nginx and haproxy (%s) = %.2fx, p99 %.2f vs %.2f ms\n", m, best["netpulse"]/best[m], p99["netpulse"], p99[m] }'
 echo
 echo "UDP (closed loop, $FLOWS flows, 64-byte datagrams, 3 servers)"
-awk 'NR==1 {d=$2} {v[$1]=$2} {printf "  %-9s %10.0f datagrams/s  %5.2fx direct  lost %s\n", $1, $2, $2/d, $3} END {
-  printf "  netpulse / nginx = %.2fx\n", v["netpulse"]/v["nginx"] }' "$TMP/udp"
+median "$TMP/udp" | awk 'NR==1 {d=$2} {v[$1]=$2} {printf "  %-9s %10.0f datagrams/s  %5.2fx direct  lost %d\n", $1, $2, $2/d, $3} END {
+  printf "  netpulse / nginx = %.2fx\n", v["netpulse"]/v["nginx"] }'

@@ -17,9 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flows: usize = args.get(1).map_or(Ok(32), |s| s.parse())?;
     let secs: f64 = args.get(2).map_or(Ok(5.0), |s| s.parse())?;
     let bytes: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let done = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
     let elapsed = rt.block_on(async {
@@ -28,11 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..flows {
             let (done, lost) = (done.clone(), lost.clone());
             tasks.push(tokio::spawn(async move {
-                let local = if target.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                };
+                let local = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
                 let s = UdpSocket::bind(local).await?;
                 s.connect(target).await?;
                 let msg = vec![b'p'; bytes];

@@ -51,13 +51,7 @@ pub enum ServeCommand {
 #[derive(Debug, Args)]
 pub struct ServeHttpArgs {
     /// Ports: a range (8001-8004), a list (8001,8003) or repeated
-    #[arg(
-        long = "ports",
-        visible_alias = "port",
-        short = 'p',
-        required = true,
-        value_name = "PORTS"
-    )]
+    #[arg(long = "ports", visible_alias = "port", short = 'p', required = true, value_name = "PORTS")]
     pub ports: Vec<PortList>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
@@ -70,13 +64,7 @@ pub struct ServeHttpArgs {
 #[derive(Debug, Args)]
 pub struct ServeUdpArgs {
     /// Ports: a range (2526-2528), a list (2526,2528) or repeated
-    #[arg(
-        long = "ports",
-        visible_alias = "port",
-        short = 'p',
-        required = true,
-        value_name = "PORTS"
-    )]
+    #[arg(long = "ports", visible_alias = "port", short = 'p', required = true, value_name = "PORTS")]
     pub ports: Vec<PortList>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
@@ -119,13 +107,7 @@ pub struct BalanceHttpArgs {
     #[arg(long, short = 'l', value_name = "ADDR")]
     pub listen: Addr,
     /// Backend address; repeat it or separate with commas
-    #[arg(
-        long = "backend",
-        short = 'b',
-        required = true,
-        value_delimiter = ',',
-        value_name = "ADDR"
-    )]
+    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR")]
     pub backends: Vec<Addr>,
     /// Time to connect to a backend before answering 504
     #[arg(long, default_value_t = config::default_connect_timeout(), value_name = "DUR")]
@@ -151,13 +133,7 @@ pub struct BalanceUdpArgs {
     #[arg(long, short = 'l', value_name = "ADDR")]
     pub listen: Addr,
     /// Backend address; repeat it or separate with commas
-    #[arg(
-        long = "backend",
-        short = 'b',
-        required = true,
-        value_delimiter = ',',
-        value_name = "ADDR"
-    )]
+    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR")]
     pub backends: Vec<Addr>,
     /// none: every datagram to the next backend; client: pin each client address to one backend
     #[arg(long, value_enum, default_value = "none")]
@@ -169,6 +145,9 @@ pub struct BalanceUdpArgs {
     /// A flow idle this long is closed
     #[arg(long, default_value_t = config::default_flow_idle(), value_name = "DUR")]
     pub flow_idle_timeout: Dur,
+    /// Worker threads (default: one per core)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub workers: Option<usize>,
     /// No access-log lines
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -77,9 +77,6 @@ mod tests {
         assert_eq!(t.hms(), "03:04:05");
         let leap = UtcTime::from_system(UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!((leap.year, leap.month, leap.day), (2000, 2, 29));
-        assert_eq!(
-            UtcTime::from_system(UNIX_EPOCH).rfc3339(),
-            "1970-01-01T00:00:00.000Z"
-        );
+        assert_eq!(UtcTime::from_system(UNIX_EPOCH).rfc3339(), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 
 use crate::cli::{BalanceArgs, BalanceKind, Cli, Command, ServeCommand, UdpPingArgs};
 use crate::config::{
-    Backends, BalanceConfig, Config, ConfigError, HttpBalancerConfig, PortList, ServeConfig,
-    ServeHttpConfig, ServeUdpConfig, UdpBalancerConfig,
+    Backends, BalanceConfig, Config, ConfigError, HttpBalancerConfig, PortList, ServeConfig, ServeHttpConfig,
+    ServeUdpConfig, UdpBalancerConfig,
 };
 use crate::log::Log;
 use crate::net::DRAIN_TIMEOUT;
@@ -34,8 +34,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("netpulse: {e:#}");
-            let usage = e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<UsageError>().is_some();
+            let usage = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -48,44 +47,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Some(path) => Config::load(path)?,
                 None => Config::embedded_default(),
             };
-            start(config, log(args.quiet), None)
+            start(config, log(args.quiet))
         }
         Command::Serve(ServeCommand::Http(a)) => {
-            let serve = ServeConfig {
-                http: Some(ServeHttpConfig {
-                    bind: a.bind,
-                    ports: ports(a.ports)?,
-                }),
-                udp: None,
-            };
-            start(
-                Config {
-                    serve,
-                    ..Config::default()
-                },
-                log(a.quiet),
-                None,
-            )
+            let serve = ServeConfig { http: Some(ServeHttpConfig { bind: a.bind, ports: ports(a.ports)? }), udp: None };
+            start(Config { serve, ..Config::default() }, log(a.quiet))
         }
         Command::Serve(ServeCommand::Udp(a)) => {
-            let udp = ServeUdpConfig {
-                bind: a.bind,
-                ports: ports(a.ports)?,
-                loss: a.loss,
-                seed: a.seed,
-            };
-            let serve = ServeConfig {
-                http: None,
-                udp: Some(udp),
-            };
-            start(
-                Config {
-                    serve,
-                    ..Config::default()
-                },
-                log(a.quiet),
-                None,
-            )
+            let udp = ServeUdpConfig { bind: a.bind, ports: ports(a.ports)?, loss: a.loss, seed: a.seed };
+            let serve = ServeConfig { http: None, udp: Some(udp) };
+            start(Config { serve, ..Config::default() }, log(a.quiet))
         }
         Command::Balance(args) => balance(args),
         Command::UdpPing(args) => udp_ping(&args),
@@ -93,34 +64,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn log(quiet: bool) -> Log {
-    if quiet {
-        Log::disabled()
-    } else {
-        Log::stdout()
-    }
+    if quiet { Log::disabled() } else { Log::stdout() }
 }
 
 /// Joins repeated `--ports` values into one checked list.
 fn ports(lists: Vec<PortList>) -> Result<PortList> {
-    PortList::checked(lists.into_iter().flat_map(|l| l.0).collect())
-        .map_err(|e| UsageError(e).into())
+    PortList::checked(lists.into_iter().flat_map(|l| l.0).collect()).map_err(|e| UsageError(e).into())
 }
 
 fn balance(args: BalanceArgs) -> Result<ExitCode> {
-    let (balance, quiet, workers) = match args.kind {
+    let (balance, quiet) = match args.kind {
         None => {
-            let path = args
-                .config
-                .context("give --config FILE, or `balance http` / `balance udp` with flags")?;
+            let path = args.config.context("give --config FILE, or `balance http` / `balance udp` with flags")?;
             let config = Config::load(&path)?;
             if config.balance.http.is_empty() && config.balance.udp.is_empty() {
-                return Err(UsageError(format!(
-                    "{} has no [[balance.http]] or [[balance.udp]] table",
-                    path.display()
-                ))
-                .into());
+                return Err(
+                    UsageError(format!("{} has no [[balance.http]] or [[balance.udp]] table", path.display())).into()
+                );
             }
-            (config.balance, args.quiet, None)
+            (config.balance, args.quiet)
         }
         Some(BalanceKind::Http(a)) => {
             let http = HttpBalancerConfig {
@@ -131,16 +93,10 @@ fn balance(args: BalanceArgs) -> Result<ExitCode> {
                 timeout: a.timeout,
                 max_connections: a.max_connections,
                 pool_max_idle: crate::config::default_pool_idle(),
+                workers: a.workers,
                 access_log: true,
             };
-            (
-                BalanceConfig {
-                    http: vec![http],
-                    udp: vec![],
-                },
-                a.quiet,
-                a.workers,
-            )
+            (BalanceConfig { http: vec![http], udp: vec![] }, a.quiet)
         }
         Some(BalanceKind::Udp(a)) => {
             let udp = UdpBalancerConfig {
@@ -150,51 +106,30 @@ fn balance(args: BalanceArgs) -> Result<ExitCode> {
                 affinity: a.affinity,
                 max_flows: a.max_flows,
                 flow_idle_timeout: a.flow_idle_timeout,
+                workers: a.workers,
                 access_log: true,
             };
-            (
-                BalanceConfig {
-                    http: vec![],
-                    udp: vec![udp],
-                },
-                a.quiet,
-                None,
-            )
+            (BalanceConfig { http: vec![], udp: vec![udp] }, a.quiet)
         }
     };
-    let config = Config {
-        serve: ServeConfig::default(),
-        balance,
-    };
+    let config = Config { serve: ServeConfig::default(), balance };
     // Flag-built configs get the same cross-table checks as files.
-    let config = Config::parse("", "flags").map(|_| config)?;
-    start(config, log(quiet), workers)
+    config.validate("flags")?;
+    start(config, log(quiet))
 }
 
 fn udp_ping(args: &UdpPingArgs) -> Result<ExitCode> {
     let target = resolve(&args.host, args.port)?;
     let label = format!("{}:{}", args.host, args.port);
-    let plan = PingPlan {
-        target,
-        label,
-        count: args.count,
-        timeout: args.timeout.0,
-        interval: args.interval.0,
-    };
+    let plan = PingPlan { target, label, count: args.count, timeout: args.timeout.0, interval: args.interval.0 };
     let summary = ping::run(&plan, &mut std::io::stdout().lock()).context("udp-ping")?;
-    Ok(if summary.received > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Resolves `host` (a name or an IP), preferring IPv4 as the classic tools do.
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| UsageError(format!("cannot resolve host '{host}': {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| UsageError(format!("cannot resolve host '{host}': {e}")))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
@@ -214,17 +149,13 @@ struct Bound {
 
 /// Binds every socket first (so a busy port fails the start with its address), prints what
 /// listens where, runs until Ctrl-C or SIGTERM, then stops cleanly.
-fn start(config: Config, log: Log, workers: Option<usize>) -> Result<ExitCode> {
-    // One worker: a single-threaded scheduler does the same work without cross-thread handoffs.
-    let mut rt = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    rt.enable_all().thread_name("netpulse-worker");
-    if let Some(n) = workers.filter(|&n| n > 1) {
-        rt.worker_threads(n);
-    }
-    let rt = rt.build().context("cannot start the async runtime")?;
+fn start(config: Config, log: Log) -> Result<ExitCode> {
+    // Hosts the mock backends and signal handling; balancers run on threads of their own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("netpulse-worker")
+        .build()
+        .context("cannot start the async runtime")?;
     let bound = rt.block_on(async { bind(&config, &log) })?;
     print!("{}", bound.banner);
     rt.block_on(serve(bound))?;
@@ -234,13 +165,7 @@ fn start(config: Config, log: Log, workers: Option<usize>) -> Result<ExitCode> {
 fn bind(config: &Config, log: &Log) -> Result<Bound> {
     let mut banner = String::from("netpulse is up:\n");
     let mut tries = Vec::new();
-    let list = |addrs: &[SocketAddr]| {
-        addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |addrs: &[SocketAddr]| addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let http_servers = match &config.serve.http {
         Some(h) => {
             let s = HttpServers::bind(h.bind, &h.ports.0, log.clone())?;
@@ -255,17 +180,8 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         Some(u) => {
             let s = UdpServers::bind(u.bind, &u.ports.0, u.loss.0, u.seed, log.clone())?;
             let addrs = s.addrs();
-            let _ = writeln!(
-                banner,
-                "  udp servers    {} (simulated loss {}%)",
-                list(&addrs),
-                u.loss.0 * 100.0
-            );
-            tries.push(format!(
-                "netpulse udp-ping {} {}",
-                addrs[0].ip(),
-                addrs[0].port()
-            ));
+            let _ = writeln!(banner, "  udp servers    {} (simulated loss {}%)", list(&addrs), u.loss.0 * 100.0);
+            tries.push(format!("netpulse udp-ping {} {}", addrs[0].ip(), addrs[0].port()));
             Some(s)
         }
         None => None,
@@ -274,12 +190,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     for c in &config.balance.http {
         let b = HttpBalancer::bind(c, log.clone())?;
         let at = b.local_addr()?;
-        let _ = writeln!(
-            banner,
-            "  http balancer  \"{}\" on {at} -> {} (round-robin)",
-            c.name,
-            list(&c.backends.0)
-        );
+        let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.0));
         tries.insert(0, format!("curl http://{at}/"));
         http.push(b);
     }
@@ -291,20 +202,12 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
             crate::config::Affinity::None => "round-robin per datagram",
             crate::config::Affinity::Client => "round-robin, pinned per client",
         };
-        let _ = writeln!(
-            banner,
-            "  udp balancer   \"{}\" on {at} -> {} ({how})",
-            c.name,
-            list(&c.backends.0)
-        );
+        let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.0));
         tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
         udp.push(b);
     }
     if tries.is_empty() {
-        return Err(UsageError(
-            "nothing to run: the config has no [serve] or [balance] section".into(),
-        )
-        .into());
+        return Err(UsageError("nothing to run: the config has no [serve] or [balance] section".into()).into());
     }
     tries.sort_by_key(|t| !t.starts_with("curl"));
     tries.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
@@ -313,13 +216,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound {
-        http_servers,
-        udp_servers,
-        http,
-        udp,
-        banner,
-    })
+    Ok(Bound { http_servers, udp_servers, http, udp, banner })
 }
 
 async fn serve(bound: Bound) -> Result<()> {
@@ -329,31 +226,33 @@ async fn serve(bound: Bound) -> Result<()> {
         let rx = stop_rx.clone();
         tasks.spawn(async move { s.run(rx).await.context("http backends") });
     }
-    for b in bound.http {
-        let (rx, name) = (stop_rx.clone(), b.name().to_string());
-        tasks.spawn(async move {
-            b.run(rx)
-                .await
-                .with_context(|| format!("http balancer \"{name}\""))
-        });
-    }
     let mut threads = Vec::new();
+    for b in bound.http {
+        let name = format!("http balancer \"{}\"", b.name());
+        for t in b.spawn(stop_rx.clone()).with_context(|| format!("cannot start {name}"))? {
+            threads.push((name.clone(), t));
+        }
+    }
     if let Some(s) = bound.udp_servers {
-        for t in s
-            .spawn(stop_rx.clone())
-            .context("cannot start udp servers")?
-        {
+        for t in s.spawn(stop_rx.clone()).context("cannot start udp servers")? {
             threads.push(("udp server".to_string(), t));
         }
     }
     for b in bound.udp {
         let name = format!("udp balancer \"{}\"", b.name());
-        let t = b
-            .spawn(stop_rx.clone())
-            .with_context(|| format!("cannot start {name}"))?;
-        tasks.spawn_blocking(move || match t.join() {
-            Ok(r) => r.map(drop).with_context(|| name.clone()),
-            Err(_) => Err(anyhow::anyhow!("{name} crashed")),
+        let handles = b.spawn(stop_rx.clone()).with_context(|| format!("cannot start {name}"))?;
+        tasks.spawn_blocking(move || {
+            let mut total = crate::proxy::udp::UdpStats::default();
+            for t in handles {
+                let stats = t.join().map_err(|_| anyhow::anyhow!("{name} crashed"))?.with_context(|| name.clone())?;
+                total.requests += stats.requests;
+                total.replies += stats.replies;
+                total.dropped += stats.dropped;
+                total.flows_opened += stats.flows_opened;
+                total.flows_evicted += stats.flows_evicted;
+            }
+            eprintln!("netpulse: {name} stopped: {total}");
+            Ok(())
         });
     }
     for (name, t) in threads {
@@ -380,9 +279,7 @@ async fn serve(bound: Bound) -> Result<()> {
     })
     .await;
     if drained.is_err() {
-        eprintln!(
-            "netpulse: some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway"
-        );
+        eprintln!("netpulse: some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
     }
     failure.map_or(Ok(()), Err)
 }

@@ -19,11 +19,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../examples/netpulse.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid config {path}: {message}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid {path}: {message}")]
     Invalid { path: String, message: String },
 }
 
@@ -95,9 +92,11 @@ pub struct HttpBalancerConfig {
     /// Client connections served at once; further clients wait to be accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Idle keep-alive connections kept per backend.
+    /// Idle keep-alive connections kept per backend and worker.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle: usize,
+    /// Threads serving this balancer (default: one per core).
+    pub workers: Option<usize>,
     #[serde(default = "yes")]
     pub access_log: bool,
 }
@@ -119,6 +118,8 @@ pub struct UdpBalancerConfig {
     /// A flow with no traffic for this long is closed.
     #[serde(default = "default_flow_idle")]
     pub flow_idle_timeout: Dur,
+    /// Threads relaying for this balancer (default: one per core).
+    pub workers: Option<usize>,
     #[serde(default = "yes")]
     pub access_log: bool,
 }
@@ -172,72 +173,48 @@ pub fn default_flow_idle() -> Dur {
 }
 
 impl Config {
-    /// Parses and validates TOML text; `origin` names it in errors (a path, or "embedded default").
+    /// Parses and validates TOML text; `origin` names it in errors ("config PATH").
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: origin.to_string(),
-            message: describe_toml_error(&e, text),
-        })?;
-        config.check().map_err(|message| ConfigError::Invalid {
-            path: origin.to_string(),
-            message,
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: origin.to_string(), message: describe_toml_error(&e, text) })?;
+        config.validate(origin)?;
         Ok(config)
     }
 
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text, &shown)
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &format!("config {shown}"))
     }
 
     /// The embedded default (the classic lab).
     pub fn embedded_default() -> Self {
         // The default is part of the binary and covered by a unit test; failing here is a bug.
-        Self::parse(DEFAULT_CONFIG, "embedded default").expect("embedded default config is valid")
+        Self::parse(DEFAULT_CONFIG, "embedded default config").expect("embedded default config is valid")
     }
 
-    /// Checks that span several tables.
+    /// Checks that span several tables (also for configs built from flags).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        self.check().map_err(|message| ConfigError::Invalid { path: origin.to_string(), message })
+    }
+
     fn check(&self) -> Result<(), String> {
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
-        let tcp = self
-            .balance
-            .http
-            .iter()
-            .map(|b| (b.listen.0, b.name.as_str(), "tcp"));
-        let udp = self
-            .balance
-            .udp
-            .iter()
-            .map(|b| (b.listen.0, b.name.as_str(), "udp"));
+        let tcp = self.balance.http.iter().map(|b| (b.listen.0, b.name.as_str(), "tcp"));
+        let udp = self.balance.udp.iter().map(|b| (b.listen.0, b.name.as_str(), "udp"));
         let mut by_proto: Vec<(SocketAddr, &str, &str)> = tcp.chain(udp).collect();
         if let Some(h) = &self.serve.http {
-            by_proto.extend(
-                h.ports
-                    .0
-                    .iter()
-                    .map(|&p| (SocketAddr::new(h.bind, p), "serve.http", "tcp")),
-            );
+            by_proto.extend(h.ports.0.iter().map(|&p| (SocketAddr::new(h.bind, p), "serve.http", "tcp")));
         }
         if let Some(u) = &self.serve.udp {
-            by_proto.extend(
-                u.ports
-                    .0
-                    .iter()
-                    .map(|&p| (SocketAddr::new(u.bind, p), "serve.udp", "udp")),
-            );
+            by_proto.extend(u.ports.0.iter().map(|&p| (SocketAddr::new(u.bind, p), "serve.udp", "udp")));
         }
         for proto in ["tcp", "udp"] {
             seen.clear();
             for &(addr, who, _) in by_proto.iter().filter(|x| x.2 == proto) {
                 if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
-                    return Err(format!(
-                        "{who} and {other} both listen on {proto} {addr}; give each its own address"
-                    ));
+                    return Err(format!("{who} and {other} both listen on {proto} {addr}; give each its own address"));
                 }
                 seen.push((addr, who));
             }
@@ -250,19 +227,16 @@ impl Config {
                     b.name
                 ));
             }
+            if b.workers.is_some_and(|w| !(1..=1024).contains(&w)) {
+                return Err(format!("balance.udp \"{}\": workers must be from 1 to 1024", b.name));
+            }
             if b.max_flows == 0 {
-                return Err(format!(
-                    "balance.udp \"{}\": max_flows must be at least 1",
-                    b.name
-                ));
+                return Err(format!("balance.udp \"{}\": max_flows must be at least 1", b.name));
             }
         }
         for b in &self.balance.http {
             if b.max_connections == 0 {
-                return Err(format!(
-                    "balance.http \"{}\": max_connections must be at least 1",
-                    b.name
-                ));
+                return Err(format!("balance.http \"{}\": max_connections must be at least 1", b.name));
             }
         }
         Ok(())
@@ -303,11 +277,7 @@ impl FromStr for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_secs_f64() * 1000.0;
-        if ms >= 1000.0 {
-            write!(f, "{}s", ms / 1000.0)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        if ms >= 1000.0 { write!(f, "{}s", ms / 1000.0) } else { write!(f, "{ms}ms") }
     }
 }
 
@@ -321,13 +291,10 @@ impl<'de> Deserialize<'de> for Dur {
 /// Parses a duration with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("'{s}' is not a duration; write it like \"1s\", \"250ms\" or \"1.5s\"")
-    })?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("'{s}' is not a duration; write it like \"1s\", \"250ms\" or \"1.5s\""))?;
     let scale = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -336,9 +303,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         other => {
-            return Err(format!(
-                "'{s}' has unknown unit '{other}'; use ns, us, ms, s, m or h"
-            ));
+            return Err(format!("'{s}' has unknown unit '{other}'; use ns, us, ms, s, m or h"));
         }
     };
     let secs = value * scale;
@@ -436,9 +401,10 @@ pub struct Addr(pub SocketAddr);
 impl FromStr for Addr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let addr: SocketAddr = s.trim().parse().map_err(|_| {
-            format!("'{s}' is not an address; write IP:PORT like 127.0.0.1:8001 or [::1]:8001")
-        })?;
+        let addr: SocketAddr = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address; write IP:PORT like 127.0.0.1:8001 or [::1]:8001"))?;
         if addr.port() == 0 {
             return Err(format!("'{s}' has port 0; give a real port"));
         }
@@ -475,9 +441,7 @@ impl FromStr for Probability {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().parse::<f64>() {
             Ok(p) if (0.0..=1.0).contains(&p) => Ok(Probability(p)),
-            _ => Err(format!(
-                "'{s}' is not a probability; give a number from 0 to 1, like 0.36"
-            )),
+            _ => Err(format!("'{s}' is not a probability; give a number from 0 to 1, like 0.36")),
         }
     }
 }
@@ -502,34 +466,20 @@ mod tests {
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("fast").unwrap_err().contains("\"250ms\""));
-        assert!(
-            parse_duration("5 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("-1s").is_err());
     }
 
     #[test]
     fn port_ranges_and_lists() {
-        assert_eq!(
-            "8001-8004".parse::<PortList>().unwrap().0,
-            vec![8001, 8002, 8003, 8004]
-        );
+        assert_eq!("8001-8004".parse::<PortList>().unwrap().0, vec![8001, 8002, 8003, 8004]);
         assert_eq!("8001,8003".parse::<PortList>().unwrap().0, vec![8001, 8003]);
         assert_eq!("9".parse::<PortList>().unwrap().0, vec![9]);
         let backwards = "8004-8001".parse::<PortList>().unwrap_err();
-        assert!(
-            backwards.contains("8004-8001") && backwards.contains("8001-8004"),
-            "{backwards}"
-        );
+        assert!(backwards.contains("8004-8001") && backwards.contains("8001-8004"), "{backwards}");
         assert!("0".parse::<PortList>().is_err());
         assert!("70000".parse::<PortList>().is_err());
-        assert!(
-            PortList::checked(vec![1, 2, 1])
-                .unwrap_err()
-                .contains("twice")
-        );
+        assert!(PortList::checked(vec![1, 2, 1]).unwrap_err().contains("twice"));
     }
 
     #[test]
@@ -539,27 +489,18 @@ mod tests {
         assert_eq!(http.listen.0, "127.0.0.1:8000".parse().unwrap());
         let ports: Vec<u16> = http.backends.0.iter().map(|a| a.port()).collect();
         assert_eq!(ports, vec![8001, 8002, 8003, 8004]);
-        assert_eq!(
-            c.serve.http.as_ref().unwrap().ports.0,
-            vec![8001, 8002, 8003, 8004]
-        );
+        assert_eq!(c.serve.http.as_ref().unwrap().ports.0, vec![8001, 8002, 8003, 8004]);
         let udp = &c.balance.udp[0];
         assert_eq!(udp.listen.0, "127.0.0.1:8888".parse().unwrap());
         assert_eq!(udp.affinity, Affinity::None);
-        assert_eq!(
-            c.serve.udp.as_ref().unwrap().ports.0,
-            vec![2526, 2527, 2528]
-        );
+        assert_eq!(c.serve.udp.as_ref().unwrap().ports.0, vec![2526, 2527, 2528]);
     }
 
     #[test]
     fn errors_name_the_line_and_field() {
         let text = "[[balance.http]]\nlisten = \"127.0.0.1:8000\"\nbackends = []\n";
         let e = Config::parse(text, "t.toml").unwrap_err().to_string();
-        assert!(
-            e.contains("t.toml") && e.contains("line 3") && e.contains("at least one backend"),
-            "{e}"
-        );
+        assert!(e.contains("t.toml") && e.contains("line 3") && e.contains("at least one backend"), "{e}");
 
         let text = "[[balance.udp]]\nlisten = \"127.0.0.1:8888\"\nbackends = [\"127.0.0.1:1\"]\nafinity = \"client\"\n";
         let e = Config::parse(text, "t.toml").unwrap_err().to_string();
@@ -586,9 +527,6 @@ mod tests {
     fn two_listeners_on_one_address_are_refused() {
         let text = "[serve.http]\nports = \"8001-8002\"\n[[balance.http]]\nlisten = \"127.0.0.1:8002\"\nbackends = [\"127.0.0.1:8001\"]\n";
         let e = Config::parse(text, "t.toml").unwrap_err().to_string();
-        assert!(
-            e.contains("127.0.0.1:8002") && e.contains("both listen"),
-            "{e}"
-        );
+        assert!(e.contains("127.0.0.1:8002") && e.contains("both listen"), "{e}");
     }
 }

@@ -27,21 +27,13 @@ impl Log {
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
         // If the thread cannot be spawned the log is simply off; traffic matters more.
-        let spawned = thread::Builder::new()
-            .name("netpulse-log".into())
-            .spawn(move || write_lines(rx, d));
-        Self {
-            tx: spawned.ok().map(|_| tx),
-            dropped,
-        }
+        let spawned = thread::Builder::new().name("netpulse-log".into()).spawn(move || write_lines(rx, d));
+        Self { tx: spawned.ok().map(|_| tx), dropped }
     }
 
     /// A log that discards everything (`--quiet`).
     pub fn disabled() -> Self {
-        Self {
-            tx: None,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
+        Self { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Whether lines are wanted; callers skip formatting when not.

@@ -37,15 +37,31 @@ pub struct BindError {
 
 /// Binds a TCP listener (SO_REUSEADDR, a deep backlog), non-blocking, ready for tokio.
 pub fn bind_tcp(addr: SocketAddr, owner: &str) -> Result<std::net::TcpListener, BindError> {
-    let fail = |source| BindError {
-        proto: "tcp",
-        addr,
-        owner: owner.to_string(),
-        source,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    bind_tcp_with(addr, owner, false)
+}
+
+/// Binds `n` listeners on one address with SO_REUSEPORT, so the kernel spreads connections
+/// over `n` workers. The port is first bound alone, so an address someone else holds — even
+/// another process using SO_REUSEPORT — is reported as busy instead of silently shared.
+pub fn bind_tcp_shared(addr: SocketAddr, owner: &str, n: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+    if n <= 1 {
+        return Ok(vec![bind_tcp(addr, owner)?]);
+    }
+    let probe = bind_tcp(addr, owner)?;
+    // Keep the port we were given (port 0 picks one) for the shared sockets.
+    let addr =
+        probe.local_addr().map_err(|source| BindError { proto: "tcp", addr, owner: owner.to_string(), source })?;
+    drop(probe);
+    (0..n).map(|_| bind_tcp_with(addr, owner, true)).collect()
+}
+
+fn bind_tcp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std::net::TcpListener, BindError> {
+    let fail = |source| BindError { proto: "tcp", addr, owner: owner.to_string(), source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
@@ -54,14 +70,28 @@ pub fn bind_tcp(addr: SocketAddr, owner: &str) -> Result<std::net::TcpListener, 
 
 /// Binds a UDP socket with large buffers so bursts are absorbed rather than dropped.
 pub fn bind_udp(addr: SocketAddr, owner: &str) -> Result<std::net::UdpSocket, BindError> {
-    let fail = |source| BindError {
-        proto: "udp",
-        addr,
-        owner: owner.to_string(),
-        source,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    bind_udp_with(addr, owner, false)
+}
+
+/// Like [`bind_tcp_shared`], for UDP: `n` sockets on one address; the kernel hashes each
+/// client address to one of them.
+pub fn bind_udp_shared(addr: SocketAddr, owner: &str, n: usize) -> Result<Vec<std::net::UdpSocket>, BindError> {
+    if n <= 1 {
+        return Ok(vec![bind_udp(addr, owner)?]);
+    }
+    let probe = bind_udp(addr, owner)?;
+    let addr =
+        probe.local_addr().map_err(|source| BindError { proto: "udp", addr, owner: owner.to_string(), source })?;
+    drop(probe);
+    (0..n).map(|_| bind_udp_with(addr, owner, true)).collect()
+}
+
+fn bind_udp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std::net::UdpSocket, BindError> {
+    let fail = |source| BindError { proto: "udp", addr, owner: owner.to_string(), source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
@@ -98,10 +128,7 @@ where
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {

@@ -14,8 +14,7 @@ use common::{Proc, addr, get, run};
 const QUICK: Duration = Duration::from_secs(5);
 
 fn temp_config(name: &str, text: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("netpulse-test-{}-{name}.toml", std::process::id()));
+    let path = std::env::temp_dir().join(format!("netpulse-test-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -35,19 +34,10 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
         assert!(banner.contains(text), "banner lacks {text}: {banner}");
     }
     for port in 8001..=8004 {
-        assert_eq!(
-            get(addr(&format!("127.0.0.1:{port}")), "/").body,
-            format!("Handled by server on port {port}\n")
-        );
+        assert_eq!(get(addr(&format!("127.0.0.1:{port}")), "/").body, format!("Handled by server on port {port}\n"));
     }
-    let ports: Vec<String> = (0..4)
-        .map(|_| get(addr("127.0.0.1:8000"), "/").body)
-        .collect();
-    assert_eq!(
-        ports.iter().collect::<std::collections::HashSet<_>>().len(),
-        4,
-        "{ports:?}"
-    );
+    let ports: Vec<String> = (0..4).map(|_| get(addr("127.0.0.1:8000"), "/").body).collect();
+    assert_eq!(ports.iter().collect::<std::collections::HashSet<_>>().len(), 4, "{ports:?}");
     for port in ["2526", "2527", "2528", "8888"] {
         let (code, out) = run(&["udp-ping", "localhost", port, "-c", "3"], QUICK);
         assert_eq!(code, 0, "{out}");
@@ -73,10 +63,7 @@ fn in_flight_requests_finish_when_stopping() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n");
         }
     });
-    let path = temp_config(
-        "drain",
-        "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n",
-    );
+    let path = temp_config("drain", "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n");
     let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
     let client = thread::spawn(|| get(addr("127.0.3.1:8000"), "/"));
     thread::sleep(Duration::from_millis(200));
@@ -98,60 +85,28 @@ fn balance_config_runs_only_the_balancers_of_a_file() {
     let path = temp_config("balance", text);
     let lb = Proc::up(&["balance", "--config", path.to_str().unwrap()]);
     let out = lb.output();
-    assert!(
-        out.contains("\"front\" on 127.0.3.2:8000") && out.contains("pinned per client"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("http backends"),
-        "serve section should be ignored: {out}"
-    );
+    assert!(out.contains("\"front\" on 127.0.3.2:8000") && out.contains("pinned per client"), "{out}");
+    assert!(!out.contains("http backends"), "serve section should be ignored: {out}");
     // No backend runs, so the balancer answers 502 itself.
     assert_eq!(get(addr("127.0.3.2:8000"), "/").status, 502);
     // The same file with `up` starts the backend too.
     drop(lb);
     let _up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
-    assert_eq!(
-        get(addr("127.0.3.2:8000"), "/").body,
-        "Handled by server on port 8001\n"
-    );
+    assert_eq!(get(addr("127.0.3.2:8000"), "/").body, "Handled by server on port 8001\n");
 }
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let (code, out) = run(
-        &[
-            "balance",
-            "http",
-            "--listen",
-            "127.0.0.1:8000",
-            "--backend",
-            "127.0.0.1:8001",
-            "--bogus",
-        ],
-        QUICK,
-    );
+    let (code, out) =
+        run(&["balance", "http", "--listen", "127.0.0.1:8000", "--backend", "127.0.0.1:8001", "--bogus"], QUICK);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--bogus"), "{out}");
 
     let (code, out) = run(&["serve", "http", "--ports", "8004-8001"], QUICK);
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("8004-8001") && out.contains("write 8001-8004"),
-        "{out}"
-    );
+    assert!(out.contains("8004-8001") && out.contains("write 8001-8004"), "{out}");
 
-    let (code, out) = run(
-        &[
-            "balance",
-            "http",
-            "--listen",
-            "localhost:80",
-            "--backend",
-            "127.0.0.1:8001",
-        ],
-        QUICK,
-    );
+    let (code, out) = run(&["balance", "http", "--listen", "localhost:80", "--backend", "127.0.0.1:8001"], QUICK);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("IP:PORT"), "{out}");
 
@@ -159,22 +114,18 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("probability"), "{out}");
 
-    let (code, out) = run(
-        &["udp-ping", "no-such-host.invalid", "8888", "-c", "1"],
-        QUICK,
-    );
+    let (code, out) = run(&["udp-ping", "no-such-host.invalid", "8888", "-c", "1"], QUICK);
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("cannot resolve host 'no-such-host.invalid'"),
-        "{out}"
-    );
+    assert!(out.contains("cannot resolve host 'no-such-host.invalid'"), "{out}");
 
-    let (code, out) = run(
-        &["udp-ping", "127.0.0.1", "8888", "--timeout", "soon"],
-        QUICK,
-    );
+    let (code, out) = run(&["udp-ping", "127.0.0.1", "8888", "--timeout", "soon"], QUICK);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("duration"), "{out}");
+
+    let (code, out) =
+        run(&["balance", "udp", "--listen", "127.0.0.1:8888", "--backend", "127.0.0.1:2526,[::1]:2527"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("invalid flags") && out.contains("mix IPv4 and IPv6"), "{out}");
 
     let (code, out) = run(&["balance"], QUICK);
     assert_eq!(code, 2, "{out}");
@@ -185,41 +136,25 @@ fn bad_flags_are_usage_errors() {
 #[test]
 fn a_busy_port_is_named_and_nothing_half_starts() {
     let _taken = TcpListener::bind("127.0.3.3:8002").unwrap();
-    let (code, out) = run(
-        &[
-            "serve",
-            "http",
-            "--bind",
-            "127.0.3.3",
-            "--ports",
-            "8001-8003",
-        ],
-        QUICK,
-    );
+    let (code, out) = run(&["serve", "http", "--bind", "127.0.3.3", "--ports", "8001-8003"], QUICK);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("cannot listen on tcp 127.0.3.3:8002") && out.contains("in use"),
-        "{out}"
-    );
+    assert!(out.contains("cannot listen on tcp 127.0.3.3:8002") && out.contains("in use"), "{out}");
     assert!(!out.contains("netpulse is up"), "{out}");
 
+    // Our own multi-worker balancers share their port among their workers only: a second
+    // balancer on the same address is refused, not silently handed half the traffic.
+    for kind in ["http", "udp"] {
+        let args = ["balance", kind, "--listen", "127.0.3.3:9000", "--backend", "127.0.3.3:1", "--workers", "2", "-q"];
+        let _first = Proc::up(&args);
+        let (code, out) = run(&args, QUICK);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("127.0.3.3:9000") && out.contains("in use"), "{out}");
+    }
+
     let _taken = UdpSocket::bind("127.0.3.3:8888").unwrap();
-    let (code, out) = run(
-        &[
-            "balance",
-            "udp",
-            "--listen",
-            "127.0.3.3:8888",
-            "--backend",
-            "127.0.3.3:2526",
-        ],
-        QUICK,
-    );
+    let (code, out) = run(&["balance", "udp", "--listen", "127.0.3.3:8888", "--backend", "127.0.3.3:2526"], QUICK);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("udp 127.0.3.3:8888") && out.contains("udp balancer"),
-        "{out}"
-    );
+    assert!(out.contains("udp 127.0.3.3:8888") && out.contains("udp balancer"), "{out}");
 }
 
 #[test]
@@ -230,10 +165,7 @@ fn config_errors_name_the_file_line_and_field() {
     );
     let (code, out) = run(&["up", "--config", path.to_str().unwrap()], QUICK);
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains(path.to_str().unwrap()) && out.contains("line 4") && out.contains("afinity"),
-        "{out}"
-    );
+    assert!(out.contains(path.to_str().unwrap()) && out.contains("line 4") && out.contains("afinity"), "{out}");
 
     let path = temp_config(
         "dur",
@@ -250,11 +182,7 @@ fn config_errors_name_the_file_line_and_field() {
 
     let (code, out) = run(&["up", "--config", "/nonexistent/netpulse.toml"], QUICK);
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("cannot read config /nonexistent/netpulse.toml")
-            && out.contains("No such file"),
-        "{out}"
-    );
+    assert!(out.contains("cannot read config /nonexistent/netpulse.toml") && out.contains("No such file"), "{out}");
 
     let path = temp_config("empty", "# nothing\n");
     let (code, out) = run(&["up", "--config", path.to_str().unwrap()], QUICK);
@@ -264,11 +192,7 @@ fn config_errors_name_the_file_line_and_field() {
 
 #[test]
 fn the_example_config_is_the_embedded_default() {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/netpulse.toml"
-    ))
-    .unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/netpulse.toml")).unwrap();
     assert_eq!(example, netpulse::config::DEFAULT_CONFIG);
     // And `--help` lists every command of the design.
     let (code, out) = run(&["--help"], QUICK);

@@ -11,23 +11,12 @@ use std::time::{Duration, Instant};
 use common::{Http, Proc, addr, get};
 
 fn port_of(body: &str) -> u16 {
-    body.trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {body:?}"))
+    body.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {body:?}"))
 }
 
 #[test]
 fn rotation_is_strict_over_fresh_and_keep_alive_connections() {
-    let _backends = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.1",
-        "--ports",
-        "8001-8004",
-    ]);
+    let _backends = Proc::up(&["serve", "http", "--bind", "127.0.1.1", "--ports", "8001-8004"]);
     let lb = Proc::up(&[
         "balance",
         "http",
@@ -57,32 +46,13 @@ fn rotation_is_strict_over_fresh_and_keep_alive_connections() {
     assert_eq!(get(front, "/").body, "Handled by server on port 8003\n");
 
     // One access-log line per request, naming the backend and the status.
-    lb.wait_for(
-        "\"GET /again\" -> 127.0.1.1:8002 200",
-        Duration::from_secs(2),
-    );
+    lb.wait_for("\"GET /again\" -> 127.0.1.1:8002 200", Duration::from_secs(2));
 }
 
 #[test]
 fn a_killed_backend_gives_a_fast_502_and_the_others_keep_serving() {
-    let _live = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.2",
-        "--ports",
-        "8001-8002",
-        "--quiet",
-    ]);
-    let mut doomed = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.2",
-        "--ports",
-        "8003",
-        "--quiet",
-    ]);
+    let _live = Proc::up(&["serve", "http", "--bind", "127.0.1.2", "--ports", "8001-8002", "--quiet"]);
+    let mut doomed = Proc::up(&["serve", "http", "--bind", "127.0.1.2", "--ports", "8003", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
         "http",
@@ -125,15 +95,7 @@ fn a_hanging_backend_gives_504_after_the_timeout() {
             held.push(s); // accept, read nothing, answer nothing
         }
     });
-    let _backend = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.3",
-        "--ports",
-        "8002",
-        "--quiet",
-    ]);
+    let _backend = Proc::up(&["serve", "http", "--bind", "127.0.1.3", "--ports", "8002", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
         "http",
@@ -148,44 +110,20 @@ fn a_hanging_backend_gives_504_after_the_timeout() {
     let t = Instant::now();
     let r = get(addr("127.0.1.3:8000"), "/");
     assert_eq!(r.status, 504, "{r:?}");
-    assert!(
-        r.body.contains("127.0.1.3:8001") && r.body.contains("did not respond"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("127.0.1.3:8001") && r.body.contains("did not respond"), "{}", r.body);
     let took = t.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
     // The rotation carries on to the healthy backend.
     assert_eq!(get(addr("127.0.1.3:8000"), "/").status, 200);
 }
 
 #[test]
 fn a_malformed_request_gets_400() {
-    let _backend = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.4",
-        "--ports",
-        "8001",
-        "--quiet",
-    ]);
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.4:8000",
-        "--backend",
-        "127.0.1.4:8001",
-        "--quiet",
-    ]);
+    let _backend = Proc::up(&["serve", "http", "--bind", "127.0.1.4", "--ports", "8001", "--quiet"]);
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.4:8000", "--backend", "127.0.1.4:8001", "--quiet"]);
     let r = Http::connect(addr("127.0.1.4:8000")).raw(b"GARBAGE\r\n\r\n");
     assert_eq!(r.status, 400);
-    let r = Http::connect(addr("127.0.1.4:8000"))
-        .raw(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
+    let r = Http::connect(addr("127.0.1.4:8000")).raw(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
     assert_eq!(r.status, 400);
     // And the balancer is still fine.
     assert_eq!(get(addr("127.0.1.4:8000"), "/").status, 200);
@@ -211,23 +149,15 @@ fn echo_backend(at: &str) {
             }
             let len: usize = head
                 .iter()
-                .find_map(|h| {
-                    h.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
+                .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
             r.read_exact(&mut body).unwrap();
-            if head
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case("transfer-encoding: chunked"))
-            {
+            if head.iter().any(|h| h.eq_ignore_ascii_case("transfer-encoding: chunked")) {
                 loop {
                     let mut size = String::new();
                     r.read_line(&mut size).unwrap();
-                    let n =
-                        usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+                    let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
                     let mut chunk = vec![0u8; n + 2];
                     r.read_exact(&mut chunk).unwrap();
                     body.extend_from_slice(&chunk[..n]);
@@ -251,15 +181,7 @@ fn echo_backend(at: &str) {
 #[test]
 fn forwards_bodies_intact_and_rewrites_hop_headers() {
     echo_backend("127.0.1.5:8001");
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.5:8000",
-        "--backend",
-        "127.0.1.5:8001",
-        "--quiet",
-    ]);
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.5:8000", "--backend", "127.0.1.5:8001", "--quiet"]);
     let mut c = Http::connect(addr("127.0.1.5:8000"));
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
@@ -273,24 +195,12 @@ fn forwards_bodies_intact_and_rewrites_hop_headers() {
     let seen = r.body.to_ascii_lowercase();
     assert!(seen.starts_with("post /upload?x=1 http/1.1"), "{seen}");
     assert!(seen.contains("host: example.test"), "{seen}");
-    assert!(
-        seen.contains(&format!("body-bytes: {}\nbody-sum: {sum}", body.len())),
-        "{seen}"
-    );
+    assert!(seen.contains(&format!("body-bytes: {}\nbody-sum: {sum}", body.len())), "{seen}");
     let client_ip = c.local_addr().ip();
-    assert!(
-        seen.contains(&format!("x-forwarded-for: 203.0.113.9, {client_ip}")),
-        "{seen}"
-    );
-    assert!(
-        !seen.contains("x-private"),
-        "a header named by Connection leaked: {seen}"
-    );
+    assert!(seen.contains(&format!("x-forwarded-for: 203.0.113.9, {client_ip}")), "{seen}");
+    assert!(!seen.contains("x-private"), "a header named by Connection leaked: {seen}");
     // The backend's hop-by-hop headers stay with the backend; the client connection lives on.
-    assert!(
-        r.header("keep-alive").is_none() && r.header("connection").is_none(),
-        "{r:?}"
-    );
+    assert!(r.header("keep-alive").is_none() && r.header("connection").is_none(), "{r:?}");
     assert_eq!(c.get("/second").status, 200);
 }
 
@@ -320,9 +230,7 @@ fn scripted_backend(at: &str, reply: impl Fn(&str) -> (Vec<u8>, bool) + Send + S
                     let len: usize = head
                         .lines()
                         .find_map(|h| {
-                            h.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
+                            h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
                         })
                         .unwrap_or(0);
                     let mut body = vec![0u8; len];
@@ -342,15 +250,7 @@ fn chunked_responses_pass_through_and_are_decoded_for_http10_clients() {
     scripted_backend("127.0.1.6:8001", |_| {
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), false)
     });
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.6:8000",
-        "--backend",
-        "127.0.1.6:8001",
-        "--quiet",
-    ]);
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.6:8000", "--backend", "127.0.1.6:8001", "--quiet"]);
     let mut c = Http::connect(addr("127.0.1.6:8000"));
     for _ in 0..3 {
         let r = c.get("/");
@@ -370,59 +270,31 @@ fn chunked_responses_pass_through_and_are_decoded_for_http10_clients() {
 #[test]
 fn chunked_uploads_expect_continue_head_and_pipelining() {
     echo_backend("127.0.1.7:8001");
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.7:8000",
-        "--backend",
-        "127.0.1.7:8001",
-        "--quiet",
-    ]);
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.7:8000", "--backend", "127.0.1.7:8001", "--quiet"]);
     // A chunked upload arrives chunked, whole, and the connection carries on.
     let mut c = Http::connect(addr("127.0.1.7:8000"));
-    let r = c.raw(b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
+    let r = c
+        .raw(b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
     assert_eq!(r.status, 200);
     let seen = r.body.to_ascii_lowercase();
-    assert!(
-        seen.contains("transfer-encoding: chunked")
-            && seen.contains("body-bytes: 5\nbody-sum: 495"),
-        "{seen}"
-    );
-    let r = c.raw(
-        b"PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nabcd",
-    );
+    assert!(seen.contains("transfer-encoding: chunked") && seen.contains("body-bytes: 5\nbody-sum: 495"), "{seen}");
+    let r = c.raw(b"PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nabcd");
     // 100 Continue comes first from the proxy itself, then the real response.
     assert_eq!(r.status, 100);
     let r = c.read_response();
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.contains("body-bytes: 4") && !r.body.to_ascii_lowercase().contains("expect"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("body-bytes: 4") && !r.body.to_ascii_lowercase().contains("expect"), "{}", r.body);
 
     // Two requests in one write (pipelining) get two responses, in order.
     let mut p = Http::connect(addr("127.0.1.7:8000"));
     let first = p.raw(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\n");
     let second = p.read_response();
-    assert!(
-        first.body.starts_with("GET /one") && second.body.starts_with("GET /two"),
-        "{first:?} {second:?}"
-    );
+    assert!(first.body.starts_with("GET /one") && second.body.starts_with("GET /two"), "{first:?} {second:?}");
 }
 
 #[test]
 fn head_requests_and_big_streamed_bodies() {
-    let _backends = Proc::up(&[
-        "serve",
-        "http",
-        "--bind",
-        "127.0.1.8",
-        "--ports",
-        "8001",
-        "--quiet",
-    ]);
+    let _backends = Proc::up(&["serve", "http", "--bind", "127.0.1.8", "--ports", "8001", "--quiet"]);
     let big = 8 * 1024 * 1024;
     scripted_backend("127.0.1.8:8002", move |head| {
         let body = vec![b'x'; big];
@@ -432,15 +304,7 @@ fn head_requests_and_big_streamed_bodies() {
         }
         (resp, false)
     });
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.8:8000",
-        "--backend",
-        "127.0.1.8:8002",
-        "--quiet",
-    ]);
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.8:8000", "--backend", "127.0.1.8:8002", "--quiet"]);
     let mut c = Http::connect(addr("127.0.1.8:8000"));
     let r = c.head("/");
     assert_eq!(r.status, 200);
@@ -455,21 +319,8 @@ fn head_requests_and_big_streamed_bodies() {
 #[test]
 fn a_backend_closing_idle_keep_alive_connections_is_retried_transparently() {
     // Answers one request per connection, then closes it without saying so.
-    scripted_backend("127.0.1.9:8001", |_| {
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec(),
-            true,
-        )
-    });
-    let _lb = Proc::up(&[
-        "balance",
-        "http",
-        "--listen",
-        "127.0.1.9:8000",
-        "--backend",
-        "127.0.1.9:8001",
-        "--quiet",
-    ]);
+    scripted_backend("127.0.1.9:8001", |_| (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec(), true));
+    let _lb = Proc::up(&["balance", "http", "--listen", "127.0.1.9:8000", "--backend", "127.0.1.9:8001", "--quiet"]);
     let mut c = Http::connect(addr("127.0.1.9:8000"));
     for i in 0..20 {
         let r = c.get("/");

@@ -19,9 +19,7 @@ fn recording_servers(ip: &str, ports: &[u16]) -> Arc<Mutex<Vec<(usize, String)>>
         thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             while let Ok((n, from)) = s.recv_from(&mut buf) {
-                seen.lock()
-                    .unwrap()
-                    .push((i, String::from_utf8_lossy(&buf[..n]).into_owned()));
+                seen.lock().unwrap().push((i, String::from_utf8_lossy(&buf[..n]).into_owned()));
                 buf[..n].make_ascii_uppercase();
                 let _ = s.send_to(&buf[..n], from);
             }
@@ -47,54 +45,24 @@ fn rotation_is_per_datagram_and_continues_across_client_runs() {
     ]);
     let mut order = Vec::new();
     for _run in 0..2 {
-        let (code, out) = run(
-            &["udp-ping", "127.0.2.1", "8888", "-c", "4"],
-            Duration::from_secs(10),
-        );
+        let (code, out) = run(&["udp-ping", "127.0.2.1", "8888", "-c", "4"], Duration::from_secs(10));
         assert_eq!(code, 0, "{out}");
-        assert!(
-            out.contains("4 packets transmitted, 4 received, 0% packet loss"),
-            "{out}"
-        );
+        assert!(out.contains("4 packets transmitted, 4 received, 0% packet loss"), "{out}");
         assert!(out.contains("rtt min/avg/max/mdev = "), "{out}");
-        assert_eq!(
-            out.matches("bytes from 127.0.2.1:8888: seq=").count(),
-            4,
-            "{out}"
-        );
+        assert_eq!(out.matches("bytes from 127.0.2.1:8888: seq=").count(), 4, "{out}");
         let mut got = std::mem::take(&mut *seen.lock().unwrap());
         got.sort_by_key(|(_, m)| seq_of(m));
         order.extend(got.into_iter().map(|(server, m)| (seq_of(&m), server)));
     }
     // ping 1 -> server 1, ping 2 -> server 2, ...; the second run resumes where the first stopped.
-    assert_eq!(
-        order,
-        vec![
-            (1, 0),
-            (2, 1),
-            (3, 2),
-            (4, 0),
-            (1, 1),
-            (2, 2),
-            (3, 0),
-            (4, 1)
-        ]
-    );
+    assert_eq!(order, vec![(1, 0), (2, 1), (3, 2), (4, 0), (1, 1), (2, 2), (3, 0), (4, 1)]);
     lb.wait_for("-> 127.0.2.1:2527 15B", Duration::from_secs(2));
     lb.wait_for("<- 127.0.2.1:2527 15B", Duration::from_secs(2));
 }
 
 #[test]
 fn the_largest_datagrams_pass_intact_both_ways() {
-    let _servers = Proc::up(&[
-        "serve",
-        "udp",
-        "--bind",
-        "127.0.2.2",
-        "--ports",
-        "2526-2527",
-        "--quiet",
-    ]);
+    let _servers = Proc::up(&["serve", "udp", "--bind", "127.0.2.2", "--ports", "2526-2527", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
         "udp",
@@ -112,22 +80,13 @@ fn the_largest_datagrams_pass_intact_both_ways() {
         let (n, from) = c.recv_from(&mut buf).unwrap();
         assert_eq!(from, addr("127.0.2.2:8888"));
         assert_eq!(n, size, "a {size}-byte datagram came back as {n} bytes");
-        assert!(
-            buf[..n]
-                .iter()
-                .zip(&msg)
-                .all(|(r, m)| *r == m.to_ascii_uppercase())
-        );
+        assert!(buf[..n].iter().zip(&msg).all(|(r, m)| *r == m.to_ascii_uppercase()));
     }
 }
 
 /// Sends `a-1`, `b-1`, `a-2`, ... from two clients; returns which server got each client's datagrams
 /// and checks every reply went to the client that sent the request.
-fn two_clients(
-    ip: &str,
-    lb: SocketAddr,
-    seen: &Arc<Mutex<Vec<(usize, String)>>>,
-) -> (Vec<usize>, Vec<usize>) {
+fn two_clients(ip: &str, lb: SocketAddr, seen: &Arc<Mutex<Vec<(usize, String)>>>) -> (Vec<usize>, Vec<usize>) {
     let (a, b) = (udp_client(ip), udp_client(ip));
     let mut buf = [0u8; 64];
     for i in 0..6 {
@@ -135,20 +94,11 @@ fn two_clients(
             let msg = format!("{tag}-{i}");
             c.send_to(msg.as_bytes(), lb).unwrap();
             let n = c.recv(&mut buf).unwrap();
-            assert_eq!(
-                &buf[..n],
-                msg.to_uppercase().as_bytes(),
-                "reply went to the wrong client"
-            );
+            assert_eq!(&buf[..n], msg.to_uppercase().as_bytes(), "reply went to the wrong client");
         }
     }
     let got = seen.lock().unwrap();
-    let servers = |tag: &str| {
-        got.iter()
-            .filter(|(_, m)| m.starts_with(tag))
-            .map(|(s, _)| *s)
-            .collect::<Vec<_>>()
-    };
+    let servers = |tag: &str| got.iter().filter(|(_, m)| m.starts_with(tag)).map(|(s, _)| *s).collect::<Vec<_>>();
     (servers("a-"), servers("b-"))
 }
 
@@ -173,15 +123,7 @@ fn client_affinity_pins_each_client_and_default_mode_rotates() {
     drop(pinned);
 
     seen.lock().unwrap().clear();
-    let _rotating = Proc::up(&[
-        "balance",
-        "udp",
-        "--listen",
-        "127.0.2.3:8889",
-        "--backend",
-        backends,
-        "--quiet",
-    ]);
+    let _rotating = Proc::up(&["balance", "udp", "--listen", "127.0.2.3:8889", "--backend", backends, "--quiet"]);
     let (a, b) = two_clients("127.0.2.3", addr("127.0.2.3:8889"), &seen);
     assert_eq!(a, vec![0, 2, 1, 0, 2, 1]);
     assert_eq!(b, vec![1, 0, 2, 1, 0, 2]);
@@ -190,15 +132,7 @@ fn client_affinity_pins_each_client_and_default_mode_rotates() {
 #[test]
 fn a_silent_backend_blocks_nobody() {
     let _silent = UdpSocket::bind("127.0.2.4:2526").unwrap(); // receives, never answers
-    let _servers = Proc::up(&[
-        "serve",
-        "udp",
-        "--bind",
-        "127.0.2.4",
-        "--ports",
-        "2527",
-        "--quiet",
-    ]);
+    let _servers = Proc::up(&["serve", "udp", "--bind", "127.0.2.4", "--ports", "2527", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
         "udp",
@@ -209,53 +143,42 @@ fn a_silent_backend_blocks_nobody() {
         "--quiet",
     ]);
     let t = Instant::now();
-    let (code, out) = run(
-        &[
-            "udp-ping",
-            "127.0.2.4",
-            "8888",
-            "-c",
-            "6",
-            "--timeout",
-            "200ms",
-        ],
-        Duration::from_secs(10),
-    );
+    let (code, out) = run(&["udp-ping", "127.0.2.4", "8888", "-c", "6", "--timeout", "200ms"], Duration::from_secs(10));
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("6 packets transmitted, 3 received, 50% packet loss"),
-        "{out}"
-    );
+    assert!(out.contains("6 packets transmitted, 3 received, 50% packet loss"), "{out}");
     assert_eq!(out.matches("Request timed out").count(), 3, "{out}");
     // Three timeouts of 200 ms each, the answered pings immediate: nothing waited on the silent one.
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
-    // Many clients at once, each with a flow of its own, all answered.
+    // Many clients at once, each with a flow of its own: the rotation alternates over all their
+    // datagrams, so exactly half (those sent to the echo server) come back, to their senders.
     let clients: Vec<UdpSocket> = (0..50).map(|_| udp_client("127.0.2.4")).collect();
-    for c in &clients {
-        for _ in 0..2 {
-            c.send_to(b"ping", addr("127.0.2.4:8888")).unwrap();
+    for (i, c) in clients.iter().enumerate() {
+        for k in 0..2 {
+            c.send_to(format!("c{i}-{k}").as_bytes(), addr("127.0.2.4:8888")).unwrap();
         }
+        c.set_nonblocking(true).unwrap();
     }
-    // Each client's two datagrams went one to the echo server, one to the silent one.
     let mut buf = [0u8; 16];
-    for c in &clients {
-        let n = c.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"PING");
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while answered < 50 && Instant::now() < deadline {
+        for (i, c) in clients.iter().enumerate() {
+            while let Ok(n) = c.recv(&mut buf) {
+                assert!(buf[..n].starts_with(format!("C{i}-").as_bytes()), "client {i} got another's reply");
+                answered += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
     }
+    thread::sleep(Duration::from_millis(300));
+    let late: usize = clients.iter().map(|c| std::iter::from_fn(|| c.recv(&mut buf).ok()).count()).sum();
+    assert_eq!((answered, late), (50, 0));
 }
 
 #[test]
 fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
-    let _servers = Proc::up(&[
-        "serve",
-        "udp",
-        "--bind",
-        "127.0.2.5",
-        "--ports",
-        "2526",
-        "--quiet",
-    ]);
+    let _servers = Proc::up(&["serve", "udp", "--bind", "127.0.2.5", "--ports", "2526", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
         "udp",
@@ -282,14 +205,9 @@ fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
 #[test]
 fn simulated_loss_is_reproducible_with_a_seed() {
     let pattern = |ip: &str| {
-        let _s = Proc::up(&[
-            "serve", "udp", "--bind", ip, "--ports", "2526", "--loss", "0.5", "--seed", "7",
-            "--quiet",
-        ]);
-        let (code, out) = run(
-            &["udp-ping", ip, "2526", "-c", "16", "--timeout", "100ms"],
-            Duration::from_secs(10),
-        );
+        let _s =
+            Proc::up(&["serve", "udp", "--bind", ip, "--ports", "2526", "--loss", "0.5", "--seed", "7", "--quiet"]);
+        let (code, out) = run(&["udp-ping", ip, "2526", "-c", "16", "--timeout", "100ms"], Duration::from_secs(10));
         let lines: Vec<String> = out
             .lines()
             .filter_map(|l| {
@@ -309,50 +227,19 @@ fn simulated_loss_is_reproducible_with_a_seed() {
     assert_eq!(first.len(), 16, "{out}");
     assert_eq!(first, second, "same seed, same losses");
     let lost = first.iter().filter(|l| *l == "lost").count();
-    assert!(
-        (2..=14).contains(&lost),
-        "0.5 loss over 16 pings lost {lost}: {out}"
-    );
+    assert!((2..=14).contains(&lost), "0.5 loss over 16 pings lost {lost}: {out}");
     assert_eq!(code1, 0);
 }
 
 #[test]
 fn udp_ping_exits_1_when_nothing_answers() {
     let _silent = UdpSocket::bind("127.0.2.8:2526").unwrap();
-    let (code, out) = run(
-        &[
-            "udp-ping",
-            "127.0.2.8",
-            "2526",
-            "-c",
-            "2",
-            "--timeout",
-            "100ms",
-        ],
-        Duration::from_secs(5),
-    );
+    let (code, out) = run(&["udp-ping", "127.0.2.8", "2526", "-c", "2", "--timeout", "100ms"], Duration::from_secs(5));
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("2 packets transmitted, 0 received, 100% packet loss"),
-        "{out}"
-    );
+    assert!(out.contains("2 packets transmitted, 0 received, 100% packet loss"), "{out}");
     assert!(!out.contains("rtt min"), "{out}");
     // Nothing bound at all: the port is reported unreachable, still exit 1, still a summary.
-    let (code, out) = run(
-        &[
-            "udp-ping",
-            "127.0.2.8",
-            "2599",
-            "-c",
-            "2",
-            "--timeout",
-            "100ms",
-        ],
-        Duration::from_secs(5),
-    );
+    let (code, out) = run(&["udp-ping", "127.0.2.8", "2599", "-c", "2", "--timeout", "100ms"], Duration::from_secs(5));
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("port unreachable") && out.contains("100% packet loss"),
-        "{out}"
-    );
+    assert!(out.contains("port unreachable") && out.contains("100% packet loss"), "{out}");
 }

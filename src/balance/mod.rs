@@ -23,15 +23,7 @@ pub struct BackendSet {
 impl BackendSet {
     /// All backends healthy.
     pub fn new(addrs: &[SocketAddr]) -> Self {
-        Self {
-            backends: addrs
-                .iter()
-                .map(|&addr| Backend {
-                    addr,
-                    healthy: true,
-                })
-                .collect(),
-        }
+        Self { backends: addrs.iter().map(|&addr| Backend { addr, healthy: true }).collect() }
     }
 
     /// The backends in order.
@@ -86,9 +78,7 @@ impl RoundRobin {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|step| (turn + step) % n)
-            .find(|&i| set.backends[i].healthy)
+        (0..n).map(|step| (turn + step) % n).find(|&i| set.backends[i].healthy)
     }
 }
 
@@ -97,9 +87,7 @@ mod tests {
     use super::*;
 
     fn set(n: u16) -> BackendSet {
-        let addrs: Vec<SocketAddr> = (1..=n)
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-            .collect();
+        let addrs: Vec<SocketAddr> = (1..=n).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
         BackendSet::new(&addrs)
     }
 

@@ -81,10 +81,7 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// Comma-separated tokens of a field value, trimmed, empty ones skipped.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+    value.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
 }
 
 /// What a head's fields say about framing and the connection.
@@ -113,9 +110,7 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HeadE
                 .and_then(|v| v.parse::<u64>().ok())
                 .ok_or_else(|| HeadError::Malformed("invalid Content-Length".into()))?;
             if f.content_length.is_some_and(|m| m != n) {
-                return Err(HeadError::Malformed(
-                    "conflicting Content-Length values".into(),
-                ));
+                return Err(HeadError::Malformed("conflicting Content-Length values".into()));
             }
             f.content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -124,11 +119,7 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HeadE
                 if f.chunked {
                     f.other_coding = true;
                 }
-                if t.eq_ignore_ascii_case(b"chunked") {
-                    f.chunked = true
-                } else {
-                    f.other_coding = true
-                }
+                if t.eq_ignore_ascii_case(b"chunked") { f.chunked = true } else { f.other_coding = true }
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
@@ -152,20 +143,11 @@ fn read_fields<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, HeadE
 }
 
 /// Writes the fields that pass to the next hop.
-fn write_end_to_end(
-    out: &mut Vec<u8>,
-    headers: &[httparse::Header<'_>],
-    named: &[&[u8]],
-    request: bool,
-) {
+fn write_end_to_end(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], request: bool) {
     for h in headers {
         if is_hop_by_hop(h.name)
-            || (request
-                && (h.name.eq_ignore_ascii_case("x-forwarded-for")
-                    || h.name.eq_ignore_ascii_case("expect")))
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+            || (request && (h.name.eq_ignore_ascii_case("x-forwarded-for") || h.name.eq_ignore_ascii_case("expect")))
+            || named.iter().any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
         {
             continue;
         }
@@ -200,9 +182,7 @@ pub(crate) fn parse_request(
     let f = read_fields(req.headers)?;
     let framing = if f.chunked || f.other_coding {
         if f.other_coding {
-            return Err(HeadError::Malformed(
-                "unsupported Transfer-Encoding (only chunked)".into(),
-            ));
+            return Err(HeadError::Malformed("unsupported Transfer-Encoding (only chunked)".into()));
         }
         Framing::Chunked
     } else {
@@ -212,11 +192,7 @@ pub(crate) fn parse_request(
         }
     };
     let http10 = minor == 0;
-    let keep_alive = if http10 {
-        f.keep_alive && !f.close
-    } else {
-        !f.close
-    };
+    let keep_alive = if http10 { f.keep_alive && !f.close } else { !f.close };
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -234,9 +210,7 @@ pub(crate) fn parse_request(
             let _ = write!(ByteWriter(out), "Content-Length: {n}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::Empty if f.content_length == Some(0) => {
-            out.extend_from_slice(b"Content-Length: 0\r\n")
-        }
+        Framing::Empty if f.content_length == Some(0) => out.extend_from_slice(b"Content-Length: 0\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
     Ok(Some(RequestHead {
@@ -247,11 +221,7 @@ pub(crate) fn parse_request(
         is_head: method == "HEAD",
         has_host: f.has_host,
         expect_continue: f.expect_continue && framing != Framing::Empty,
-        line: if want_line {
-            format!("{method} {path}")
-        } else {
-            String::new()
-        },
+        line: if want_line { format!("{method} {path}") } else { String::new() },
     }))
 }
 
@@ -280,30 +250,21 @@ pub(crate) fn parse_response(
         return Err(HeadError::Unsupported("protocol upgrades are not proxied"));
     }
     let f = read_fields(resp.headers)?;
-    let framing =
-        if (100..200).contains(&status) || status == 204 || status == 304 || request_was_head {
-            Framing::Empty
-        } else if f.chunked && !f.other_coding {
-            Framing::Chunked
-        } else if f.chunked || f.other_coding {
-            Framing::UntilClose
-        } else {
-            match f.content_length {
-                Some(n) => Framing::Length(n),
-                None => Framing::UntilClose,
-            }
-        };
-    let persistent = if minor == 0 {
-        f.keep_alive && !f.close
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_was_head {
+        Framing::Empty
+    } else if f.chunked && !f.other_coding {
+        Framing::Chunked
+    } else if f.chunked || f.other_coding {
+        Framing::UntilClose
     } else {
-        !f.close
+        match f.content_length {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
     };
+    let persistent = if minor == 0 { f.keep_alive && !f.close } else { !f.close };
     out.clear();
-    let _ = write!(
-        ByteWriter(out),
-        "HTTP/1.1 {status} {}\r\n",
-        resp.reason.unwrap_or("")
-    );
+    let _ = write!(ByteWriter(out), "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     write_end_to_end(out, resp.headers, &f.named, false);
     match framing {
         Framing::Length(n) => {
@@ -318,12 +279,7 @@ pub(crate) fn parse_response(
         }
         Framing::Chunked | Framing::UntilClose => {}
     }
-    Ok(Some(ResponseHead {
-        len,
-        status,
-        framing,
-        reusable: persistent && framing != Framing::UntilClose,
-    }))
+    Ok(Some(ResponseHead { len, status, framing, reusable: persistent && framing != Framing::UntilClose }))
 }
 
 /// `fmt::Write` into a byte vector.
@@ -364,13 +320,7 @@ const MAX_CHUNK_EXTRA: usize = 16 * 1024;
 
 impl Default for Chunked {
     fn default() -> Self {
-        Self {
-            state: ChunkState::Size {
-                value: 0,
-                digits: 0,
-            },
-            extra: 0,
-        }
+        Self { state: ChunkState::Size { value: 0, digits: 0 }, extra: 0 }
     }
 }
 
@@ -392,10 +342,7 @@ impl Chunked {
             let b = input[i];
             self.state = match self.state {
                 Size { value, digits } => match (b as char).to_digit(16) {
-                    Some(d) if digits < 15 => Size {
-                        value: value * 16 + u64::from(d),
-                        digits: digits + 1,
-                    },
+                    Some(d) if digits < 15 => Size { value: value * 16 + u64::from(d), digits: digits + 1 },
                     Some(_) => return Err("chunk size too large"),
                     None if digits == 0 => return Err("chunk size missing"),
                     None if b == b'\r' => SizeLf { value },
@@ -407,11 +354,7 @@ impl Chunked {
                     if self.extra > MAX_CHUNK_EXTRA {
                         return Err("chunk extensions too long");
                     }
-                    if b == b'\r' {
-                        SizeLf { value }
-                    } else {
-                        Extension { value }
-                    }
+                    if b == b'\r' { SizeLf { value } } else { Extension { value } }
                 }
                 SizeLf { value } if b == b'\n' => {
                     if value == 0 {
@@ -424,18 +367,11 @@ impl Chunked {
                     let take = (left.min((input.len() - i) as u64)) as usize;
                     on_data(i..i + take);
                     i += take;
-                    self.state = if left == take as u64 {
-                        DataCr
-                    } else {
-                        Data(left - take as u64)
-                    };
+                    self.state = if left == take as u64 { DataCr } else { Data(left - take as u64) };
                     continue;
                 }
                 DataCr if b == b'\r' => DataLf,
-                DataLf if b == b'\n' => Size {
-                    value: 0,
-                    digits: 0,
-                },
+                DataLf if b == b'\n' => Size { value: 0, digits: 0 },
                 TrailerStart if b == b'\r' => EndLf,
                 TrailerStart | Trailer => {
                     self.extra += 1;
@@ -484,22 +420,10 @@ mod tests {
     #[test]
     fn request_framing_and_persistence() {
         let framing = |t: &str| req(t).0.map(|r| r.map(|r| (r.framing, r.keep_alive)));
-        assert_eq!(
-            framing("GET / HTTP/1.1\r\n\r\n"),
-            Ok(Some((Framing::Empty, true)))
-        );
-        assert_eq!(
-            framing("GET / HTTP/1.0\r\n\r\n"),
-            Ok(Some((Framing::Empty, false)))
-        );
-        assert_eq!(
-            framing("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
-            Ok(Some((Framing::Empty, true)))
-        );
-        assert_eq!(
-            framing("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
-            Ok(Some((Framing::Empty, false)))
-        );
+        assert_eq!(framing("GET / HTTP/1.1\r\n\r\n"), Ok(Some((Framing::Empty, true))));
+        assert_eq!(framing("GET / HTTP/1.0\r\n\r\n"), Ok(Some((Framing::Empty, false))));
+        assert_eq!(framing("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"), Ok(Some((Framing::Empty, true))));
+        assert_eq!(framing("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"), Ok(Some((Framing::Empty, false))));
         assert_eq!(
             framing("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
             Ok(Some((Framing::Chunked, true)))
@@ -509,22 +433,13 @@ mod tests {
             framing("PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
-        assert!(matches!(
-            framing("PUT / HTTP/1.1\r\nContent-Length: -3\r\n\r\n"),
-            Err(HeadError::Malformed(_))
-        ));
-        assert!(matches!(
-            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            Err(HeadError::Malformed(_))
-        ));
+        assert!(matches!(framing("PUT / HTTP/1.1\r\nContent-Length: -3\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(framing("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Err(HeadError::Malformed(_))));
         assert!(matches!(
             framing("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
-        assert!(matches!(
-            framing("GARBAGE\r\n\r\n"),
-            Err(HeadError::Malformed(_))
-        ));
+        assert!(matches!(framing("GARBAGE\r\n\r\n"), Err(HeadError::Malformed(_))));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(framing(&huge), Err(HeadError::TooLarge));
     }
@@ -533,78 +448,26 @@ mod tests {
     fn response_heads_framing_and_reuse() {
         let resp = |t: &str, head: bool, chunked_ok: bool| {
             let mut out = Vec::new();
-            let r = parse_response(t.as_bytes(), head, chunked_ok, &mut out)
-                .unwrap()
-                .unwrap();
-            (
-                r.status,
-                r.framing,
-                r.reusable,
-                String::from_utf8(out).unwrap(),
-            )
+            let r = parse_response(t.as_bytes(), head, chunked_ok, &mut out).unwrap().unwrap();
+            (r.status, r.framing, r.reusable, String::from_utf8(out).unwrap())
         };
         assert_eq!(
-            resp(
-                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nhi",
-                false,
-                true
-            ),
-            (
-                200,
-                Framing::Length(2),
-                true,
-                "HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: 2\r\n".into()
-            )
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nhi", false, true),
+            (200, Framing::Length(2), true, "HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: 2\r\n".into())
         );
-        assert_eq!(
-            resp(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false,
-                true
-            )
-            .1,
-            Framing::Chunked
-        );
+        assert_eq!(resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, true).1, Framing::Chunked);
         assert!(
-            resp(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false,
-                true
-            )
-            .3
-            .contains("Transfer-Encoding: chunked")
+            resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, true)
+                .3
+                .contains("Transfer-Encoding: chunked")
         );
-        assert!(
-            !resp(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false,
-                false
-            )
-            .3
-            .contains("chunked")
-        );
-        assert_eq!(
-            resp("HTTP/1.1 200 OK\r\n\r\n", false, true).1,
-            Framing::UntilClose
-        );
+        assert!(!resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, false).3.contains("chunked"));
+        assert_eq!(resp("HTTP/1.1 200 OK\r\n\r\n", false, true).1, Framing::UntilClose);
         assert!(!resp("HTTP/1.1 200 OK\r\n\r\n", false, true).2);
-        assert!(
-            !resp(
-                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                false,
-                true
-            )
-            .2
-        );
+        assert!(!resp("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false, true).2);
         assert!(!resp("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false, true).2);
-        assert_eq!(
-            resp("HTTP/1.1 304 Not Modified\r\n\r\n", false, true).1,
-            Framing::Empty
-        );
-        assert_eq!(
-            resp("HTTP/1.1 100 Continue\r\n\r\n", false, true).1,
-            Framing::Empty
-        );
+        assert_eq!(resp("HTTP/1.1 304 Not Modified\r\n\r\n", false, true).1, Framing::Empty);
+        assert_eq!(resp("HTTP/1.1 100 Continue\r\n\r\n", false, true).1, Framing::Empty);
         let head = resp("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, true);
         assert_eq!((head.1, head.2), (Framing::Empty, true));
         assert!(head.3.contains("Content-Length: 99"));
@@ -628,29 +491,15 @@ mod tests {
         let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
         let end = body.len() - 4;
         for split in 0..=end {
-            assert_eq!(
-                dechunk(body, split),
-                Ok((end, b"hello world".to_vec())),
-                "split at {split}"
-            );
+            assert_eq!(dechunk(body, split), Ok((end, b"hello world".to_vec())), "split at {split}");
         }
         assert_eq!(dechunk(b"0\r\n\r\n", 2), Ok((5, vec![])));
     }
 
     #[test]
     fn bad_chunked_framing_is_refused() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\r\nhelloXX",
-            b"\r\n",
-            b"1234567890abcdef0\r\n",
-            b"5\nhello",
-        ] {
-            assert!(
-                Chunked::default().feed(bad, |_| {}).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"1234567890abcdef0\r\n", b"5\nhello"] {
+            assert!(Chunked::default().feed(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

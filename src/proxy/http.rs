@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -31,7 +32,8 @@ const BUF_SIZE: usize = 16 * 1024;
 
 /// A bound, ready-to-run HTTP balancer.
 pub struct HttpBalancer {
-    listener: std::net::TcpListener,
+    /// One listening socket per worker (SO_REUSEPORT).
+    listeners: Vec<std::net::TcpListener>,
     max_connections: usize,
     proxy: Arc<Proxy>,
 }
@@ -42,7 +44,7 @@ struct Proxy {
     /// Health may change, order never does: index `i` is always backend `i` of the config.
     backends: Arc<ArcSwap<BackendSet>>,
     rotation: RoundRobin,
-    pools: Vec<Pool>,
+    max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
     log: Log,
@@ -55,6 +57,10 @@ struct Pool {
 }
 
 impl Pool {
+    fn new(max_idle: usize) -> Self {
+        Self { idle: Mutex::new(Vec::new()), max_idle }
+    }
+
     fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = idle.pop() {
@@ -114,38 +120,24 @@ impl HttpBalancer {
     /// Binds the listening socket; nothing is served until [`HttpBalancer::run`].
     pub fn bind(config: &HttpBalancerConfig, log: Log) -> Result<Self, BindError> {
         let owner = format!("http balancer \"{}\"", config.name);
-        let listener = net::bind_tcp(config.listen.0, &owner)?;
+        let workers = config.workers.unwrap_or_else(default_workers);
+        let listeners = net::bind_tcp_shared(config.listen.0, &owner, workers)?;
         let backends = &config.backends.0;
-        let pools = backends
-            .iter()
-            .map(|_| Pool {
-                idle: Mutex::new(Vec::new()),
-                max_idle: config.pool_max_idle,
-            })
-            .collect();
         let proxy = Arc::new(Proxy {
             name: config.name.clone(),
             backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(backends))),
             rotation: RoundRobin::new(),
-            pools,
+            max_idle: config.pool_max_idle,
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
-            log: if config.access_log {
-                log
-            } else {
-                Log::disabled()
-            },
+            log: if config.access_log { log } else { Log::disabled() },
         });
-        Ok(Self {
-            listener,
-            max_connections: config.max_connections,
-            proxy,
-        })
+        Ok(Self { listeners, max_connections: config.max_connections, proxy })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
     }
 
     pub fn name(&self) -> &str {
@@ -157,12 +149,42 @@ impl HttpBalancer {
         self.proxy.backends.clone()
     }
 
-    /// Serves until `shutdown`; then stops accepting and lets requests in flight finish for up
-    /// to [`DRAIN_TIMEOUT`]. Idle keep-alive connections are closed.
-    pub async fn run(self, shutdown: ShutdownRx) -> io::Result<()> {
-        let listener = TcpListener::from_std(self.listener)?;
+    /// Serves on `workers` threads, each with a single-threaded runtime and pools of its own
+    /// (thread per core, as nginx does), until `shutdown`; then stops accepting and lets
+    /// requests in flight finish for up to [`DRAIN_TIMEOUT`]. Idle keep-alive connections close.
+    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
         let limit = self.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         let permits = Arc::new(Semaphore::new(limit as usize));
+        self.listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let (proxy, permits, shutdown) = (self.proxy.clone(), permits.clone(), shutdown.clone());
+                thread::Builder::new().name(format!("http-{}-{i}", self.proxy.name)).spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(proxy.accept_loop(listener, permits, limit, shutdown))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Threads a balancer uses by default: one per core.
+fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
+impl Proxy {
+    /// One worker: accepts from the shared listening socket and serves its connections.
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        permits: Arc<Semaphore>,
+        limit: u32,
+        shutdown: ShutdownRx,
+    ) -> io::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
+        let pools: Arc<[Pool]> = self.backends.load().backends().iter().map(|_| Pool::new(self.max_idle)).collect();
         let stop = net::stopped(shutdown.clone());
         tokio::pin!(stop);
         loop {
@@ -176,21 +198,21 @@ impl HttpBalancer {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning, and keep serving.
-                        eprintln!("netpulse: http balancer \"{}\": accept: {e}", self.proxy.name);
+                        eprintln!("netpulse: http balancer \"{}\": accept: {e}", self.name);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
             let _ = stream.set_nodelay(true);
-            let proxy = self.proxy.clone();
-            let rx = shutdown.clone();
+            let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
             tokio::spawn(async move {
-                proxy.serve_client(stream, peer, rx).await;
+                proxy.serve_client(&pools, stream, peer, rx).await;
                 drop(permit);
             });
         }
         drop(listener);
+        // Every worker waits until all connections (its own and the others') are done.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(limit)).await;
         Ok(())
     }
@@ -205,11 +227,7 @@ struct Buf {
 
 impl Buf {
     fn new() -> Self {
-        Self {
-            data: vec![0; BUF_SIZE],
-            start: 0,
-            end: 0,
-        }
+        Self { data: vec![0; BUF_SIZE], start: 0, end: 0 }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -269,14 +287,8 @@ struct Conn {
 }
 
 impl Proxy {
-    async fn serve_client(&self, client: TcpStream, peer: SocketAddr, mut shutdown: ShutdownRx) {
-        let mut c = Conn {
-            client,
-            peer,
-            cbuf: Buf::new(),
-            bbuf: Buf::new(),
-            out: Vec::with_capacity(2048),
-        };
+    async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, mut shutdown: ShutdownRx) {
+        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::with_capacity(2048) };
         loop {
             let head = match self.read_request_head(&mut c, &mut shutdown).await {
                 Some(h) => h,
@@ -284,11 +296,9 @@ impl Proxy {
             };
             let start = Instant::now();
             c.cbuf.consume(head.len);
-            let outcome = self.exchange(&mut c, &head, &shutdown).await;
+            let outcome = self.exchange(pools, &mut c, &head, &shutdown).await;
             if self.log.enabled() {
-                let to = outcome
-                    .backend
-                    .map_or_else(|| "-".to_string(), |b| b.to_string());
+                let to = outcome.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
                 self.log.line(format!(
                     "{} http {} {peer} \"{}\" -> {to} {} {:.3}ms",
                     UtcTime::now().rfc3339(),
@@ -307,24 +317,16 @@ impl Proxy {
 
     /// Waits for a complete request head; `None` closes the connection (the client left, idled
     /// out, sent garbage — answered with 400 / 431 — or we are shutting down while it is idle).
-    async fn read_request_head(
-        &self,
-        c: &mut Conn,
-        shutdown: &mut ShutdownRx,
-    ) -> Option<RequestHead> {
+    async fn read_request_head(&self, c: &mut Conn, shutdown: &mut ShutdownRx) -> Option<RequestHead> {
         let mut first_byte = c.cbuf.is_empty();
         loop {
             if !c.cbuf.is_empty() {
-                match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.out)
-                {
+                match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.out) {
                     Ok(Some(head)) => return Some(head),
                     Ok(None) => {}
                     Err(e) => {
                         let status = if e == HeadError::TooLarge { 431 } else { 400 };
-                        let _ = c
-                            .client
-                            .write_all(&error_page(status, &e.to_string(), true))
-                            .await;
+                        let _ = c.client.write_all(&error_page(status, &e.to_string(), true)).await;
                         if self.log.enabled() {
                             self.log.line(format!(
                                 "{} http {} {} bad request: {e}",
@@ -339,11 +341,7 @@ impl Proxy {
             }
             // Idle between requests: shutdown closes the connection; once a request has begun,
             // the header timeout applies.
-            let limit = if first_byte {
-                CLIENT_IDLE_TIMEOUT
-            } else {
-                HEADER_READ_TIMEOUT
-            };
+            let limit = if first_byte { CLIENT_IDLE_TIMEOUT } else { HEADER_READ_TIMEOUT };
             let read = tokio::select! {
                 r = fill_within(&mut c.cbuf, &mut c.client, limit) => r,
                 _ = shutdown.wait_for(|s| *s), if first_byte => return None,
@@ -356,32 +354,25 @@ impl Proxy {
     }
 
     /// Relays one request and its response; answers errors itself when nothing was sent yet.
-    async fn exchange(&self, c: &mut Conn, head: &RequestHead, shutdown: &ShutdownRx) -> Outcome {
+    async fn exchange(&self, pools: &[Pool], c: &mut Conn, head: &RequestHead, shutdown: &ShutdownRx) -> Outcome {
         let picked = {
             let set = self.backends.load();
-            self.rotation
-                .pick(&set)
-                .and_then(|i| set.get(i).map(|b| (i, b.addr)))
+            self.rotation.pick(&set).and_then(|i| set.get(i).map(|b| (i, b.addr)))
         };
         let Some((index, backend)) = picked else {
             let unread = head.framing != Framing::Empty;
-            return self
-                .fail(c, head, None, ProxyError::NoBackend, unread)
-                .await;
+            return self.fail(c, head, None, ProxyError::NoBackend, unread).await;
         };
         if !head.has_host {
-            c.out
-                .extend_from_slice(format!("Host: {backend}\r\n").as_bytes());
+            c.out.extend_from_slice(format!("Host: {backend}\r\n").as_bytes());
         }
         c.out.extend_from_slice(b"\r\n");
         if head.expect_continue && !head.http10 {
             if let Err(e) = c.client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
-                return self
-                    .fail(c, head, Some(backend), ProxyError::Client(e), true)
-                    .await;
+                return self.fail(c, head, Some(backend), ProxyError::Client(e), true).await;
             }
         }
-        match self.forward(c, head, index, backend, shutdown).await {
+        match self.forward(pools, c, head, index, backend, shutdown).await {
             Ok(outcome) => outcome,
             Err((e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
         }
@@ -392,6 +383,7 @@ impl Proxy {
     /// request body is still unread on the client connection, which rules out keeping it.
     async fn forward(
         &self,
+        pools: &[Pool],
         c: &mut Conn,
         head: &RequestHead,
         index: usize,
@@ -412,18 +404,15 @@ impl Proxy {
                 body_left == 0
             }
             Framing::Chunked => {
-                let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| {
-                    (
-                        ProxyError::Client(io::Error::new(io::ErrorKind::InvalidData, e)),
-                        true,
-                    )
-                })?;
+                let used = chunked
+                    .feed(c.cbuf.bytes(), |_| {})
+                    .map_err(|e| (ProxyError::Client(io::Error::new(io::ErrorKind::InvalidData, e)), true))?;
                 c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
                 c.cbuf.consume(used);
                 chunked.is_done()
             }
         };
-        let mut pooled = self.pools[index].take();
+        let mut pooled = pools[index].take();
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
@@ -437,24 +426,13 @@ impl Proxy {
                 return Err((ProxyError::Backend(backend, format!("write: {e}")), !whole));
             }
             if !whole {
-                self.stream_request_body(
-                    c,
-                    &mut upstream,
-                    head.framing,
-                    body_left,
-                    &mut chunked,
-                    backend,
-                )
-                .await?;
+                self.stream_request_body(c, &mut upstream, head.framing, body_left, &mut chunked, backend).await?;
             }
             c.bbuf.clear();
-            match self
-                .relay_response(c, &mut upstream, head, backend, shutdown)
-                .await
-            {
+            match self.relay_response(c, &mut upstream, head, backend, shutdown).await {
                 Ok((outcome, reusable)) => {
                     if reusable {
-                        self.pools[index].put(upstream);
+                        pools[index].put(upstream);
                     }
                     return Ok(outcome);
                 }
@@ -462,11 +440,7 @@ impl Proxy {
                 Err(Relay::NoResponse(_)) if reused && whole => continue,
                 Err(Relay::NoResponse(e)) | Err(Relay::BeforeHead(e)) => return Err((e, !whole)),
                 Err(Relay::AfterHead) => {
-                    return Ok(Outcome {
-                        backend: Some(backend),
-                        status: 502,
-                        keep_client: false,
-                    });
+                    return Ok(Outcome { backend: Some(backend), status: 502, keep_client: false });
                 }
             }
         }
@@ -551,10 +525,7 @@ impl Proxy {
                     c.bbuf.consume(r.len);
                     if !head.http10 {
                         c.out.extend_from_slice(b"\r\n");
-                        c.client
-                            .write_all(&c.out)
-                            .await
-                            .map_err(|e| Relay::BeforeHead(ProxyError::Client(e)))?;
+                        c.client.write_all(&c.out).await.map_err(|e| Relay::BeforeHead(ProxyError::Client(e)))?;
                     }
                     continue;
                 }
@@ -579,42 +550,26 @@ impl Proxy {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    return Err(Relay::BeforeHead(ProxyError::Timeout(
-                        backend,
-                        self.timeout,
-                    )));
+                    return Err(Relay::BeforeHead(ProxyError::Timeout(backend, self.timeout)));
                 }
                 Err(e) if got_nothing => {
-                    return Err(Relay::NoResponse(ProxyError::Backend(
-                        backend,
-                        e.to_string(),
-                    )));
+                    return Err(Relay::NoResponse(ProxyError::Backend(backend, e.to_string())));
                 }
                 Err(e) => {
-                    return Err(Relay::BeforeHead(ProxyError::Backend(
-                        backend,
-                        e.to_string(),
-                    )));
+                    return Err(Relay::BeforeHead(ProxyError::Backend(backend, e.to_string())));
                 }
             }
         };
         c.bbuf.consume(resp.len);
         let dechunk = head.http10 && resp.framing == Framing::Chunked;
-        let keep_client = head.keep_alive
-            && resp.framing != Framing::UntilClose
-            && !dechunk
-            && !*shutdown.borrow();
+        let keep_client = head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !*shutdown.borrow();
         if !keep_client {
             c.out.extend_from_slice(b"Connection: close\r\n");
         } else if head.http10 {
             c.out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         c.out.extend_from_slice(b"\r\n");
-        let outcome = Outcome {
-            backend: Some(backend),
-            status: resp.status,
-            keep_client,
-        };
+        let outcome = Outcome { backend: Some(backend), status: resp.status, keep_client };
 
         // The body: the first bytes travel with the head, the rest as it arrives.
         let mut left = match resp.framing {
@@ -649,10 +604,7 @@ impl Proxy {
             }
             c.bbuf.consume(take);
             if !c.out.is_empty() || first {
-                c.client
-                    .write_all(&c.out)
-                    .await
-                    .map_err(|_| Relay::AfterHead)?;
+                c.client.write_all(&c.out).await.map_err(|_| Relay::AfterHead)?;
                 c.out.clear();
                 first = false;
             }
@@ -680,24 +632,12 @@ impl Proxy {
     ) -> Outcome {
         let status = e.status();
         if matches!(e, ProxyError::Client(_)) {
-            return Outcome {
-                backend,
-                status,
-                keep_client: false,
-            };
+            return Outcome { backend, status, keep_client: false };
         }
         // The unread rest of a request body would be taken for the next request: close instead.
         let keep_client = head.keep_alive && !body_unread;
-        let written = c
-            .client
-            .write_all(&error_page(status, &e.to_string(), !keep_client))
-            .await
-            .is_ok();
-        Outcome {
-            backend,
-            status,
-            keep_client: keep_client && written,
-        }
+        let written = c.client.write_all(&error_page(status, &e.to_string(), !keep_client)).await.is_ok();
+        Outcome { backend, status, keep_client: keep_client && written }
     }
 }
 
@@ -738,33 +678,19 @@ mod tests {
     fn errors_map_to_the_status_that_names_the_culprit() {
         let b: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(ProxyError::NoBackend.status(), 503);
-        assert_eq!(
-            ProxyError::Connect(b, io::ErrorKind::ConnectionRefused.into()).status(),
-            502
-        );
+        assert_eq!(ProxyError::Connect(b, io::ErrorKind::ConnectionRefused.into()).status(), 502);
         assert_eq!(ProxyError::Backend(b, "closed".into()).status(), 502);
         assert_eq!(ProxyError::Timeout(b, Duration::from_secs(1)).status(), 504);
-        assert_eq!(
-            ProxyError::ConnectTimeout(b, Duration::from_secs(1)).status(),
-            504
-        );
+        assert_eq!(ProxyError::ConnectTimeout(b, Duration::from_secs(1)).status(), 504);
     }
 
     #[test]
     fn error_pages_are_complete_responses() {
-        let page = String::from_utf8(error_page(
-            502,
-            "backend 127.0.0.1:1 could not be reached",
-            true,
-        ))
-        .unwrap();
+        let page = String::from_utf8(error_page(502, "backend 127.0.0.1:1 could not be reached", true)).unwrap();
         let (head, body) = page.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         assert!(head.contains("Connection: close"));
-        assert_eq!(
-            body,
-            "502 Bad Gateway: backend 127.0.0.1:1 could not be reached\n"
-        );
+        assert_eq!(body, "502 Bad Gateway: backend 127.0.0.1:1 could not be reached\n");
     }
 }

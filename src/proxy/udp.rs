@@ -34,16 +34,25 @@ const LISTENER: u64 = 0;
 
 /// A bound, ready-to-run UDP balancer.
 pub struct UdpBalancer {
+    /// One listening socket per worker (SO_REUSEPORT); a client address always hashes to the
+    /// same one, so its flow lives on one thread.
+    sockets: Vec<UdpSocket>,
+    shared: Arc<Shared>,
+}
+
+/// What the workers of one balancer share: the backends and the one rotation.
+struct Shared {
     name: String,
-    socket: UdpSocket,
     backends: Arc<ArcSwap<BackendSet>>,
+    rotation: RoundRobin,
     affinity: Affinity,
+    /// Flow-table bound of each worker (the configured bound split between them).
     max_flows: usize,
     idle_timeout: Duration,
     log: Log,
 }
 
-/// Counters a balancer keeps while it runs; returned when it stops.
+/// Counters a worker keeps while it runs; returned when it stops.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UdpStats {
     pub requests: u64,
@@ -52,6 +61,16 @@ pub struct UdpStats {
     pub dropped: u64,
     pub flows_opened: u64,
     pub flows_evicted: u64,
+}
+
+impl std::fmt::Display for UdpStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} replies, {} dropped, {} flows opened, {} evicted",
+            self.requests, self.replies, self.dropped, self.flows_opened, self.flows_evicted
+        )
+    }
 }
 
 struct Flow {
@@ -63,60 +82,64 @@ struct Flow {
 }
 
 impl UdpBalancer {
-    /// Binds the listening socket; nothing is relayed until [`UdpBalancer::spawn`].
+    /// Binds the listening sockets; nothing is relayed until [`UdpBalancer::spawn`].
     pub fn bind(config: &UdpBalancerConfig, log: Log) -> Result<Self, BindError> {
         let owner = format!("udp balancer \"{}\"", config.name);
-        let socket = net::bind_udp(config.listen.0, &owner)?;
-        socket.set_nonblocking(true).map_err(|source| BindError {
-            proto: "udp",
-            addr: config.listen.0,
-            owner,
-            source,
-        })?;
-        Ok(Self {
+        let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, usize::from));
+        let sockets = net::bind_udp_shared(config.listen.0, &owner, workers)?;
+        for s in &sockets {
+            s.set_nonblocking(true).map_err(|source| BindError {
+                proto: "udp",
+                addr: config.listen.0,
+                owner: owner.clone(),
+                source,
+            })?;
+        }
+        let shared = Shared {
             name: config.name.clone(),
-            socket,
             backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(&config.backends.0))),
+            rotation: RoundRobin::new(),
             affinity: config.affinity,
-            max_flows: config.max_flows,
+            max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
-            log: if config.access_log {
-                log
-            } else {
-                Log::disabled()
-            },
-        })
+            log: if config.access_log { log } else { Log::disabled() },
+        };
+        Ok(Self { sockets, shared: Arc::new(shared) })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.sockets[0].local_addr()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// The live backend set, for health checkers to replace.
     pub fn backends(&self) -> Arc<ArcSwap<BackendSet>> {
-        self.backends.clone()
+        self.shared.backends.clone()
     }
 
-    /// Runs the event loop on a thread of its own until `shutdown`.
-    pub fn spawn(
-        self,
-        shutdown: ShutdownRx,
-    ) -> io::Result<thread::JoinHandle<io::Result<UdpStats>>> {
-        thread::Builder::new()
-            .name(format!("udp-{}", self.name))
-            .spawn(move || Relay::new(self)?.run(shutdown))
+    /// Runs one event loop per listening socket, each on a thread of its own, until `shutdown`.
+    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<UdpStats>>>> {
+        self.sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, socket)| {
+                let (shared, stop) = (self.shared.clone(), shutdown.clone());
+                thread::Builder::new()
+                    .name(format!("udp-{}-{i}", shared.name))
+                    .spawn(move || Relay::new(shared, socket)?.run(stop))
+            })
+            .collect()
     }
 }
 
-/// The event loop's state; lives on its thread only.
+/// One worker's event loop state; lives on its thread only.
 struct Relay {
-    cfg: UdpBalancer,
+    shared: Arc<Shared>,
+    socket: UdpSocket,
     epoll: Epoll,
-    rotation: RoundRobin,
     flows: Vec<Option<Flow>>,
     free: Vec<usize>,
     by_client: HashMap<SocketAddr, usize>,
@@ -127,12 +150,12 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(cfg: UdpBalancer) -> io::Result<Self> {
+    fn new(shared: Arc<Shared>, socket: UdpSocket) -> io::Result<Self> {
         let epoll = Epoll::new(256)?;
-        epoll.add(cfg.socket.as_raw_fd(), LISTENER)?;
+        epoll.add(socket.as_raw_fd(), LISTENER)?;
         Ok(Self {
             epoll,
-            rotation: RoundRobin::new(),
+            socket,
             flows: Vec::new(),
             free: Vec::new(),
             by_client: HashMap::new(),
@@ -140,7 +163,7 @@ impl Relay {
             replies: Batch::new(BATCH, SLOT),
             stats: UdpStats::default(),
             now: Instant::now(),
-            cfg,
+            shared,
         })
     }
 
@@ -170,8 +193,8 @@ impl Relay {
     /// Reads a batch from clients and sends each datagram on to its backend.
     fn on_requests(&mut self) -> io::Result<()> {
         self.requests.clear();
-        self.requests.recv(self.cfg.socket.as_raw_fd())?;
-        let set = self.cfg.backends.load();
+        self.requests.recv(self.socket.as_raw_fd())?;
+        let set = self.shared.backends.load();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
@@ -181,22 +204,14 @@ impl Relay {
                 continue;
             };
             flow.last_seen = self.now;
-            let backend = match (self.cfg.affinity, flow.backend) {
+            let backend = match (self.shared.affinity, flow.backend) {
                 (Affinity::Client, Some(b)) if is_healthy(&set, b) => Some(b),
                 (Affinity::Client, _) => {
-                    let b = self
-                        .rotation
-                        .pick(&set)
-                        .and_then(|k| set.get(k))
-                        .map(|b| b.addr);
+                    let b = self.shared.rotation.pick(&set).and_then(|k| set.get(k)).map(|b| b.addr);
                     flow.backend = b;
                     b
                 }
-                (Affinity::None, _) => self
-                    .rotation
-                    .pick(&set)
-                    .and_then(|k| set.get(k))
-                    .map(|b| b.addr),
+                (Affinity::None, _) => self.shared.rotation.pick(&set).and_then(|k| set.get(k)).map(|b| b.addr),
             };
             let payload = self.requests.payload(i);
             let sent = match backend {
@@ -207,14 +222,13 @@ impl Relay {
             if !sent {
                 self.stats.dropped += 1;
             }
-            if self.cfg.log.enabled() {
-                let to =
-                    backend.map_or_else(|| "- (no healthy backend)".to_string(), |b| b.to_string());
+            if self.shared.log.enabled() {
+                let to = backend.map_or_else(|| "- (no healthy backend)".to_string(), |b| b.to_string());
                 let fate = if sent { "" } else { " dropped" };
-                self.cfg.log.line(format!(
+                self.shared.log.line(format!(
                     "{} udp {} {client} -> {to} {}B{fate}",
                     UtcTime::now().rfc3339(),
-                    self.cfg.name,
+                    self.shared.name,
                     payload.len()
                 ));
             }
@@ -233,26 +247,23 @@ impl Relay {
             };
             let before = self.replies.len();
             // An error here is an ICMP report queued on the flow socket: nothing to relay.
-            let got = self
-                .replies
-                .recv(flow.socket.as_raw_fd())
-                .unwrap_or_default();
+            let got = self.replies.recv(flow.socket.as_raw_fd()).unwrap_or_default();
             if got == 0 {
                 return Ok(());
             }
             flow.last_seen = self.now;
             let client = flow.client;
-            let set = self.cfg.backends.load();
+            let set = self.shared.backends.load();
             let mut i = before;
             while i < self.replies.len() {
                 let from = self.replies.addr(i);
                 match from {
                     Some(b) if set.contains(b) => {
-                        if self.cfg.log.enabled() {
-                            self.cfg.log.line(format!(
+                        if self.shared.log.enabled() {
+                            self.shared.log.line(format!(
                                 "{} udp {} {client} <- {b} {}B",
                                 UtcTime::now().rfc3339(),
-                                self.cfg.name,
+                                self.shared.name,
                                 self.replies.payload(i).len()
                             ));
                         }
@@ -277,7 +288,7 @@ impl Relay {
         if n == 0 {
             return;
         }
-        let failed = self.replies.send(self.cfg.socket.as_raw_fd()) as u64;
+        let failed = self.replies.send(self.socket.as_raw_fd()) as u64;
         self.stats.replies += n - failed;
         self.stats.dropped += failed;
     }
@@ -287,7 +298,7 @@ impl Relay {
         if let Some(&slot) = self.by_client.get(&client) {
             return Ok(slot);
         }
-        if self.by_client.len() >= self.cfg.max_flows {
+        if self.by_client.len() >= self.shared.max_flows {
             let oldest = self
                 .flows
                 .iter()
@@ -301,11 +312,7 @@ impl Relay {
             }
         }
         let v4 = set.backends().first().is_none_or(|b| b.addr.is_ipv4());
-        let any = if v4 {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
+        let any = if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
         let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
         socket.set_nonblocking(true)?;
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -313,12 +320,7 @@ impl Relay {
             self.flows.len() - 1
         });
         self.epoll.add(socket.as_raw_fd(), slot as u64 + 1)?;
-        self.flows[slot] = Some(Flow {
-            client,
-            socket,
-            backend: None,
-            last_seen: self.now,
-        });
+        self.flows[slot] = Some(Flow { client, socket, backend: None, last_seen: self.now });
         self.by_client.insert(client, slot);
         self.stats.flows_opened += 1;
         Ok(slot)
@@ -333,17 +335,13 @@ impl Relay {
     }
 
     fn sweep_idle(&mut self) {
-        let idle = self.cfg.idle_timeout;
+        let idle = self.shared.idle_timeout;
         let now = self.now;
         let expired: Vec<usize> = self
             .flows
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| {
-                f.as_ref()
-                    .filter(|f| now.duration_since(f.last_seen) >= idle)
-                    .map(|_| i)
-            })
+            .filter_map(|(i, f)| f.as_ref().filter(|f| now.duration_since(f.last_seen) >= idle).map(|_| i))
             .collect();
         for slot in expired {
             self.close_flow(slot);

@@ -35,10 +35,7 @@ impl HttpServers {
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect()
     }
 
     /// Serves every port until `shutdown`.
@@ -48,12 +45,9 @@ impl HttpServers {
             let port = listener.local_addr()?.port();
             let log = self.log.clone();
             let body = Bytes::from(body_for(port));
-            tasks.spawn(net::serve_http(
-                listener,
-                MAX_CONNECTIONS,
-                shutdown.clone(),
-                move |req, peer| respond(req, peer, port, body.clone(), log.clone()),
-            ));
+            tasks.spawn(net::serve_http(listener, MAX_CONNECTIONS, shutdown.clone(), move |req, peer| {
+                respond(req, peer, port, body.clone(), log.clone())
+            }));
         }
         while let Some(r) = tasks.join_next().await {
             r.map_err(std::io::Error::other)??;
@@ -62,13 +56,7 @@ impl HttpServers {
     }
 }
 
-async fn respond(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    port: u16,
-    body: Bytes,
-    log: Log,
-) -> Response<Full<Bytes>> {
+async fn respond(req: Request<Incoming>, peer: SocketAddr, port: u16, body: Bytes, log: Log) -> Response<Full<Bytes>> {
     if log.enabled() {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         log.line(format!("[{port}] {} {target} from {peer}", req.method()));
@@ -77,9 +65,6 @@ async fn respond(
     let mut incoming = req.into_body();
     while let Some(Ok(_)) = incoming.frame().await {}
     let mut resp = Response::new(Full::new(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

@@ -8,13 +8,6 @@ pub mod udp;
 pub(crate) fn printable(payload: &[u8]) -> String {
     const SHOWN: usize = 64;
     let text = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN)]);
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { '.' } else { c })
-        .collect();
-    if payload.len() > SHOWN {
-        format!("{text}... ({} bytes)", payload.len())
-    } else {
-        text
-    }
+    let text: String = text.chars().map(|c| if c.is_control() { '.' } else { c }).collect();
+    if payload.len() > SHOWN { format!("{text}... ({} bytes)", payload.len()) } else { text }
 }

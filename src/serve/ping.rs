@@ -27,21 +27,13 @@ pub fn message(seq: u64, now: &UtcTime) -> String {
 
 /// Runs the pings, printing a line per reply or timeout and the summary; returns the summary.
 pub fn run(plan: &PingPlan, out: &mut impl Write) -> io::Result<RttSummary> {
-    let local: IpAddr = if plan.target.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
+    let local: IpAddr = if plan.target.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
     let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
     // Connected: only the target's replies are read, and a closed port is reported.
     socket.connect(plan.target)?;
     let mut summary = RttSummary::new();
     let mut buf = vec![0u8; 65_536];
-    writeln!(
-        out,
-        "UDP PING {}: {} pings, timeout {:?}",
-        plan.label, plan.count, plan.timeout
-    )?;
+    writeln!(out, "UDP PING {}: {} pings, timeout {:?}", plan.label, plan.count, plan.timeout)?;
     let start = Instant::now();
     let mut next_send = start;
     for seq in 1..=plan.count {
@@ -88,9 +80,7 @@ pub fn run(plan: &PingPlan, out: &mut impl Write) -> io::Result<RttSummary> {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => {
                     writeln!(out, "seq={seq}: {}", describe(&e))?;
@@ -124,15 +114,7 @@ mod tests {
 
     #[test]
     fn message_is_the_classic_format() {
-        let t = UtcTime {
-            year: 2026,
-            month: 11,
-            day: 22,
-            hour: 3,
-            minute: 4,
-            second: 5,
-            millis: 0,
-        };
+        let t = UtcTime { year: 2026, month: 11, day: 22, hour: 3, minute: 4, second: 5, millis: 0 };
         assert_eq!(message(7, &t), "PING 7 03:04:05");
     }
 }

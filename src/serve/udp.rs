@@ -45,50 +45,28 @@ pub struct UdpServers {
 
 impl UdpServers {
     /// Binds every port first; `seed` of `None` picks one from the clock.
-    pub fn bind(
-        ip: IpAddr,
-        ports: &[u16],
-        loss: f64,
-        seed: Option<u64>,
-        log: Log,
-    ) -> Result<Self, BindError> {
+    pub fn bind(ip: IpAddr, ports: &[u16], loss: f64, seed: Option<u64>, log: Log) -> Result<Self, BindError> {
         let sockets = ports
             .iter()
             .map(|&p| net::bind_udp(SocketAddr::new(ip, p), "udp ping server"))
             .collect::<Result<_, _>>()?;
-        let seed = seed.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        Ok(Self {
-            sockets,
-            loss,
-            seed,
-            log,
-        })
+        let seed =
+            seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+        Ok(Self { sockets, loss, seed, log })
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 
     /// Serves each port on a thread of its own until `shutdown`.
-    pub fn spawn(
-        self,
-        shutdown: ShutdownRx,
-    ) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
+    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
         self.sockets
             .into_iter()
             .map(|socket| {
                 let port = socket.local_addr()?.port();
                 // Each port draws from its own stream, so one port's traffic does not change another's.
-                let rng = SplitMix64::new(
-                    self.seed ^ u64::from(port).wrapping_mul(0xA24B_AED4_963E_E407),
-                );
+                let rng = SplitMix64::new(self.seed ^ u64::from(port).wrapping_mul(0xA24B_AED4_963E_E407));
                 let (loss, log, stop) = (self.loss, self.log.clone(), shutdown.clone());
                 thread::Builder::new()
                     .name(format!("udp-server-{port}"))
@@ -98,14 +76,7 @@ impl UdpServers {
     }
 }
 
-fn serve(
-    socket: UdpSocket,
-    port: u16,
-    loss: f64,
-    mut rng: SplitMix64,
-    log: Log,
-    stop: ShutdownRx,
-) -> io::Result<()> {
+fn serve(socket: UdpSocket, port: u16, loss: f64, mut rng: SplitMix64, log: Log, stop: ShutdownRx) -> io::Result<()> {
     socket.set_read_timeout(Some(POLL))?;
     let mut buf = vec![0u8; 65_536];
     while !*stop.borrow() {
@@ -114,9 +85,7 @@ fn serve(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) =>
             {
                 continue;
@@ -128,15 +97,8 @@ fn serve(
         let message = &mut buf[..n];
         let drop = loss > 0.0 && rng.next_f64() < loss;
         if log.enabled() {
-            let fate = if drop {
-                "dropped (simulated loss)"
-            } else {
-                "replied"
-            };
-            log.line(format!(
-                "[{port}] {peer} \"{}\" {fate}",
-                super::printable(message)
-            ));
+            let fate = if drop { "dropped (simulated loss)" } else { "replied" };
+            log.line(format!("[{port}] {peer} \"{}\" {fate}", super::printable(message)));
         }
         if drop {
             continue;

@@ -70,20 +70,15 @@ impl RttSummary {
 
     /// `rtt min/avg/max/mdev = a/b/c/d ms`, or `None` with no replies (ping omits the line).
     pub fn rtt_line(&self) -> Option<String> {
-        self.rtt_ms().map(|(min, avg, max, mdev)| {
-            format!("rtt min/avg/max/mdev = {min:.3}/{avg:.3}/{max:.3}/{mdev:.3} ms")
-        })
+        self.rtt_ms()
+            .map(|(min, avg, max, mdev)| format!("rtt min/avg/max/mdev = {min:.3}/{avg:.3}/{max:.3}/{mdev:.3} ms"))
     }
 }
 
 /// Formats like C's `%g` (six significant digits, no trailing zeros), as iputils prints loss.
 pub fn format_g(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
-        return if x.is_finite() {
-            "0".into()
-        } else {
-            x.to_string()
-        };
+        return if x.is_finite() { "0".into() } else { x.to_string() };
     }
     let digits = 6i32;
     let exp = x.abs().log10().floor() as i32;
@@ -92,11 +87,7 @@ pub fn format_g(x: f64) -> String {
     }
     let decimals = (digits - 1 - exp).max(0) as usize;
     let s = format!("{x:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 #[cfg(test)]
@@ -114,18 +105,12 @@ mod tests {
         let (min, avg, max, mdev) = s.rtt_ms().unwrap();
         assert_eq!((min, max), (1.0, 4.0));
         assert!((avg - 2.5).abs() < 1e-9);
-        assert!(
-            (mdev - 1.118_034).abs() < 1e-6,
-            "population sd, not sample sd: {mdev}"
-        );
+        assert!((mdev - 1.118_034).abs() < 1e-6, "population sd, not sample sd: {mdev}");
         assert_eq!(
             s.counts_line(Duration::from_millis(4005)),
             "5 packets transmitted, 4 received, 20% packet loss, time 4005ms"
         );
-        assert_eq!(
-            s.rtt_line().unwrap(),
-            "rtt min/avg/max/mdev = 1.000/2.500/4.000/1.118 ms"
-        );
+        assert_eq!(s.rtt_line().unwrap(), "rtt min/avg/max/mdev = 1.000/2.500/4.000/1.118 ms");
     }
 
     #[test]

@@ -30,17 +30,10 @@ impl Epoll {
 
     /// Watches `fd` for readability, reporting `token`.
     pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Stops watching `fd`.
@@ -48,11 +41,7 @@ impl Epoll {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; the event argument is ignored for DEL but must be non-null on old kernels.
         let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Waits up to `timeout_ms` and puts the ready tokens in `ready` (cleared first; reused so
@@ -61,20 +50,11 @@ impl Epoll {
         ready.clear();
         // SAFETY: the buffer holds `events.len()` writable epoll_event slots.
         let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                timeout_ms,
-            )
+            libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
         }
         ready.extend(self.events[..n as usize].iter().map(|e| e.u64));
         Ok(())
@@ -112,8 +92,7 @@ impl Batch {
             })
             .collect();
         // SAFETY: sockaddr_storage and mmsghdr are plain C structs for which all-zero is valid.
-        let mut addrs: Vec<libc::sockaddr_storage> =
-            (0..slots).map(|_| unsafe { zeroed() }).collect();
+        let mut addrs: Vec<libc::sockaddr_storage> = (0..slots).map(|_| unsafe { zeroed() }).collect();
         let hdrs = (0..slots)
             .map(|i| {
                 // SAFETY: as above.
@@ -125,15 +104,7 @@ impl Batch {
                 h
             })
             .collect();
-        Self {
-            data,
-            slot,
-            iov,
-            addrs,
-            hdrs,
-            lens: vec![0; slots],
-            filled: 0,
-        }
+        Self { data, slot, iov, addrs, hdrs, lens: vec![0; slots], filled: 0 }
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -168,13 +139,7 @@ impl Batch {
         // SAFETY: headers `start..capacity` point at valid iovecs and address slots owned by
         // `self`; the kernel writes at most `iov_len` bytes and `msg_namelen` address bytes.
         let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr().add(start),
-                want as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr().add(start), want as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -234,14 +199,8 @@ impl Batch {
         while at < total {
             // SAFETY: headers `at..total` point at valid iovecs (lengths set above) and
             // addresses (set by `set_addr` or `recv`) owned by `self`.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr().add(at),
-                    (total - at) as u32,
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n =
+                unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr().add(at), (total - at) as u32, libc::MSG_DONTWAIT) };
             if n > 0 {
                 at += n as usize;
                 continue;
@@ -271,9 +230,7 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> u32 {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr type.
@@ -285,9 +242,7 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> u32 {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: as above.
@@ -302,18 +257,13 @@ fn from_storage(storage: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr
     match i32::from(storage.ss_family) {
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says the storage holds a sockaddr_in, and it is long enough.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(SocketAddrV6::new(
                 ip,
@@ -346,13 +296,9 @@ mod tests {
     fn batch_receives_many_and_sends_them_back() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
         for i in 0..5u8 {
-            client
-                .send_to(&vec![i; 100 + i as usize], server.local_addr().unwrap())
-                .unwrap();
+            client.send_to(&vec![i; 100 + i as usize], server.local_addr().unwrap()).unwrap();
         }
         let mut batch = Batch::new(8, 2048);
         let mut got = 0;

@@ -37,10 +37,9 @@ impl Proc {
             .spawn()
             .expect("start netpulse");
         let out = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let out = out.clone();
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -68,10 +67,7 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "netpulse never printed {text:?}; output:\n{}",
-            self.output()
-        );
+        panic!("netpulse never printed {text:?}; output:\n{}", self.output());
     }
 
     pub fn pid(&self) -> u32 {
@@ -80,10 +76,7 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM") and waits up to `limit` for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
         assert!(ok.success());
         self.wait(limit)
     }
@@ -94,11 +87,7 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "netpulse did not exit in {limit:?}; output:\n{}",
-                self.output()
-            );
+            assert!(Instant::now() < deadline, "netpulse did not exit in {limit:?}; output:\n{}", self.output());
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -135,10 +124,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -151,9 +137,7 @@ impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Http {
-            reader: BufReader::new(s),
-        }
+        Http { reader: BufReader::new(s) }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -172,10 +156,7 @@ impl Http {
 
     /// Sends a HEAD request and reads the response, which has no body whatever it announces.
     pub fn head(&mut self, path: &str) -> Resp {
-        self.reader
-            .get_mut()
-            .write_all(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-            .unwrap();
+        self.reader.get_mut().write_all(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).unwrap();
         self.read_response_head()
     }
 
@@ -191,11 +172,8 @@ impl Http {
     fn read_response_head(&mut self) -> Resp {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let status: u16 =
+            line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -207,11 +185,7 @@ impl Http {
             let (k, v) = h.split_once(':').unwrap();
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        Resp {
-            status,
-            headers,
-            body: String::new(),
-        }
+        Resp { status, headers, body: String::new() }
     }
 
     fn read_body(&mut self, resp: &mut Resp) {
@@ -219,10 +193,7 @@ impl Http {
             let mut body = vec![0u8; len.parse().unwrap()];
             self.reader.read_exact(&mut body).unwrap();
             resp.body = String::from_utf8_lossy(&body).into_owned();
-        } else if resp
-            .header("transfer-encoding")
-            .is_some_and(|t| t.contains("chunked"))
-        {
+        } else if resp.header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             let mut body = Vec::new();
             loop {
                 let mut size = String::new();
