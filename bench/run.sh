@@ -36,7 +36,7 @@ wait_port 9001
 
 # The proxies under test, all running at once on their own ports.
 start "$BIN" balance http --listen $IP:9000 --backend $IP:9001,$IP:9002,$IP:9003,$IP:9004 --workers "$WORKERS" --quiet
-start "$BIN" balance udp --listen $IP:9888 --backend $IP:9101,$IP:9102,$IP:9103 --quiet
+start "$BIN" balance udp --listen $IP:9888 --backend $IP:9101,$IP:9102,$IP:9103 --workers "$WORKERS" --quiet
 cat >"$TMP/nginx.conf" <<NGINX
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes $WORKERS;

@@ -125,6 +125,10 @@ fn a_malformed_request_gets_400() {
     assert_eq!(r.status, 400);
     let r = Http::connect(addr("127.0.1.4:8000")).raw(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
     assert_eq!(r.status, 400);
+    let r = Http::connect(addr("127.0.1.4:8000"))
+        .raw(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("malformed request body"), "{}", r.body);
     // And the balancer is still fine.
     assert_eq!(get(addr("127.0.1.4:8000"), "/").status, 200);
 }

@@ -92,6 +92,8 @@ enum ProxyError {
     Timeout(SocketAddr, Duration),
     #[error("backend {0} failed: {1}")]
     Backend(SocketAddr, String),
+    #[error("malformed request body: {0}")]
+    BadBody(&'static str),
     #[error("client went away: {0}")]
     Client(io::Error),
 }
@@ -102,6 +104,7 @@ impl ProxyError {
             Self::NoBackend => 503,
             Self::ConnectTimeout(..) | Self::Timeout(..) => 504,
             Self::Connect(..) | Self::Backend(..) => 502,
+            Self::BadBody(_) => 400,
             // Nobody to answer; logged as 499 like nginx does.
             Self::Client(_) => 499,
         }
@@ -404,9 +407,7 @@ impl Proxy {
                 body_left == 0
             }
             Framing::Chunked => {
-                let used = chunked
-                    .feed(c.cbuf.bytes(), |_| {})
-                    .map_err(|e| (ProxyError::Client(io::Error::new(io::ErrorKind::InvalidData, e)), true))?;
+                let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| (ProxyError::BadBody(e), true))?;
                 c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
                 c.cbuf.consume(used);
                 chunked.is_done()
@@ -489,9 +490,7 @@ impl Proxy {
                     left -= n as u64;
                     n
                 }
-                _ => chunked
-                    .feed(c.cbuf.bytes(), |_| {})
-                    .map_err(|e| client_err(io::Error::new(io::ErrorKind::InvalidData, e)))?,
+                _ => chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| (ProxyError::BadBody(e), true))?,
             };
             upstream
                 .write_all(&c.cbuf.bytes()[..take])
