@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,58 +40,62 @@ pub fn bind_tcp(addr: SocketAddr, owner: &str) -> Result<std::net::TcpListener, 
     bind_tcp_with(addr, owner, false)
 }
 
-/// Binds `n` listeners on one address with SO_REUSEPORT, so the kernel spreads connections
-/// over `n` workers. The port is first bound alone, so an address someone else holds — even
-/// another process using SO_REUSEPORT — is reported as busy instead of silently shared.
+/// Binds a UDP socket with large buffers so bursts are absorbed rather than dropped.
+pub fn bind_udp(addr: SocketAddr, owner: &str) -> Result<std::net::UdpSocket, BindError> {
+    bind_udp_with(addr, owner, false)
+}
+
+/// Binds `n` TCP listeners on one address with SO_REUSEPORT, so the kernel spreads connections
+/// over `n` workers (see [`bind_shared`]).
 pub fn bind_tcp_shared(addr: SocketAddr, owner: &str, n: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+    bind_shared(addr, owner, n, "tcp", bind_tcp_with)
+}
+
+/// Binds `n` UDP sockets on one address with SO_REUSEPORT; the kernel hashes each client
+/// address to one of them (see [`bind_shared`]).
+pub fn bind_udp_shared(addr: SocketAddr, owner: &str, n: usize) -> Result<Vec<std::net::UdpSocket>, BindError> {
+    bind_shared(addr, owner, n, "udp", bind_udp_with)
+}
+
+/// The port is first bound alone, so an address someone else holds — even another process
+/// using SO_REUSEPORT — is reported as busy instead of being silently shared with it.
+fn bind_shared<S>(
+    addr: SocketAddr,
+    owner: &str,
+    n: usize,
+    proto: &'static str,
+    bind: fn(SocketAddr, &str, bool) -> Result<S, BindError>,
+) -> Result<Vec<S>, BindError>
+where
+    Socket: From<S>,
+    S: From<Socket>,
+{
+    let probe = Socket::from(bind(addr, owner, false)?);
     if n <= 1 {
-        return Ok(vec![bind_tcp(addr, owner)?]);
+        return Ok(vec![S::from(probe)]);
     }
-    let probe = bind_tcp(addr, owner)?;
     // Keep the port we were given (port 0 picks one) for the shared sockets.
-    let addr =
-        probe.local_addr().map_err(|source| BindError { proto: "tcp", addr, owner: owner.to_string(), source })?;
+    let fail = |source| BindError { proto, addr, owner: owner.to_string(), source };
+    let addr = probe.local_addr().map_err(fail)?.as_socket().ok_or_else(|| fail(io::ErrorKind::InvalidData.into()))?;
     drop(probe);
-    (0..n).map(|_| bind_tcp_with(addr, owner, true)).collect()
+    (0..n).map(|_| bind(addr, owner, true)).collect()
 }
 
 fn bind_tcp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std::net::TcpListener, BindError> {
     let fail = |source| BindError { proto: "tcp", addr, owner: owner.to_string(), source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(fail)?;
-    }
+    socket.set_reuse_port(reuse_port).map_err(fail)?;
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
     Ok(socket.into())
 }
 
-/// Binds a UDP socket with large buffers so bursts are absorbed rather than dropped.
-pub fn bind_udp(addr: SocketAddr, owner: &str) -> Result<std::net::UdpSocket, BindError> {
-    bind_udp_with(addr, owner, false)
-}
-
-/// Like [`bind_tcp_shared`], for UDP: `n` sockets on one address; the kernel hashes each
-/// client address to one of them.
-pub fn bind_udp_shared(addr: SocketAddr, owner: &str, n: usize) -> Result<Vec<std::net::UdpSocket>, BindError> {
-    if n <= 1 {
-        return Ok(vec![bind_udp(addr, owner)?]);
-    }
-    let probe = bind_udp(addr, owner)?;
-    let addr =
-        probe.local_addr().map_err(|source| BindError { proto: "udp", addr, owner: owner.to_string(), source })?;
-    drop(probe);
-    (0..n).map(|_| bind_udp_with(addr, owner, true)).collect()
-}
-
 fn bind_udp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std::net::UdpSocket, BindError> {
     let fail = |source| BindError { proto: "udp", addr, owner: owner.to_string(), source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(fail)?;
-    }
+    socket.set_reuse_port(reuse_port).map_err(fail)?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
@@ -99,12 +103,41 @@ fn bind_udp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std:
     Ok(socket.into())
 }
 
-/// The signal every server watches; `true` means stop.
+/// The shutdown signal every server watches; `true` means stop.
 pub type ShutdownRx = watch::Receiver<bool>;
 
 /// Resolves when `rx` says stop (or its sender is gone).
 pub async fn stopped(mut rx: ShutdownRx) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Waits for the next client while fewer than the permitted connections are open; `None` once
+/// `stop` resolves. Accept errors (EMFILE and friends) back off instead of spinning.
+pub(crate) async fn accept_limited<F: Future>(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    stop: &mut std::pin::Pin<&mut F>,
+    owner: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = tokio::select! {
+        _ = stop.as_mut() => return None,
+        p = permits.clone().acquire_owned() => p.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.as_mut() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer, permit));
+                }
+                Err(e) => {
+                    eprintln!("netpulse: {owner}: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Serves HTTP/1.1 with keep-alive on `listener` until `shutdown`, then lets in-flight
@@ -131,24 +164,8 @@ where
     builder.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
     let stop = stopped(shutdown);
     tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning, and keep serving.
-                    eprintln!("netpulse: accept on {}: {e}", listener.local_addr()?);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let owner = format!("http backend {}", listener.local_addr()?);
+    while let Some((stream, peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner).await {
         let h = handler.clone();
         let service = service_fn(move |req| {
             let h = h.clone();

@@ -158,6 +158,17 @@ fn write_end_to_end(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: 
     }
 }
 
+/// The length of a complete head, `None` for a partial one, or why it is refused.
+fn head_len(parsed: httparse::Result<usize>, buffered: usize) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete, read more.
 /// On success the head for the backend is in `out`, without its final blank line (so the
 /// caller can add `Host`); the body framing is already written.
@@ -169,13 +180,7 @@ pub(crate) fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    };
+    let Some(len) = head_len(req.parse(buf), buf.len())? else { return Ok(None) };
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line".into()));
     };
@@ -236,13 +241,7 @@ pub(crate) fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    };
+    let Some(len) = head_len(resp.parse(buf), buf.len())? else { return Ok(None) };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
         return Err(HeadError::Malformed("incomplete status line".into()));
     };

@@ -190,24 +190,8 @@ impl Proxy {
         let pools: Arc<[Pool]> = self.backends.load().backends().iter().map(|_| Pool::new(self.max_idle)).collect();
         let stop = net::stopped(shutdown.clone());
         tokio::pin!(stop);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut stop => break,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = &mut stop => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning, and keep serving.
-                        eprintln!("netpulse: http balancer \"{}\": accept: {e}", self.name);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        let owner = format!("http balancer \"{}\"", self.name);
+        while let Some((stream, peer, permit)) = net::accept_limited(&listener, &permits, &mut stop, &owner).await {
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
             tokio::spawn(async move {
                 proxy.serve_client(&pools, stream, peer, rx).await;
