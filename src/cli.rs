@@ -28,6 +28,33 @@ pub enum Command {
     Balance(BalanceArgs),
     /// Ping a classic UDP ping server (or a balancer in front of some)
     UdpPing(UdpPingArgs),
+    /// ICMP echo to a host, like ping (or time TCP connects with --tcp PORT)
+    Ping(PingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Host name or IP (IPv4 or IPv6)
+    pub host: String,
+    /// Stop after this many probes (default: until Ctrl-C)
+    #[arg(short = 'c', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Seconds between probes
+    #[arg(short = 'i', long, default_value = "1", value_name = "SECS")]
+    pub interval: Dur,
+    /// Seconds to wait for each reply
+    #[arg(short = 'W', long, default_value = "2", value_name = "SECS")]
+    pub timeout: Dur,
+    /// Payload bytes per echo request
+    #[arg(short = 's', long, default_value_t = 56, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(0..=(crate::probe::icmp::MAX_PAYLOAD as i64)).map(|n| n as usize))]
+    pub size: usize,
+    /// Only the summary
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Time TCP connects to this port instead of ICMP echo
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub tcp: Option<u16>,
 }
 
 #[derive(Debug, Args)]

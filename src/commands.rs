@@ -60,6 +60,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Balance(args) => balance(args),
         Command::UdpPing(args) => udp_ping(&args),
+        Command::Ping(args) => ping(&args),
     }
 }
 
@@ -123,6 +124,25 @@ fn udp_ping(args: &UdpPingArgs) -> Result<ExitCode> {
     let label = format!("{}:{}", args.host, args.port);
     let plan = PingPlan { target, label, count: args.count, timeout: args.timeout.0, interval: args.interval.0 };
     let summary = ping::run(&plan, &mut std::io::stdout().lock()).context("udp-ping")?;
+    Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn ping(args: &crate::cli::PingArgs) -> Result<ExitCode> {
+    if args.interval.0 < Duration::from_millis(1) {
+        return Err(UsageError(format!("interval {} is too short; use at least 1ms", args.interval)).into());
+    }
+    let ip = resolve(&args.host, 0)?.ip();
+    let opts = crate::monitor::ping::PingOptions {
+        host: args.host.clone(),
+        ip,
+        count: args.count,
+        interval: args.interval.0,
+        timeout: args.timeout.0,
+        size: args.size,
+        quiet: args.quiet,
+        tcp_port: args.tcp,
+    };
+    let summary = crate::monitor::ping::run(&opts, &mut std::io::stdout().lock())?;
     Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

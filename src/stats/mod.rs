@@ -1,4 +1,5 @@
-//! Statistics over round-trip samples: loss and min/avg/max/mdev, printed the way ping prints them.
+//! Statistics over probe samples: loss, min/avg/max/mdev (printed the way ping prints them),
+//! RFC 3550 jitter and percentiles over a sliding window.
 
 use std::time::Duration;
 
@@ -25,7 +26,11 @@ impl RttSummary {
 
     /// Counts a reply with its round-trip time.
     pub fn reply(&mut self, rtt: Duration) {
-        let ms = rtt.as_secs_f64() * 1000.0;
+        self.reply_ms(rtt.as_secs_f64() * 1000.0);
+    }
+
+    /// Counts a reply with its round-trip time in milliseconds.
+    pub fn reply_ms(&mut self, ms: f64) {
         if self.received == 0 || ms < self.min {
             self.min = ms;
         }
@@ -131,5 +136,171 @@ mod tests {
         assert_eq!(format_g(100.0 / 3.0), "33.3333");
         assert_eq!(format_g(200.0 / 3.0), "66.6667");
         assert_eq!(format_g(12.5), "12.5");
+    }
+}
+
+/// The last `capacity` samples of one target, summarised on demand.
+#[derive(Debug, Clone)]
+pub struct Window {
+    samples: std::collections::VecDeque<crate::probe::Sample>,
+    capacity: usize,
+    /// RFC 3550 interarrival jitter in ms, updated on every reply (not windowed).
+    jitter_ms: f64,
+    last_rtt_ms: Option<f64>,
+    pub total_sent: u64,
+    pub total_received: u64,
+}
+
+/// What a window says about a target.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WindowSummary {
+    pub sent: u64,
+    pub received: u64,
+    pub loss_pct: f64,
+    pub rtt_min_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+    pub rtt_mdev_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p95_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// Whether the latest probe found the target up.
+    pub up: bool,
+}
+
+impl Window {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            samples: std::collections::VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            jitter_ms: 0.0,
+            last_rtt_ms: None,
+            total_sent: 0,
+            total_received: 0,
+        }
+    }
+
+    pub fn push(&mut self, s: crate::probe::Sample) {
+        self.total_sent += 1;
+        if let Some(rtt) = s.rtt {
+            self.total_received += 1;
+            let ms = rtt.as_secs_f64() * 1000.0;
+            // RFC 3550 §6.4.1: J += (|D| - J) / 16, D the change in transit time between
+            // consecutive packets; for a round trip that is the change in RTT.
+            if let Some(prev) = self.last_rtt_ms {
+                self.jitter_ms += ((ms - prev).abs() - self.jitter_ms) / 16.0;
+            }
+            self.last_rtt_ms = Some(ms);
+        }
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    pub fn summary(&self) -> WindowSummary {
+        let mut rtts: Vec<f64> = self.samples.iter().filter_map(|s| s.rtt).map(|d| d.as_secs_f64() * 1000.0).collect();
+        let sent = self.samples.len() as u64;
+        let received = rtts.len() as u64;
+        let mut summary = RttSummary { transmitted: sent, ..RttSummary::default() };
+        for &ms in &rtts {
+            summary.reply_ms(ms);
+        }
+        let (min, avg, max, mdev) =
+            summary.rtt_ms().map_or((None, None, None, None), |(a, b, c, d)| (Some(a), Some(b), Some(c), Some(d)));
+        rtts.sort_by(f64::total_cmp);
+        WindowSummary {
+            sent,
+            received,
+            loss_pct: summary.loss_pct(),
+            rtt_min_ms: min,
+            rtt_avg_ms: avg,
+            rtt_max_ms: max,
+            rtt_mdev_ms: mdev,
+            jitter_ms: self.last_rtt_ms.map(|_| self.jitter_ms),
+            rtt_p50_ms: percentile(&rtts, 50.0),
+            rtt_p95_ms: percentile(&rtts, 95.0),
+            rtt_p99_ms: percentile(&rtts, 99.0),
+            up: self.samples.back().is_some_and(crate::probe::Sample::up),
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::probe::{Outcome, Sample};
+
+    fn reply(seq: u64, ms: f64) -> Sample {
+        Sample {
+            seq,
+            rtt: Some(Duration::from_secs_f64(ms / 1000.0)),
+            outcome: Outcome::Reply { bytes: 64, ttl: None },
+        }
+    }
+
+    #[test]
+    fn window_summarises_loss_rtt_and_percentiles() {
+        let mut w = Window::new(100);
+        for i in 1..=100u64 {
+            if i % 10 == 0 {
+                w.push(Sample { seq: i, rtt: None, outcome: Outcome::Timeout });
+            } else {
+                w.push(reply(i, i as f64));
+            }
+        }
+        let s = w.summary();
+        assert_eq!((s.sent, s.received), (100, 90));
+        assert!((s.loss_pct - 10.0).abs() < 1e-9);
+        assert_eq!((s.rtt_min_ms, s.rtt_max_ms), (Some(1.0), Some(99.0)));
+        assert_eq!(s.rtt_p50_ms, Some(49.0)); // 45th of the 90 replies (1..=99 without multiples of 10)
+        assert_eq!(s.rtt_p99_ms, Some(99.0));
+        assert!(!s.up, "the last probe timed out");
+        // The window slides: 100 more replies push every loss out.
+        for i in 101..=200u64 {
+            w.push(reply(i, 5.0));
+        }
+        let s = w.summary();
+        assert_eq!((s.sent, s.received, s.loss_pct), (100, 100, 0.0));
+        assert_eq!(s.rtt_mdev_ms, Some(0.0));
+        assert!(s.up);
+    }
+
+    #[test]
+    fn jitter_follows_rfc3550() {
+        let mut w = Window::new(10);
+        w.push(reply(1, 10.0));
+        assert_eq!(w.summary().jitter_ms, Some(0.0));
+        w.push(reply(2, 26.0));
+        assert_eq!(w.summary().jitter_ms, Some(1.0)); // (16 - 0) / 16
+        w.push(reply(3, 10.0));
+        assert_eq!(w.summary().jitter_ms, Some(1.9375)); // 1 + (16 - 1) / 16
+        // Constant delay converges to zero jitter.
+        let mut c = Window::new(10);
+        for i in 0..50 {
+            c.push(reply(i, 20.0));
+        }
+        assert_eq!(c.summary().jitter_ms, Some(0.0));
+        assert_eq!(Window::new(5).summary().jitter_ms, None);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(10.0));
+        assert_eq!(percentile(&v, 95.0), Some(19.0));
+        assert_eq!(percentile(&v, 99.0), Some(20.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[3.0], 99.0), Some(3.0));
     }
 }

@@ -320,3 +320,90 @@ mod tests {
         assert_eq!(lens, vec![100, 102, 103, 104]);
     }
 }
+
+/// What `recv_meta` learned about one received packet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvMeta {
+    pub len: usize,
+    pub from: Option<SocketAddr>,
+    /// IPv4 TTL or IPv6 hop limit, when the socket asked for it.
+    pub ttl: Option<u8>,
+    /// The kernel's receive time (`SO_TIMESTAMPNS`), when the socket asked for it.
+    pub kernel_time: Option<std::time::SystemTime>,
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live i32 and its exact size.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Asks the kernel to report each packet's TTL (hop limit) and receive timestamp.
+pub(crate) fn enable_ttl_and_timestamps(fd: RawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+    }
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
+/// `recvmsg` without waiting, with the TTL and kernel timestamp control messages decoded.
+pub(crate) fn recv_meta(fd: RawFd, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    // SAFETY: all-zero is a valid sockaddr_storage, msghdr and iovec.
+    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 16]; // 128 bytes, aligned for cmsghdr
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` refers to a live local buffer of the stated size.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut meta =
+        RecvMeta { len: n as usize, from: from_storage(&addr, msg.msg_namelen), ttl: None, kernel_time: None };
+    // SAFETY: CMSG_* walk the control buffer the kernel filled, bounded by msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let (level, kind, data) = ((*c).cmsg_level, (*c).cmsg_type, libc::CMSG_DATA(c));
+            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
+                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT)
+            {
+                let v: i32 = std::ptr::read_unaligned(data.cast());
+                meta.ttl = u8::try_from(v).ok();
+            } else if level == libc::SOL_SOCKET && kind == libc::SO_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
+                let since = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                meta.kernel_time = Some(std::time::UNIX_EPOCH + since);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(meta)
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; bit `i` of the result is set when
+/// `fds[i]` is readable.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> io::Result<u64> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // Round sub-millisecond waits up so that we do not spin.
+    let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
+    // SAFETY: `p` holds `p.len()` valid pollfd entries.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    }
+    Ok(p.iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
+}

@@ -1,0 +1,3 @@
+//! Schedules probes and owns their statistics: the `ping`, `monitor` and `status` commands.
+
+pub mod ping;

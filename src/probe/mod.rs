@@ -1,0 +1,173 @@
+//! One probe engine for every kind of target: ICMP echo, TCP connect, the classic UDP ping and
+//! HTTP. Each probe yields a [`Sample`]; `stats` turns samples into loss, RTT and jitter.
+
+pub mod icmp;
+pub mod tcp;
+pub mod udp;
+pub mod web;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An echo reply (ICMP or UDP) of this many bytes.
+    Reply { bytes: usize, ttl: Option<u8> },
+    /// A TCP connection was accepted.
+    Connected,
+    /// An HTTP response head arrived with this status.
+    Http(u16),
+    /// Nothing came back in time.
+    Timeout,
+    /// The target said no (connection refused, port or host unreachable) or failed otherwise.
+    Failed(String),
+}
+
+/// One probe's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub seq: u64,
+    /// Round-trip time, for probes that got an answer.
+    pub rtt: Option<Duration>,
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    /// Whether the target answered (an HTTP 5xx counts as an answer, but not as up).
+    pub fn answered(&self) -> bool {
+        self.rtt.is_some()
+    }
+
+    /// Whether this sample says the target is up.
+    pub fn up(&self) -> bool {
+        match self.outcome {
+            Outcome::Reply { .. } | Outcome::Connected => true,
+            Outcome::Http(code) => code < 500,
+            Outcome::Timeout | Outcome::Failed(_) => false,
+        }
+    }
+}
+
+/// Why probing could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "ICMP sockets are not permitted here ({0}); allow unprivileged ping with \
+         `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"`, or run as root (or with CAP_NET_RAW)"
+    )]
+    NotPermitted(std::io::Error),
+    #[error("cannot open an ICMP socket: {0}")]
+    Socket(std::io::Error),
+    #[error("cannot resolve '{0}': {1}")]
+    Resolve(String, String),
+}
+
+/// A monitored target, parsed from `HOST`, `tcp://HOST:PORT`, `udp://HOST:PORT` or `http://...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Icmp { host: String, ip: IpAddr },
+    Tcp { host: String, addr: SocketAddr },
+    Udp { host: String, addr: SocketAddr },
+    Http { url: String, addr: SocketAddr, host_header: String, path: String },
+}
+
+impl Target {
+    /// The probe kind's name: `icmp`, `tcp`, `udp` or `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Icmp { .. } => "icmp",
+            Target::Tcp { .. } => "tcp",
+            Target::Udp { .. } => "udp",
+            Target::Http { .. } => "http",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Icmp { host, .. } => write!(f, "{host}"),
+            Target::Tcp { host, .. } => write!(f, "tcp://{host}"),
+            Target::Udp { host, .. } => write!(f, "udp://{host}"),
+            Target::Http { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Resolves `host:port` (or `host` with `default_port`), preferring IPv4 as the classic tools do.
+pub fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, ProbeError> {
+    let fail = |e: String| ProbeError::Resolve(host.to_string(), e);
+    let addrs: Vec<SocketAddr> = if let Ok(a) = host.parse::<SocketAddr>() {
+        vec![a]
+    } else if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, default_port)]
+    } else if host.contains(':') {
+        host.to_socket_addrs().map_err(|e| fail(e.to_string()))?.collect()
+    } else {
+        (host, default_port).to_socket_addrs().map_err(|e| fail(e.to_string()))?.collect()
+    };
+    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied().ok_or_else(|| fail("no address".into()))
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let need_port = |rest: &str, scheme: &str| -> Result<SocketAddr, String> {
+            let (_, port) = rest.rsplit_once(':').ok_or(format!("'{s}' needs a port: {scheme}://HOST:PORT"))?;
+            port.parse::<u16>().ok().filter(|&p| p > 0).ok_or(format!("'{s}' has a bad port '{port}'"))?;
+            resolve(rest, 0).map_err(|e| e.to_string())
+        };
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            Ok(Target::Tcp { host: rest.to_string(), addr: need_port(rest, "tcp")? })
+        } else if let Some(rest) = s.strip_prefix("udp://") {
+            Ok(Target::Udp { host: rest.to_string(), addr: need_port(rest, "udp")? })
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            if authority.is_empty() {
+                return Err(format!("'{s}' has no host"));
+            }
+            let addr = resolve(authority, 80).map_err(|e| e.to_string())?;
+            Ok(Target::Http { url: s.to_string(), addr, host_header: authority.to_string(), path: path.to_string() })
+        } else if s.contains("://") {
+            Err(format!("'{s}': unknown scheme; use HOST, tcp://HOST:PORT, udp://HOST:PORT or http://HOST[:PORT]/PATH"))
+        } else {
+            let ip = resolve(s, 0).map_err(|e| e.to_string())?.ip();
+            Ok(Target::Icmp { host: s.to_string(), ip })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_by_scheme() {
+        let t: Target = "127.0.0.1".parse().unwrap();
+        assert_eq!(t, Target::Icmp { host: "127.0.0.1".into(), ip: "127.0.0.1".parse().unwrap() });
+        let t: Target = "tcp://127.0.0.1:80".parse().unwrap();
+        assert_eq!(t.kind(), "tcp");
+        assert_eq!(t.to_string(), "tcp://127.0.0.1:80");
+        let t: Target = "udp://localhost:8888".parse().unwrap();
+        assert_eq!(t, Target::Udp { host: "localhost:8888".into(), addr: "127.0.0.1:8888".parse().unwrap() });
+        let t: Target = "http://127.0.0.1:8000/health?x=1".parse().unwrap();
+        match t {
+            Target::Http { addr, host_header, path, .. } => {
+                assert_eq!(addr, "127.0.0.1:8000".parse().unwrap());
+                assert_eq!((host_header.as_str(), path.as_str()), ("127.0.0.1:8000", "/health?x=1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let t: Target = "http://[::1]".parse().unwrap();
+        assert!(matches!(t, Target::Http { addr, .. } if addr == "[::1]:80".parse().unwrap()));
+        assert!("tcp://127.0.0.1".parse::<Target>().unwrap_err().contains("needs a port"));
+        assert!("ftp://x".parse::<Target>().unwrap_err().contains("unknown scheme"));
+        assert!("no-such-host.invalid".parse::<Target>().is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! HTTP request time: from connect to the response head, with the status.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Outcome, Sample};
+
+/// GETs `path` from `addr` (plain HTTP/1.1, `Connection: close`) and times the response head.
+pub async fn probe(addr: SocketAddr, host: &str, path: &str, seq: u64, timeout: Duration) -> Sample {
+    let start = Instant::now();
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: netpulse\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a response"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(_)) => return Ok(resp.code.unwrap_or(0)),
+                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "response head too large"));
+                }
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(code)) => Sample { seq, rtt: Some(start.elapsed()), outcome: Outcome::Http(code) },
+        Ok(Err(e)) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
+        Err(_) => Sample { seq, rtt: None, outcome: Outcome::Timeout },
+    }
+}
