@@ -30,6 +30,33 @@ pub enum Command {
     UdpPing(UdpPingArgs),
     /// ICMP echo to a host, like ping (or time TCP connects with --tcp PORT)
     Ping(PingArgs),
+    /// Live view of interfaces and targets (HOST, tcp://H:P, udp://H:P, http://H[:P]/PATH)
+    Monitor(MonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Targets: HOST (ICMP), tcp://HOST:PORT, udp://HOST:PORT (classic UDP ping), http://HOST[:PORT]/PATH
+    pub targets: Vec<String>,
+    /// Time between probes of a target, and between reports
+    #[arg(long, default_value = "1s", value_name = "DUR")]
+    pub interval: Dur,
+    /// Time to wait for each reply (default: the interval, at most 1s)
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<Dur>,
+    /// Print one report and exit
+    #[arg(long, conflicts_with = "count")]
+    pub once: bool,
+    /// Print this many reports and exit
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// table (refreshing on a terminal) or json (one object per line)
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::monitor::live::Format,
+    /// Samples per target that loss, RTT, jitter and percentiles cover
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    pub window: usize,
 }
 
 #[derive(Debug, Args)]

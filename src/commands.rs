@@ -61,6 +61,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Balance(args) => balance(args),
         Command::UdpPing(args) => udp_ping(&args),
         Command::Ping(args) => ping(&args),
+        Command::Monitor(args) => monitor(args),
     }
 }
 
@@ -125,6 +126,35 @@ fn udp_ping(args: &UdpPingArgs) -> Result<ExitCode> {
     let plan = PingPlan { target, label, count: args.count, timeout: args.timeout.0, interval: args.interval.0 };
     let summary = ping::run(&plan, &mut std::io::stdout().lock()).context("udp-ping")?;
     Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
+    if args.interval.0 < Duration::from_millis(10) {
+        return Err(UsageError(format!("interval {} is too short; use at least 10ms", args.interval)).into());
+    }
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        let target: crate::probe::Target = t.parse().map_err(UsageError)?;
+        if targets.contains(&target) {
+            return Err(UsageError(format!("target {t} is listed twice")).into());
+        }
+        targets.push(target);
+    }
+    let opts = crate::monitor::live::MonitorOptions {
+        targets,
+        interval: args.interval.0,
+        timeout: args.timeout.map_or(args.interval.0.min(Duration::from_secs(1)), |d| d.0),
+        count: if args.once { Some(1) } else { args.count },
+        format: args.format,
+        window: args.window,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(crate::monitor::live::run(opts, &mut std::io::stdout()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ping(args: &crate::cli::PingArgs) -> Result<ExitCode> {

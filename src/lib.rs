@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 mod commands;
 pub mod config;
+pub mod iface;
 pub mod log;
 pub mod monitor;
 pub mod net;

@@ -1,3 +1,4 @@
 //! Schedules probes and owns their statistics: the `ping`, `monitor` and `status` commands.
 
+pub mod live;
 pub mod ping;

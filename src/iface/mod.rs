@@ -1,0 +1,200 @@
+//! Interface counters and rates. Counters come from the OS (Linux: `/proc/net/dev` and
+//! `/sys/class/net`); rates are computed over the real elapsed monotonic time, and a counter
+//! that goes backwards (a wrap or a reset) never produces a negative or absurd rate.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// One interface's cumulative counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// One interface as read from the OS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub up: bool,
+    pub counters: Counters,
+}
+
+/// One interface with its rates, as the monitor reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InterfaceStats {
+    pub name: String,
+    pub up: bool,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub rx_bytes_per_sec: f64,
+    pub tx_bytes_per_sec: f64,
+}
+
+/// Parses Linux's `/proc/net/dev`.
+pub fn parse_proc_net_dev(text: &str) -> Vec<(String, Counters)> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let v: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+            (v.len() >= 16).then(|| {
+                let c = Counters {
+                    rx_bytes: v[0],
+                    rx_packets: v[1],
+                    rx_errors: v[2],
+                    rx_dropped: v[3],
+                    tx_bytes: v[8],
+                    tx_packets: v[9],
+                    tx_errors: v[10],
+                    tx_dropped: v[11],
+                };
+                (name.trim().to_string(), c)
+            })
+        })
+        .collect()
+}
+
+/// Reads every interface's counters and link state (blocking: call off async workers).
+#[cfg(target_os = "linux")]
+pub fn read() -> std::io::Result<Vec<Snapshot>> {
+    let text = std::fs::read_to_string("/proc/net/dev")?;
+    Ok(parse_proc_net_dev(&text)
+        .into_iter()
+        .map(|(name, counters)| {
+            let up = link_up(&name);
+            Snapshot { name, up, counters }
+        })
+        .collect())
+}
+
+/// Not yet implemented on this OS: no interfaces are reported.
+#[cfg(not(target_os = "linux"))]
+pub fn read() -> std::io::Result<Vec<Snapshot>> {
+    Ok(Vec::new())
+}
+
+/// `operstate` up, or (loopback and some virtual links report "unknown") administratively up.
+#[cfg(target_os = "linux")]
+fn link_up(name: &str) -> bool {
+    let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap_or_default();
+    match sys("operstate").trim() {
+        "up" => true,
+        "unknown" => {
+            let flags = sys("flags");
+            u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 0x1 != 0)
+        }
+        _ => false,
+    }
+}
+
+/// How much a counter grew from `old` to `new`. A counter that went backwards either wrapped
+/// at 32 bits (some drivers) — when that reading gives a plausible (< 2 GiB) step — or was reset
+/// (interface re-created), in which case it counts from zero.
+pub fn counter_delta(old: u64, new: u64) -> u64 {
+    const WRAP: u64 = 1 << 32;
+    if new >= old {
+        new - old
+    } else if old < WRAP && new + (WRAP - old) < WRAP / 2 {
+        new + (WRAP - old)
+    } else {
+        new
+    }
+}
+
+/// Turns successive snapshots into rates.
+#[derive(Debug, Default)]
+pub struct RateTracker {
+    prev: HashMap<String, (Counters, Instant)>,
+}
+
+impl RateTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rates since the previous snapshot of each interface (zero the first time it is seen).
+    pub fn update(&mut self, snaps: Vec<Snapshot>, now: Instant) -> Vec<InterfaceStats> {
+        let mut seen = HashMap::with_capacity(snaps.len());
+        let stats = snaps
+            .into_iter()
+            .map(|s| {
+                let (rx, tx) = match self.prev.get(&s.name) {
+                    Some((old, at)) => {
+                        let secs = now.duration_since(*at).as_secs_f64();
+                        if secs > 0.0 {
+                            (
+                                counter_delta(old.rx_bytes, s.counters.rx_bytes) as f64 / secs,
+                                counter_delta(old.tx_bytes, s.counters.tx_bytes) as f64 / secs,
+                            )
+                        } else {
+                            (0.0, 0.0)
+                        }
+                    }
+                    None => (0.0, 0.0),
+                };
+                seen.insert(s.name.clone(), (s.counters, now));
+                InterfaceStats { name: s.name, up: s.up, counters: s.counters, rx_bytes_per_sec: rx, tx_bytes_per_sec: tx }
+            })
+            .collect();
+        self.prev = seen;
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const PROC: &str = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  eth0: 123456789 1000  2    3    0     0          0         5  987654321   2000    4    5    0     0       0          0
+";
+
+    #[test]
+    fn parses_proc_net_dev() {
+        let v = parse_proc_net_dev(PROC);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].0, "eth0");
+        let c = v[1].1;
+        assert_eq!((c.rx_bytes, c.rx_packets, c.rx_errors, c.rx_dropped), (123_456_789, 1000, 2, 3));
+        assert_eq!((c.tx_bytes, c.tx_packets, c.tx_errors, c.tx_dropped), (987_654_321, 2000, 4, 5));
+    }
+
+    #[test]
+    fn wraps_and_resets_do_not_produce_nonsense() {
+        assert_eq!(counter_delta(100, 150), 50);
+        assert_eq!(counter_delta(u64::from(u32::MAX) - 9, 5), 15, "32-bit wrap");
+        assert_eq!(counter_delta(10_000_000_000, 500), 500, "reset of a 64-bit counter");
+        assert_eq!(counter_delta(3000, 100), 100, "reset of a small counter is not a wrap");
+    }
+
+    #[test]
+    fn rates_use_the_elapsed_time() {
+        let mut t = RateTracker::new();
+        let start = Instant::now();
+        let snap = |rx, tx| vec![Snapshot { name: "eth0".into(), up: true, counters: Counters { rx_bytes: rx, tx_bytes: tx, ..Counters::default() } }];
+        let first = t.update(snap(1000, 0), start);
+        assert_eq!((first[0].rx_bytes_per_sec, first[0].tx_bytes_per_sec), (0.0, 0.0));
+        let second = t.update(snap(3000, 500), start + Duration::from_millis(500));
+        assert_eq!((second[0].rx_bytes_per_sec, second[0].tx_bytes_per_sec), (4000.0, 1000.0));
+        let reset = t.update(snap(100, 500), start + Duration::from_millis(1500));
+        assert_eq!(reset[0].rx_bytes_per_sec, 100.0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_the_loopback_interface() {
+        let all = read().unwrap();
+        let lo = all.iter().find(|s| s.name == "lo").expect("lo exists");
+        assert!(lo.up);
+    }
+}

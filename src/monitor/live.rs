@@ -1,0 +1,280 @@
+//! `netpulse monitor`: probes every target on a schedule, reads interface counters, and prints
+//! a table (refreshing on a terminal) or one JSON object per interval.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::clock::UtcTime;
+use crate::iface::{self, InterfaceStats, RateTracker};
+use crate::probe::icmp::{self, IcmpPlan};
+use crate::probe::udp::UdpProber;
+use crate::probe::{Outcome, Sample, Target, tcp, web};
+use crate::stats::{Window, WindowSummary};
+
+/// Samples that may wait for the aggregator before new ones are dropped.
+const SAMPLE_QUEUE: usize = 65_536;
+
+/// How the monitor prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// What `netpulse monitor` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    pub targets: Vec<Target>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Reports to print; `None` runs until Ctrl-C.
+    pub count: Option<u64>,
+    pub format: Format,
+    /// Samples per target that loss, RTT and percentiles are computed over.
+    pub window: usize,
+}
+
+/// One report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub time: String,
+    pub interfaces: Vec<InterfaceStats>,
+    pub targets: Vec<TargetReport>,
+    pub connectivity: Connectivity,
+}
+
+/// One target's line of a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: String,
+    pub probe: &'static str,
+    #[serde(flatten)]
+    pub summary: WindowSummary,
+}
+
+/// The verdict users act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connectivity {
+    Connected,
+    Degraded,
+    Disconnected,
+}
+
+/// Connected when every target is up (or, with no targets, some non-loopback interface is
+/// up); degraded when only some are; disconnected when none is.
+pub fn verdict(interfaces: &[InterfaceStats], targets: &[TargetReport]) -> Connectivity {
+    if targets.is_empty() {
+        let any_link = interfaces.iter().any(|i| i.up && i.name != "lo");
+        return if any_link { Connectivity::Connected } else { Connectivity::Disconnected };
+    }
+    let up = targets.iter().filter(|t| t.summary.up).count();
+    match up {
+        0 => Connectivity::Disconnected,
+        n if n == targets.len() => Connectivity::Connected,
+        _ => Connectivity::Degraded,
+    }
+}
+
+/// Runs the monitor until `count` reports are printed or Ctrl-C.
+pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<(usize, Sample)>(SAMPLE_QUEUE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = tokio::task::JoinSet::new();
+    let n = opts.targets.len().max(1) as u32;
+
+    // ICMP targets share one engine thread; the others get a task each.
+    let icmp_targets: Vec<(usize, std::net::IpAddr)> = opts
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| if let Target::Icmp { ip, .. } = t { Some((i, *ip)) } else { None })
+        .collect();
+    if !icmp_targets.is_empty() {
+        let plan = IcmpPlan {
+            targets: icmp_targets.iter().map(|t| t.1).collect(),
+            interval: opts.interval,
+            timeout: opts.timeout,
+            size: 56,
+            count: opts.count,
+        };
+        let (tx, stop) = (tx.clone(), stop.clone());
+        let index: Vec<usize> = icmp_targets.iter().map(|t| t.0).collect();
+        let engine = std::thread::Builder::new().name("icmp".into()).spawn(move || {
+            icmp::run(&plan, || stop.load(Ordering::Relaxed), |k, s| {
+                let _ = tx.try_send((index[k], s));
+            })
+        })?;
+        producers.spawn_blocking(move || match engine.join() {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("the ICMP prober crashed")),
+        });
+    }
+    for (i, target) in opts.targets.iter().enumerate() {
+        if matches!(target, Target::Icmp { .. }) {
+            continue;
+        }
+        let (target, tx, stop) = (target.clone(), tx.clone(), stop.clone());
+        let (interval, timeout, count) = (opts.interval, opts.timeout, opts.count);
+        let offset = interval / n * i as u32;
+        producers.spawn(async move {
+            let mut udp = match &target {
+                Target::Udp { addr, .. } => Some(UdpProber::connect(*addr).await),
+                _ => None,
+            };
+            let mut seq = 0;
+            while count.is_none_or(|c| seq < c) && !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep_until((start + offset + interval * seq as u32).into()).await;
+                seq += 1;
+                let sample = match (&target, &mut udp) {
+                    (Target::Tcp { addr, .. }, _) => tcp::probe(*addr, seq, timeout).await,
+                    (Target::Http { addr, host_header, path, .. }, _) => {
+                        web::probe(*addr, host_header, path, seq, timeout).await
+                    }
+                    (Target::Udp { .. }, Some(Ok(p))) => p.probe(seq, timeout).await,
+                    (_, Some(Err(e))) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
+                    _ => continue,
+                };
+                let _ = tx.try_send((i, sample));
+            }
+            Ok(())
+        });
+    }
+    drop(tx);
+
+    let mut windows: Vec<Window> = opts.targets.iter().map(|_| Window::new(opts.window)).collect();
+    let mut rates = RateTracker::new();
+    rates.update(read_interfaces().await, Instant::now());
+    let tty = std::io::stdout().is_terminal() && opts.format == Format::Table;
+    let mut printed = 0u64;
+    let mut tick = tokio::time::interval_at((start + opts.interval).into(), opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut producers_done = false;
+    loop {
+        // The last report waits until the last round of probes has settled.
+        let last = opts.count.is_some_and(|c| printed + 1 >= c);
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some((i, s)) => { windows[i].push(s); continue; }
+                None => { producers_done = true; if !last { std::future::pending::<()>().await } }
+            },
+            _ = tick.tick(), if !last => {}
+            _ = &mut ctrl_c => { stop.store(true, Ordering::Relaxed); }
+        }
+        let report = build(&opts.targets, &windows, &mut rates).await;
+        print(&report, opts.format, tty, out)?;
+        printed += 1;
+        if stop.load(Ordering::Relaxed) || (last && producers_done) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = producers.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn read_interfaces() -> Vec<iface::Snapshot> {
+    tokio::task::spawn_blocking(iface::read).await.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+async fn build(targets: &[Target], windows: &[Window], rates: &mut RateTracker) -> Report {
+    let interfaces = rates.update(read_interfaces().await, Instant::now());
+    let targets: Vec<TargetReport> = targets
+        .iter()
+        .zip(windows)
+        .map(|(t, w)| TargetReport { target: t.to_string(), probe: t.kind(), summary: w.summary() })
+        .collect();
+    let connectivity = verdict(&interfaces, &targets);
+    Report { time: UtcTime::now().rfc3339(), interfaces, targets, connectivity }
+}
+
+fn print(report: &Report, format: Format, tty: bool, out: &mut impl Write) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, report).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        Format::Table => {
+            if tty {
+                write!(out, "\x1b[H\x1b[2J")?;
+            }
+            write!(out, "{}", table(report))?;
+        }
+    }
+    out.flush()
+}
+
+fn rate(bytes_per_sec: f64) -> String {
+    let bits = bytes_per_sec * 8.0;
+    match bits {
+        b if b >= 1e9 => format!("{:.2} Gbit/s", b / 1e9),
+        b if b >= 1e6 => format!("{:.2} Mbit/s", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kbit/s", b / 1e3),
+        b => format!("{b:.0} bit/s"),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
+/// The report as a plain-text table.
+pub fn table(r: &Report) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "netpulse monitor  {}  connectivity: {:?}", r.time, r.connectivity);
+    let _ = writeln!(t, "{:<12} {:<4} {:>14} {:>14} {:>14} {:>14} {:>6} {:>6}", "INTERFACE", "UP", "RX", "TX", "RX BYTES", "TX BYTES", "ERRS", "DROPS");
+    for i in &r.interfaces {
+        let c = &i.counters;
+        let _ = writeln!(
+            t,
+            "{:<12} {:<4} {:>14} {:>14} {:>14} {:>14} {:>6} {:>6}",
+            i.name,
+            if i.up { "up" } else { "down" },
+            rate(i.rx_bytes_per_sec),
+            rate(i.tx_bytes_per_sec),
+            c.rx_bytes,
+            c.tx_bytes,
+            c.rx_errors + c.tx_errors,
+            c.rx_dropped + c.tx_dropped
+        );
+    }
+    if !r.targets.is_empty() {
+        let _ = writeln!(
+            t,
+            "\n{:<28} {:<5} {:<4} {:>5} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "TARGET", "PROBE", "UP", "SENT", "RECV", "LOSS", "MIN ms", "AVG ms", "MAX ms", "MDEV ms", "JITTER", "P95 ms"
+        );
+        for x in &r.targets {
+            let s = &x.summary;
+            let _ = writeln!(
+                t,
+                "{:<28} {:<5} {:<4} {:>5} {:>5} {:>6}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                x.target,
+                x.probe,
+                if s.up { "up" } else { "down" },
+                s.sent,
+                s.received,
+                crate::stats::format_g(s.loss_pct),
+                ms(s.rtt_min_ms),
+                ms(s.rtt_avg_ms),
+                ms(s.rtt_max_ms),
+                ms(s.rtt_mdev_ms),
+                ms(s.jitter_ms),
+                ms(s.rtt_p95_ms)
+            );
+        }
+    }
+    t.push('\n');
+    t
+}
