@@ -100,6 +100,24 @@ pub enum ServeCommand {
     Http(ServeHttpArgs),
     /// UDP ping servers replying with the datagram upper-cased
     Udp(ServeUdpArgs),
+    /// ICMP echo responder with injected delay and loss (switch the kernel's echo off first)
+    Icmp(ServeIcmpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeIcmpArgs {
+    /// Delay before each reply
+    #[arg(long, default_value = "0ms", value_name = "DUR")]
+    pub delay: Dur,
+    /// Probability of not answering, from 0 to 1
+    #[arg(long, default_value = "0", value_name = "P")]
+    pub loss: Probability,
+    /// Seed for the simulated loss
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// No line per echo request
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +147,9 @@ pub struct ServeUdpArgs {
     /// Seed for the simulated loss, to make it reproducible
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Delay before each reply (a slow server or a long path)
+    #[arg(long, default_value = "0ms", value_name = "DUR")]
+    pub delay: Dur,
     /// No line per datagram
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -54,10 +54,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             start(Config { serve, ..Config::default() }, log(a.quiet))
         }
         Command::Serve(ServeCommand::Udp(a)) => {
-            let udp = ServeUdpConfig { bind: a.bind, ports: ports(a.ports)?, loss: a.loss, seed: a.seed };
+            let udp =
+                ServeUdpConfig { bind: a.bind, ports: ports(a.ports)?, loss: a.loss, seed: a.seed, delay: a.delay };
             let serve = ServeConfig { http: None, udp: Some(udp) };
             start(Config { serve, ..Config::default() }, log(a.quiet))
         }
+        Command::Serve(ServeCommand::Icmp(a)) => serve_icmp(&a),
         Command::Balance(args) => balance(args),
         Command::UdpPing(args) => udp_ping(&args),
         Command::Ping(args) => ping(&args),
@@ -126,6 +128,32 @@ fn udp_ping(args: &UdpPingArgs) -> Result<ExitCode> {
     let plan = PingPlan { target, label, count: args.count, timeout: args.timeout.0, interval: args.interval.0 };
     let summary = ping::run(&plan, &mut std::io::stdout().lock()).context("udp-ping")?;
     Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn serve_icmp(a: &crate::cli::ServeIcmpArgs) -> Result<ExitCode> {
+    use crate::serve::icmp;
+    let socket = icmp::open().context("cannot open a raw ICMP socket (run as root or with CAP_NET_RAW)")?;
+    if icmp::kernel_echo_enabled() {
+        eprintln!(
+            "netpulse: warning: the kernel answers echo requests here too; \
+             set net.ipv4.icmp_echo_ignore_all=1 (e.g. inside a network namespace)"
+        );
+    }
+    let seed = a.seed.unwrap_or_else(|| std::process::id().into());
+    let faults = icmp::EchoFaults { delay: a.delay.0, loss: a.loss.0, seed };
+    println!(
+        "netpulse is up:\n  icmp echo responder (delay {}, loss {}%)\nCtrl-C stops it.",
+        a.delay,
+        a.loss.0 * 100.0
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let log = log(a.quiet);
+    let worker = std::thread::spawn(move || icmp::serve(socket, faults, log, stop_rx));
+    rt.block_on(shutdown_signal());
+    let _ = stop_tx.send(true);
+    worker.join().map_err(|_| anyhow::anyhow!("icmp responder crashed"))??;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
@@ -228,7 +256,8 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     };
     let udp_servers = match &config.serve.udp {
         Some(u) => {
-            let s = UdpServers::bind(u.bind, &u.ports.0, u.loss.0, u.seed, log.clone())?;
+            let faults = crate::serve::udp::Faults { loss: u.loss.0, delay: u.delay.0 };
+            let s = UdpServers::bind(u.bind, &u.ports.0, faults, u.seed, log.clone())?;
             let addrs = s.addrs();
             let _ = writeln!(banner, "  udp servers    {} (simulated loss {}%)", list(&addrs), u.loss.0 * 100.0);
             tries.push(format!("netpulse udp-ping {} {}", addrs[0].ip(), addrs[0].port()));

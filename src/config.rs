@@ -63,6 +63,13 @@ pub struct ServeUdpConfig {
     #[serde(default)]
     pub loss: Probability,
     pub seed: Option<u64>,
+    /// Delay before each reply.
+    #[serde(default = "no_delay")]
+    pub delay: Dur,
+}
+
+fn no_delay() -> Dur {
+    Dur(Duration::ZERO)
 }
 
 /// `[balance]`: `[[balance.http]]` and `[[balance.udp]]` tables.

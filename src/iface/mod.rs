@@ -94,6 +94,23 @@ fn link_up(name: &str) -> bool {
     }
 }
 
+/// Interface names with their addresses (IPv4 and IPv6).
+pub fn addresses() -> std::io::Result<Vec<(String, std::net::IpAddr)>> {
+    crate::sys::interface_addrs()
+}
+
+/// The interface the OS would send to `target` through, found by connecting a UDP socket
+/// (which sends nothing) and matching its source address; `None` with no route.
+pub fn egress(target: std::net::IpAddr, addrs: &[(String, std::net::IpAddr)]) -> Option<String> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+    let any: SocketAddr =
+        if target.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let s = UdpSocket::bind(any).ok()?;
+    s.connect((target, 9)).ok()?;
+    let local = s.local_addr().ok()?.ip();
+    addrs.iter().find(|(_, a)| *a == local).map(|(name, _)| name.clone())
+}
+
 /// How much a counter grew from `old` to `new`. A counter that went backwards either wrapped
 /// at 32 bits (some drivers) — when that reading gives a plausible (< 2 GiB) step — or was reset
 /// (interface re-created), in which case it counts from zero.
@@ -140,7 +157,13 @@ impl RateTracker {
                     None => (0.0, 0.0),
                 };
                 seen.insert(s.name.clone(), (s.counters, now));
-                InterfaceStats { name: s.name, up: s.up, counters: s.counters, rx_bytes_per_sec: rx, tx_bytes_per_sec: tx }
+                InterfaceStats {
+                    name: s.name,
+                    up: s.up,
+                    counters: s.counters,
+                    rx_bytes_per_sec: rx,
+                    tx_bytes_per_sec: tx,
+                }
             })
             .collect();
         self.prev = seen;
@@ -181,7 +204,13 @@ mod tests {
     fn rates_use_the_elapsed_time() {
         let mut t = RateTracker::new();
         let start = Instant::now();
-        let snap = |rx, tx| vec![Snapshot { name: "eth0".into(), up: true, counters: Counters { rx_bytes: rx, tx_bytes: tx, ..Counters::default() } }];
+        let snap = |rx, tx| {
+            vec![Snapshot {
+                name: "eth0".into(),
+                up: true,
+                counters: Counters { rx_bytes: rx, tx_bytes: tx, ..Counters::default() },
+            }]
+        };
         let first = t.update(snap(1000, 0), start);
         assert_eq!((first[0].rx_bytes_per_sec, first[0].tx_bytes_per_sec), (0.0, 0.0));
         let second = t.update(snap(3000, 500), start + Duration::from_millis(500));
@@ -192,9 +221,13 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn reads_the_loopback_interface() {
+    fn reads_the_loopback_interface_and_routes_through_it() {
         let all = read().unwrap();
         let lo = all.iter().find(|s| s.name == "lo").expect("lo exists");
         assert!(lo.up);
+        let addrs = addresses().unwrap();
+        assert!(addrs.iter().any(|(n, a)| n == "lo" && a.is_loopback()), "{addrs:?}");
+        assert_eq!(egress("127.0.0.1".parse().unwrap(), &addrs).as_deref(), Some("lo"));
+        assert_eq!(egress("127.9.9.9".parse().unwrap(), &addrs).as_deref(), Some("lo"));
     }
 }

@@ -108,9 +108,13 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
         let (tx, stop) = (tx.clone(), stop.clone());
         let index: Vec<usize> = icmp_targets.iter().map(|t| t.0).collect();
         let engine = std::thread::Builder::new().name("icmp".into()).spawn(move || {
-            icmp::run(&plan, || stop.load(Ordering::Relaxed), |k, s| {
-                let _ = tx.try_send((index[k], s));
-            })
+            icmp::run(
+                &plan,
+                || stop.load(Ordering::Relaxed),
+                |k, s| {
+                    let _ = tx.try_send((index[k], s));
+                },
+            )
         })?;
         producers.spawn_blocking(move || match engine.join() {
             Ok(r) => r.map_err(anyhow::Error::from),
@@ -151,6 +155,7 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
 
     let mut windows: Vec<Window> = opts.targets.iter().map(|_| Window::new(opts.window)).collect();
     let mut rates = RateTracker::new();
+    let mut routes = Routes { egress: Vec::new(), age: 0 };
     rates.update(read_interfaces().await, Instant::now());
     let tty = std::io::stdout().is_terminal() && opts.format == Format::Table;
     let mut printed = 0u64;
@@ -160,17 +165,29 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
     tokio::pin!(ctrl_c);
     let mut producers_done = false;
     loop {
-        // The last report waits until the last round of probes has settled.
+        // The last report waits until the last round of probes has settled, and is not printed
+        // before its turn (rates need time to be measured over).
         let last = opts.count.is_some_and(|c| printed + 1 >= c);
-        tokio::select! {
-            got = rx.recv() => match got {
-                Some((i, s)) => { windows[i].push(s); continue; }
-                None => { producers_done = true; if !last { std::future::pending::<()>().await } }
-            },
-            _ = tick.tick(), if !last => {}
-            _ = &mut ctrl_c => { stop.store(true, Ordering::Relaxed); }
+        if last && producers_done {
+            let turn = opts.interval.saturating_mul(opts.count.unwrap_or(1).min(u64::from(u32::MAX)) as u32);
+            tokio::select! {
+                _ = tokio::time::sleep_until((start + turn).into()) => {}
+                _ = &mut ctrl_c => { stop.store(true, Ordering::Relaxed); }
+            }
+        } else {
+            tokio::select! {
+                got = rx.recv(), if !producers_done => {
+                    match got {
+                        Some((i, s)) => windows[i].push(s),
+                        None => producers_done = true,
+                    }
+                    continue;
+                }
+                _ = tick.tick(), if !last => {}
+                _ = &mut ctrl_c => { stop.store(true, Ordering::Relaxed); }
+            }
         }
-        let report = build(&opts.targets, &windows, &mut rates).await;
+        let report = build(&opts.targets, &windows, &mut rates, &mut routes).await;
         print(&report, opts.format, tty, out)?;
         printed += 1;
         if stop.load(Ordering::Relaxed) || (last && producers_done) {
@@ -188,12 +205,52 @@ async fn read_interfaces() -> Vec<iface::Snapshot> {
     tokio::task::spawn_blocking(iface::read).await.ok().and_then(Result::ok).unwrap_or_default()
 }
 
-async fn build(targets: &[Target], windows: &[Window], rates: &mut RateTracker) -> Report {
+/// Which interface each target is reached through, refreshed every few reports (routes change
+/// rarely; looking them up costs a few system calls per target).
+struct Routes {
+    egress: Vec<Option<String>>,
+    age: u32,
+}
+
+const ROUTE_REFRESH: u32 = 10;
+
+impl Routes {
+    async fn refresh(&mut self, targets: &[Target]) {
+        if self.age % ROUTE_REFRESH == 0 || self.egress.len() != targets.len() {
+            let ips: Vec<std::net::IpAddr> = targets.iter().map(target_ip).collect();
+            self.egress = tokio::task::spawn_blocking(move || {
+                let addrs = iface::addresses().unwrap_or_default();
+                ips.iter().map(|ip| iface::egress(*ip, &addrs)).collect()
+            })
+            .await
+            .unwrap_or_default();
+        }
+        self.age = self.age.wrapping_add(1);
+    }
+}
+
+fn target_ip(t: &Target) -> std::net::IpAddr {
+    match t {
+        Target::Icmp { ip, .. } => *ip,
+        Target::Tcp { addr, .. } | Target::Udp { addr, .. } | Target::Http { addr, .. } => addr.ip(),
+    }
+}
+
+async fn build(targets: &[Target], windows: &[Window], rates: &mut RateTracker, routes: &mut Routes) -> Report {
     let interfaces = rates.update(read_interfaces().await, Instant::now());
+    routes.refresh(targets).await;
     let targets: Vec<TargetReport> = targets
         .iter()
         .zip(windows)
-        .map(|(t, w)| TargetReport { target: t.to_string(), probe: t.kind(), summary: w.summary() })
+        .zip(&routes.egress)
+        .map(|((t, w), via)| {
+            let mut summary = w.summary();
+            // A target behind a link that is down is down now, before its probes time out.
+            if via.as_ref().is_some_and(|via| interfaces.iter().any(|i| &i.name == via && !i.up)) {
+                summary.up = false;
+            }
+            TargetReport { target: t.to_string(), probe: t.kind(), summary }
+        })
         .collect();
     let connectivity = verdict(&interfaces, &targets);
     Report { time: UtcTime::now().rfc3339(), interfaces, targets, connectivity }
@@ -233,7 +290,11 @@ fn ms(v: Option<f64>) -> String {
 pub fn table(r: &Report) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "netpulse monitor  {}  connectivity: {:?}", r.time, r.connectivity);
-    let _ = writeln!(t, "{:<12} {:<4} {:>14} {:>14} {:>14} {:>14} {:>6} {:>6}", "INTERFACE", "UP", "RX", "TX", "RX BYTES", "TX BYTES", "ERRS", "DROPS");
+    let _ = writeln!(
+        t,
+        "{:<12} {:<4} {:>14} {:>14} {:>14} {:>14} {:>6} {:>6}",
+        "INTERFACE", "UP", "RX", "TX", "RX BYTES", "TX BYTES", "ERRS", "DROPS"
+    );
     for i in &r.interfaces {
         let c = &i.counters;
         let _ = writeln!(
@@ -253,7 +314,18 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(
             t,
             "\n{:<28} {:<5} {:<4} {:>5} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "TARGET", "PROBE", "UP", "SENT", "RECV", "LOSS", "MIN ms", "AVG ms", "MAX ms", "MDEV ms", "JITTER", "P95 ms"
+            "TARGET",
+            "PROBE",
+            "UP",
+            "SENT",
+            "RECV",
+            "LOSS",
+            "MIN ms",
+            "AVG ms",
+            "MAX ms",
+            "MDEV ms",
+            "JITTER",
+            "P95 ms"
         );
         for x in &r.targets {
             let s = &x.summary;

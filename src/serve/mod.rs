@@ -1,6 +1,7 @@
 //! The lab: mock HTTP backends, classic UDP ping servers, and the UDP ping client.
 
 pub mod http;
+pub mod icmp;
 pub mod ping;
 pub mod udp;
 

@@ -1,10 +1,12 @@
 //! Classic UDP ping servers: reply with the datagram upper-cased, dropping a share of requests
-//! to simulate loss (reproducibly with a seed).
+//! to simulate loss (reproducibly with a seed) and delaying replies to simulate a long path.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::log::Log;
 use crate::net::{self, BindError, ShutdownRx};
@@ -38,21 +40,21 @@ impl SplitMix64 {
 /// UDP ping servers on a set of ports, bound and ready to run.
 pub struct UdpServers {
     sockets: Vec<UdpSocket>,
-    loss: f64,
+    faults: Faults,
     seed: u64,
     log: Log,
 }
 
 impl UdpServers {
     /// Binds every port first; `seed` of `None` picks one from the clock.
-    pub fn bind(ip: IpAddr, ports: &[u16], loss: f64, seed: Option<u64>, log: Log) -> Result<Self, BindError> {
+    pub fn bind(ip: IpAddr, ports: &[u16], faults: Faults, seed: Option<u64>, log: Log) -> Result<Self, BindError> {
         let sockets = ports
             .iter()
             .map(|&p| net::bind_udp(SocketAddr::new(ip, p), "udp ping server"))
             .collect::<Result<_, _>>()?;
         let seed =
             seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-        Ok(Self { sockets, loss, seed, log })
+        Ok(Self { sockets, faults, seed, log })
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -67,35 +69,58 @@ impl UdpServers {
                 let port = socket.local_addr()?.port();
                 // Each port draws from its own stream, so one port's traffic does not change another's.
                 let rng = SplitMix64::new(self.seed ^ u64::from(port).wrapping_mul(0xA24B_AED4_963E_E407));
-                let (loss, log, stop) = (self.loss, self.log.clone(), shutdown.clone());
+                let (faults, log, stop) = (self.faults, self.log.clone(), shutdown.clone());
                 thread::Builder::new()
                     .name(format!("udp-server-{port}"))
-                    .spawn(move || serve(socket, port, loss, rng, log, stop))
+                    .spawn(move || serve(socket, port, faults, rng, log, stop))
             })
             .collect()
     }
 }
 
-fn serve(socket: UdpSocket, port: u16, loss: f64, mut rng: SplitMix64, log: Log, stop: ShutdownRx) -> io::Result<()> {
-    socket.set_read_timeout(Some(POLL))?;
+/// How a server misbehaves: drop a share of requests, answer the rest late.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub loss: f64,
+    pub delay: Duration,
+}
+
+/// Replies waiting for their delay to pass, at most this many (older ones are sent early).
+const MAX_DELAYED: usize = 4096;
+
+fn serve(
+    socket: UdpSocket,
+    port: u16,
+    faults: Faults,
+    mut rng: SplitMix64,
+    log: Log,
+    stop: ShutdownRx,
+) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
     let mut buf = vec![0u8; 65_536];
+    let mut delayed: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
     while !*stop.borrow() {
+        let now = Instant::now();
+        while delayed.front().is_some_and(|(due, _, _)| *due <= now) || delayed.len() > MAX_DELAYED {
+            if let Some((_, peer, reply)) = delayed.pop_front() {
+                let _ = socket.send_to(&reply, peer);
+            }
+        }
+        // ppoll keeps sub-millisecond timing; SO_RCVTIMEO would round waits to the kernel tick.
+        let wait = delayed.front().map_or(POLL, |(due, _, _)| due.saturating_duration_since(now).min(POLL));
+        if crate::sys::poll_readable(&[socket.as_raw_fd()], wait)? == 0 {
+            continue;
+        }
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             // A queued ICMP error from an earlier reply; keep serving.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(e) => return Err(e),
         };
+        let received = Instant::now();
         let message = &mut buf[..n];
-        let drop = loss > 0.0 && rng.next_f64() < loss;
+        let drop = faults.loss > 0.0 && rng.next_f64() < faults.loss;
         if log.enabled() {
             let fate = if drop { "dropped (simulated loss)" } else { "replied" };
             log.line(format!("[{port}] {peer} \"{}\" {fate}", super::printable(message)));
@@ -104,8 +129,12 @@ fn serve(socket: UdpSocket, port: u16, loss: f64, mut rng: SplitMix64, log: Log,
             continue;
         }
         message.make_ascii_uppercase();
-        // A full buffer loses the reply, as UDP may; the client counts it as loss.
-        let _ = socket.send_to(message, peer);
+        if faults.delay.is_zero() {
+            // A full buffer loses the reply, as UDP may; the client counts it as loss.
+            let _ = socket.send_to(message, peer);
+        } else {
+            delayed.push_back((received + faults.delay, peer, message.to_vec()));
+        }
     }
     Ok(())
 }

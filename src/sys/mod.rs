@@ -396,14 +396,58 @@ pub(crate) fn recv_meta(fd: RawFd, buf: &mut [u8]) -> io::Result<RecvMeta> {
 pub(crate) fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> io::Result<u64> {
     let mut p: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // Round sub-millisecond waits up so that we do not spin.
-    let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
-    // SAFETY: `p` holds `p.len()` valid pollfd entries.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    // ppoll takes nanoseconds, so probes and delayed replies keep sub-millisecond timing.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `p` holds `p.len()` valid pollfd entries; `ts` lives across the call; no sigmask.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), p.len() as libc::nfds_t, &ts, std::ptr::null()) };
     if r < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
     }
     Ok(p.iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
+}
+
+/// Every (interface name, address) pair the OS reports (`getifaddrs`).
+pub(crate) fn interface_addrs() -> io::Result<Vec<(String, std::net::IpAddr)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; its name is a
+        // NUL-terminated string and its address, when non-null, a sockaddr of the stated family.
+        unsafe {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() {
+                let family = i32::from((*ifa.ifa_addr).sa_family);
+                let len = match family {
+                    libc::AF_INET => size_of::<libc::sockaddr_in>(),
+                    libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+                    _ => 0,
+                };
+                if len > 0 {
+                    let mut storage: libc::sockaddr_storage = zeroed();
+                    std::ptr::copy_nonoverlapping(
+                        ifa.ifa_addr.cast::<u8>(),
+                        (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                        len,
+                    );
+                    if let Some(addr) = from_storage(&storage, len as u32) {
+                        let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+                        out.push((name, addr.ip()));
+                    }
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
