@@ -32,6 +32,21 @@ pub enum Command {
     Ping(PingArgs),
     /// Live view of interfaces and targets (HOST, tcp://H:P, udp://H:P, http://H[:P]/PATH)
     Monitor(MonitorArgs),
+    /// One-shot connectivity verdict: exit 0 connected, 1 degraded, 2 disconnected
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Targets that must be reachable (default: public resolvers on TCP 53/443); repeatable
+    #[arg(long = "target", short = 't', value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Name to resolve for the DNS check
+    #[arg(long, default_value = crate::monitor::status::DEFAULT_NAME, value_name = "NAME")]
+    pub resolve: String,
+    /// Time allowed for each check
+    #[arg(long, default_value = "2s", value_name = "DUR")]
+    pub timeout: Dur,
 }
 
 #[derive(Debug, Args)]

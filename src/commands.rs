@@ -64,6 +64,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::UdpPing(args) => udp_ping(&args),
         Command::Ping(args) => ping(&args),
         Command::Monitor(args) => monitor(args),
+        Command::Status(args) => status(args),
     }
 }
 
@@ -154,6 +155,24 @@ fn serve_icmp(a: &crate::cli::ServeIcmpArgs) -> Result<ExitCode> {
     let _ = stop_tx.send(true);
     worker.join().map_err(|_| anyhow::anyhow!("icmp responder crashed"))??;
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: crate::cli::StatusArgs) -> Result<ExitCode> {
+    use crate::monitor::{live::Connectivity, status};
+    let given: Vec<&str> = if args.targets.is_empty() {
+        status::DEFAULT_TARGETS.to_vec()
+    } else {
+        args.targets.iter().map(String::as_str).collect()
+    };
+    let targets = given.iter().map(|t| t.parse().map_err(UsageError)).collect::<Result<Vec<_>, _>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (checks, verdict) = rt.block_on(status::run(targets, args.resolve, args.timeout.0));
+    print!("{}", status::render(&checks, verdict));
+    Ok(ExitCode::from(match verdict {
+        Connectivity::Connected => 0,
+        Connectivity::Degraded => 1,
+        Connectivity::Disconnected => 2,
+    }))
 }
 
 fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {

@@ -290,3 +290,40 @@ fn a_link_going_down_is_reported_within_an_interval() {
     let here = v["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == host.here.as_str()).unwrap();
     assert_eq!(here["up"], false, "the host side of the veth has no carrier");
 }
+
+#[test]
+fn status_gives_a_verdict_and_no_internet_is_disconnected() {
+    let host = Host::new(5, true);
+    let status = |args: &[&str]| {
+        let out = host
+            .exec(env!("CARGO_BIN_EXE_netpulse"), &[&["status", "--timeout", "1s"], args].concat())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // No default route, so nothing public is reachable (and no packet leaves): a verdict, not an error.
+    let (code, out) = status(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("route      FAIL  no default route") && out.contains("verdict: disconnected"), "{out}");
+    assert!(out.contains("reach      FAIL  tcp://1.1.1.1:53"), "{out}");
+
+    // With a default route and reachable targets: connected.
+    let listener = std::net::TcpListener::bind("10.199.5.1:7000").unwrap();
+    sh(&format!("ip netns exec {} ip route add default via 10.199.5.1", host.ns));
+    let (code, out) = status(&["--target", "tcp://10.199.5.1:7000", "--resolve", "localhost"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("interface  ok    {} 10.199.5.2", host.there)), "{out}");
+    assert!(
+        out.contains(&format!("route      ok    IPv4 via {}", host.there)) && out.contains("verdict: connected"),
+        "{out}"
+    );
+
+    // One of two targets down: degraded.
+    let (code, out) = status(&["-t", "tcp://10.199.5.1:7000", "-t", "tcp://10.199.5.1:7001", "--resolve", "localhost"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("reach      FAIL  tcp://10.199.5.1:7001") && out.contains("verdict: degraded"), "{out}");
+    drop(listener);
+}
