@@ -203,7 +203,7 @@ mod tests {
         let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
         assert_eq!(default_route_v6(v6).as_deref(), Some("eth0"));
-        assert_eq!(default_route_v6(&v6.lines().nth(1).unwrap().to_string()), None);
+        assert_eq!(default_route_v6(v6.lines().nth(1).unwrap()), None);
     }
 
     fn check(name: &'static str, ok: bool) -> Check {
