@@ -68,6 +68,9 @@ pub struct MonitorArgs {
     /// table (refreshing on a terminal) or json (one object per line)
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::monitor::live::Format,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100), at /metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<Addr>,
     /// Samples per target that loss, RTT, jitter and percentiles cover
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]

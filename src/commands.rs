@@ -187,6 +187,7 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         }
         targets.push(target);
     }
+    let exporter = args.metrics.map(|_| crate::metrics::Exporter::default());
     let opts = crate::monitor::live::MonitorOptions {
         targets,
         interval: args.interval.0,
@@ -194,13 +195,23 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         count: if args.once { Some(1) } else { args.count },
         format: args.format,
         window: args.window,
+        exporter: exporter.clone(),
+        print: true,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(crate::monitor::live::run(opts, &mut std::io::stdout()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let (Some(addr), Some(exporter)) = (args.metrics, exporter) {
+        let listener = crate::metrics::Exporter::bind(addr.0)?;
+        eprintln!("netpulse: metrics on http://{}/metrics", addr.0);
+        rt.spawn(async move { exporter.serve(listener, stop_rx).await });
+    }
+    let result = rt.block_on(crate::monitor::live::run(opts, &mut std::io::stdout()));
+    let _ = stop_tx.send(true);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ mod commands;
 pub mod config;
 pub mod iface;
 pub mod log;
+pub mod metrics;
 pub mod monitor;
 pub mod net;
 pub mod probe;

@@ -38,6 +38,10 @@ pub struct MonitorOptions {
     pub format: Format,
     /// Samples per target that loss, RTT and percentiles are computed over.
     pub window: usize,
+    /// Where to publish each report for `/metrics`.
+    pub exporter: Option<crate::metrics::Exporter>,
+    /// Print reports (off when `up` runs the monitor for its metrics only).
+    pub print: bool,
 }
 
 /// One report.
@@ -188,7 +192,12 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
             }
         }
         let report = build(&opts.targets, &windows, &mut rates, &mut routes).await;
-        print(&report, opts.format, tty, out)?;
+        if let Some(e) = &opts.exporter {
+            e.update(&report);
+        }
+        if opts.print {
+            print(&report, opts.format, tty, out)?;
+        }
         printed += 1;
         if stop.load(Ordering::Relaxed) || (last && producers_done) {
             break;

@@ -165,6 +165,8 @@ pub struct WindowSummary {
     pub rtt_p50_ms: Option<f64>,
     pub rtt_p95_ms: Option<f64>,
     pub rtt_p99_ms: Option<f64>,
+    /// The latest answered probe's round-trip time.
+    pub rtt_last_ms: Option<f64>,
     /// Whether the latest probe found the target up.
     pub up: bool,
 }
@@ -222,6 +224,7 @@ impl Window {
             rtt_p50_ms: percentile(&rtts, 50.0),
             rtt_p95_ms: percentile(&rtts, 95.0),
             rtt_p99_ms: percentile(&rtts, 99.0),
+            rtt_last_ms: self.last_rtt_ms,
             up: self.samples.back().is_some_and(crate::probe::Sample::up),
         }
     }
