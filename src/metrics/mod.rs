@@ -24,7 +24,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// Renders one report in the Prometheus text format (version 0.0.4).
 pub fn render(r: &Report) -> String {
     let mut o = String::with_capacity(4096 + r.targets.len() * 1024);
-    let counters: [(&str, fn(&crate::iface::Counters) -> u64); 8] = [
+    type Counter = fn(&crate::iface::Counters) -> u64;
+    let counters: [(&str, Counter); 8] = [
         ("receive_bytes", |c| c.rx_bytes),
         ("transmit_bytes", |c| c.tx_bytes),
         ("receive_packets", |c| c.rx_packets),
