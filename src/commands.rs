@@ -117,7 +117,7 @@ fn balance(args: BalanceArgs) -> Result<ExitCode> {
             (BalanceConfig { http: vec![], udp: vec![udp] }, a.quiet)
         }
     };
-    let config = Config { serve: ServeConfig::default(), balance };
+    let config = Config { serve: ServeConfig::default(), balance, monitor: None };
     // Flag-built configs get the same cross-table checks as files.
     config.validate("flags")?;
     start(config, log(quiet))
@@ -197,6 +197,7 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         window: args.window,
         exporter: exporter.clone(),
         print: true,
+        shutdown: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -252,7 +253,14 @@ struct Bound {
     udp_servers: Option<UdpServers>,
     http: Vec<HttpBalancer>,
     udp: Vec<UdpBalancer>,
+    monitor: Option<Watch>,
     banner: String,
+}
+
+/// The monitor `up` runs, and its metrics endpoint.
+struct Watch {
+    opts: crate::monitor::live::MonitorOptions,
+    metrics: Option<(crate::metrics::Exporter, std::net::TcpListener)>,
 }
 
 /// Binds every socket first (so a busy port fails the start with its address), prints what
@@ -318,6 +326,18 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     if tries.is_empty() {
         return Err(UsageError("nothing to run: the config has no [serve] or [balance] section".into()).into());
     }
+    let monitor = match &config.monitor {
+        Some(m) => {
+            let w = watch_config(config, m)?;
+            let _ = writeln!(banner, "  monitor        {} targets every {}", w.opts.targets.len(), m.interval);
+            if let Some(addr) = m.metrics {
+                let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);
+                tries.push(format!("curl http://{}/metrics", addr.0));
+            }
+            Some(w)
+        }
+        None => None,
+    };
     tries.sort_by_key(|t| !t.starts_with("curl"));
     tries.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
     banner.push_str("try:\n");
@@ -325,12 +345,56 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, banner })
+}
+
+/// The monitor over every balancer's backends (HTTP ones by request, UDP ones by the classic
+/// ping) plus the extra targets of `[monitor]`.
+fn watch_config(config: &Config, m: &crate::config::MonitorConfig) -> Result<Watch> {
+    use crate::probe::Target;
+    let mut targets: Vec<Target> = Vec::new();
+    let http = config.balance.http.iter().flat_map(|b| b.backends.0.iter()).map(|a| format!("http://{a}/"));
+    let udp = config.balance.udp.iter().flat_map(|b| b.backends.0.iter()).map(|a| format!("udp://{a}"));
+    for spec in http.chain(udp) {
+        let t: Target = spec.parse().map_err(UsageError)?;
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    for t in &m.targets {
+        if !targets.contains(&t.0) {
+            targets.push(t.0.clone());
+        }
+    }
+    let metrics = match m.metrics {
+        Some(addr) => Some((crate::metrics::Exporter::default(), crate::metrics::Exporter::bind(addr.0)?)),
+        None => None,
+    };
+    let opts = crate::monitor::live::MonitorOptions {
+        targets,
+        interval: m.interval.0,
+        timeout: m.interval.0.min(Duration::from_secs(1)),
+        count: None,
+        format: crate::monitor::live::Format::Json,
+        window: 100,
+        exporter: metrics.as_ref().map(|(e, _)| e.clone()),
+        print: false,
+        shutdown: None,
+    };
+    Ok(Watch { opts, metrics })
 }
 
 async fn serve(bound: Bound) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    if let Some(mut w) = bound.monitor {
+        w.opts.shutdown = Some(stop_rx.clone());
+        if let Some((exporter, listener)) = w.metrics {
+            let rx = stop_rx.clone();
+            tasks.spawn(async move { exporter.serve(listener, rx).await.context("metrics endpoint") });
+        }
+        tasks.spawn(async move { crate::monitor::live::run(w.opts, &mut std::io::sink()).await.context("monitor") });
+    }
     if let Some(s) = bound.http_servers {
         let rx = stop_rx.clone();
         tasks.spawn(async move { s.run(rx).await.context("http backends") });

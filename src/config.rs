@@ -34,6 +34,35 @@ pub struct Config {
     /// Balancers to start.
     #[serde(default)]
     pub balance: BalanceConfig,
+    /// The monitor `up` runs over the balancers' backends (and any extra targets).
+    pub monitor: Option<MonitorConfig>,
+}
+
+/// `[monitor]`: what `netpulse up` watches and where it publishes metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    #[serde(default = "default_monitor_interval")]
+    pub interval: Dur,
+    /// Targets beyond the balancers' backends, written as on the command line.
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+    /// Serve Prometheus `/metrics` here.
+    pub metrics: Option<Addr>,
+}
+
+fn default_monitor_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+/// A monitor target, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec(pub crate::probe::Target);
+
+impl<'de> Deserialize<'de> for TargetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map(TargetSpec).map_err(de::Error::custom)
+    }
 }
 
 /// `[serve]`: mock backends.
@@ -216,6 +245,9 @@ impl Config {
         }
         if let Some(u) = &self.serve.udp {
             by_proto.extend(u.ports.0.iter().map(|&p| (SocketAddr::new(u.bind, p), "serve.udp", "udp")));
+        }
+        if let Some(m) = self.monitor.as_ref().and_then(|m| m.metrics) {
+            by_proto.push((m.0, "monitor.metrics", "tcp"));
         }
         for proto in ["tcp", "udp"] {
             seen.clear();

@@ -43,6 +43,21 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("3 received, 0% packet loss"), "{out}");
     }
+    // The monitor watches every backend and publishes it for Prometheus.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let r = get(addr("127.0.0.1:9100"), "/metrics");
+        if r.body.contains("udp://127.0.0.1:2528") || std::time::Instant::now() > deadline {
+            break r.body;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    for t in ["http://127.0.0.1:8001/", "http://127.0.0.1:8004/", "udp://127.0.0.1:2526", "udp://127.0.0.1:2528"] {
+        assert!(
+            page.contains(&format!("probe_success{{target=\"{t}\",probe=\"{}\"}} 1", &t[..t.find(':').unwrap()])),
+            "{t}: {page}"
+        );
+    }
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
 }

@@ -42,6 +42,8 @@ pub struct MonitorOptions {
     pub exporter: Option<crate::metrics::Exporter>,
     /// Print reports (off when `up` runs the monitor for its metrics only).
     pub print: bool,
+    /// Stop when this says so, instead of on Ctrl-C.
+    pub shutdown: Option<crate::net::ShutdownRx>,
 }
 
 /// One report.
@@ -165,7 +167,16 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
     let mut printed = 0u64;
     let mut tick = tokio::time::interval_at((start + opts.interval).into(), opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ctrl_c = tokio::signal::ctrl_c();
+    // Stops on Ctrl-C, or on the caller's shutdown signal when it runs inside `up`.
+    let shutdown = opts.shutdown.clone();
+    let ctrl_c = async move {
+        match shutdown {
+            Some(rx) => crate::net::stopped(rx).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
     tokio::pin!(ctrl_c);
     let mut producers_done = false;
     loop {
