@@ -180,9 +180,10 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         return Err(UsageError(format!("interval {} is too short; use at least 10ms", args.interval)).into());
     }
     let mut targets = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for t in &args.targets {
         let target: crate::probe::Target = t.parse().map_err(UsageError)?;
-        if targets.contains(&target) {
+        if !seen.insert(target.to_string()) {
             return Err(UsageError(format!("target {t} is listed twice")).into());
         }
         targets.push(target);

@@ -17,8 +17,12 @@ use crate::probe::udp::UdpProber;
 use crate::probe::{Outcome, Sample, Target, tcp, web};
 use crate::stats::{Window, WindowSummary};
 
-/// Samples that may wait for the aggregator before new ones are dropped.
-const SAMPLE_QUEUE: usize = 65_536;
+/// Sample batches that may wait for the aggregator before new ones are dropped.
+const SAMPLE_QUEUE: usize = 4096;
+/// Samples the ICMP engine hands over at once, at most...
+const SAMPLE_BATCH: usize = 512;
+/// ...or after this long, whichever comes first.
+const SAMPLE_FLUSH: Duration = Duration::from_millis(10);
 
 /// How the monitor prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +95,7 @@ pub fn verdict(interfaces: &[InterfaceStats], targets: &[TargetReport]) -> Conne
 /// Runs the monitor until `count` reports are printed or Ctrl-C.
 pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
     let start = Instant::now();
-    let (tx, mut rx) = mpsc::channel::<(usize, Sample)>(SAMPLE_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<(usize, Sample)>>(SAMPLE_QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let mut producers = tokio::task::JoinSet::new();
     let n = opts.targets.len().max(1) as u32;
@@ -114,13 +118,24 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
         let (tx, stop) = (tx.clone(), stop.clone());
         let index: Vec<usize> = icmp_targets.iter().map(|t| t.0).collect();
         let engine = std::thread::Builder::new().name("icmp".into()).spawn(move || {
-            icmp::run(
+            // Samples travel in batches: one wake-up of the aggregator per batch, not per probe.
+            let mut batch = Vec::with_capacity(SAMPLE_BATCH);
+            let mut since = Instant::now();
+            let r = icmp::run(
                 &plan,
                 || stop.load(Ordering::Relaxed),
                 |k, s| {
-                    let _ = tx.try_send((index[k], s));
+                    batch.push((index[k], s));
+                    if batch.len() >= SAMPLE_BATCH || since.elapsed() >= SAMPLE_FLUSH {
+                        let _ = tx.try_send(std::mem::replace(&mut batch, Vec::with_capacity(SAMPLE_BATCH)));
+                        since = Instant::now();
+                    }
                 },
-            )
+            );
+            if !batch.is_empty() {
+                let _ = tx.try_send(batch);
+            }
+            r
         })?;
         producers.spawn_blocking(move || match engine.join() {
             Ok(r) => r.map_err(anyhow::Error::from),
@@ -152,7 +167,7 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
                     (_, Some(Err(e))) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
                     _ => continue,
                 };
-                let _ = tx.try_send((i, sample));
+                let _ = tx.try_send(vec![(i, sample)]);
             }
             Ok(())
         });
@@ -193,7 +208,7 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
             tokio::select! {
                 got = rx.recv(), if !producers_done => {
                     match got {
-                        Some((i, s)) => windows[i].push(s),
+                        Some(batch) => batch.into_iter().for_each(|(i, s)| windows[i].push(s)),
                         None => producers_done = true,
                     }
                     continue;
@@ -279,14 +294,16 @@ async fn build(targets: &[Target], windows: &[Window], rates: &mut RateTracker, 
 fn print(report: &Report, format: Format, tty: bool, out: &mut impl Write) -> std::io::Result<()> {
     match format {
         Format::Json => {
-            serde_json::to_writer(&mut *out, report).map_err(std::io::Error::other)?;
-            writeln!(out)?;
+            // One write per report: stdout's line buffering is slow for megabyte lines.
+            let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            out.write_all(&line)?;
         }
         Format::Table => {
             if tty {
                 write!(out, "\x1b[H\x1b[2J")?;
             }
-            write!(out, "{}", table(report))?;
+            out.write_all(table(report).as_bytes())?;
         }
     }
     out.flush()

@@ -67,6 +67,10 @@ impl IcmpSocket {
         let _ = socket.set_recv_buffer_size(4 << 20);
         let _ = socket.set_send_buffer_size(1 << 20);
         sys::enable_ttl_and_timestamps(socket.as_raw_fd(), v6).map_err(ProbeError::Socket)?;
+        if raw && !v6 {
+            // Best effort: without it we just read and discard more packets.
+            let _ = sys::only_echo_replies(socket.as_raw_fd());
+        }
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let cookie = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
         let ident = (std::process::id() as u16) ^ (nanos as u16);
@@ -166,6 +170,9 @@ pub struct IcmpPlan {
     pub count: Option<u64>,
 }
 
+/// Probes due this close together are sent in one wake-up.
+const SLICE: Duration = Duration::from_millis(1);
+
 /// One probe in flight.
 struct Pending {
     target: usize,
@@ -203,8 +210,11 @@ pub fn run(
 
     loop {
         let now = Instant::now();
+        // Probes due within the next slice go out together: still spread over the interval,
+        // but with one wake-up per slice instead of one per probe.
+        let horizon = now + SLICE;
         while let Some(&Reverse((at, t))) = due.peek() {
-            if at > now {
+            if at > horizon {
                 break;
             }
             due.pop();

@@ -340,6 +340,19 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// On a raw IPv4 ICMP socket, has the kernel deliver only echo replies (not every ICMP packet
+/// the host receives, which on loopback includes our own requests).
+pub(crate) fn only_echo_replies(fd: RawFd) -> io::Result<()> {
+    const ICMP_FILTER: i32 = 1;
+    // The filter is a bitmask of ICMP types to drop: all but type 0.
+    let blocked: u32 = !1;
+    // SAFETY: passes a pointer to a live u32 and its exact size.
+    let r = unsafe {
+        libc::setsockopt(fd, libc::SOL_RAW, ICMP_FILTER, (&blocked as *const u32).cast(), size_of::<u32>() as libc::socklen_t)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Asks the kernel to report each packet's TTL (hop limit) and receive timestamp.
 pub(crate) fn enable_ttl_and_timestamps(fd: RawFd, v6: bool) -> io::Result<()> {
     if v6 {
