@@ -23,7 +23,8 @@ use crate::serve::http::HttpServers;
 use crate::serve::ping::{self, PingPlan};
 use crate::serve::udp::UdpServers;
 
-/// Bad usage that clap could not see (exit code 2, like a bad flag).
+/// Bad usage that clap could not see, or a command that cannot run at all (exit code 2, like
+/// a bad flag).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
@@ -232,7 +233,9 @@ fn ping(args: &crate::cli::PingArgs) -> Result<ExitCode> {
         quiet: args.quiet,
         tcp_port: args.tcp,
     };
-    let summary = crate::monitor::ping::run(&opts, &mut std::io::stdout().lock())?;
+    // ping's convention: 2 when it cannot run at all (no permission, no socket).
+    let summary =
+        crate::monitor::ping::run(&opts, &mut std::io::stdout().lock()).map_err(|e| UsageError(e.to_string()))?;
     Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

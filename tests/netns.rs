@@ -327,3 +327,26 @@ fn status_gives_a_verdict_and_no_internet_is_disconnected() {
     assert!(out.contains("reach      FAIL  tcp://10.199.5.1:7001") && out.contains("verdict: degraded"), "{out}");
     drop(listener);
 }
+
+#[test]
+fn unprivileged_ping_uses_echo_sockets_or_says_what_to_change() {
+    let np = env!("CARGO_BIN_EXE_netpulse");
+    let drop_raw = ["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", np, "ping", "-c", "2", "-i", "0.05"];
+    // Without CAP_NET_RAW and with echo sockets not allowed: exit 2 and the exact fix.
+    let host = Host::new(6, true);
+    sh(&format!("ip netns exec {} sh -c 'echo 1 0 > /proc/sys/net/ipv4/ping_group_range'", host.ns));
+    let out = host.exec("setpriv", &[&drop_raw[..], &["127.0.0.1"]].concat()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("net.ipv4.ping_group_range") && text.contains("CAP_NET_RAW"), "{text}");
+    assert!(out.stdout.is_empty(), "nothing is printed before the error");
+
+    // Once the namespace allows echo sockets, the same unprivileged ping works, IPv4 and IPv6.
+    sh(&format!("ip netns exec {} sh -c 'echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range'", host.ns));
+    for target in ["127.0.0.1", "::1"] {
+        let out = host.exec("setpriv", &[&drop_raw[..], &[target]].concat()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("2 packets transmitted, 2 received, 0% packet loss"), "{text}");
+    }
+}

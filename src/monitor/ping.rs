@@ -57,6 +57,7 @@ pub fn run(opts: &PingOptions, out: &mut impl Write) -> Result<RttSummary, PingE
     let start = Instant::now();
     match opts.tcp_port {
         None => {
+            let sockets = icmp::open_for(&[opts.ip])?;
             let header = if opts.ip.is_ipv4() {
                 format!("PING {} ({}) {}({}) bytes of data.", opts.host, opts.ip, opts.size, opts.size + 28)
             } else {
@@ -73,7 +74,8 @@ pub fn run(opts: &PingOptions, out: &mut impl Write) -> Result<RttSummary, PingE
             // A closed stdout (ping | head) ends the run; the error is reported after it.
             let mut write_err = None;
             let failed = std::cell::Cell::new(false);
-            icmp::run(
+            icmp::run_on(
+                sockets,
                 &plan,
                 || stop.load(Ordering::SeqCst) || failed.get(),
                 |_, sample| {

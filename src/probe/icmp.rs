@@ -186,13 +186,29 @@ struct Pending {
 /// had `count` probes settled, or when `stop()` says so.
 pub fn run(
     plan: &IcmpPlan,
+    stop: impl FnMut() -> bool,
+    on_sample: impl FnMut(usize, Sample),
+) -> Result<(), ProbeError> {
+    run_on(open_for(&plan.targets)?, plan, stop, on_sample)
+}
+
+/// The sockets a set of targets needs: (IPv4, IPv6).
+pub type Sockets = (Option<IcmpSocket>, Option<IcmpSocket>);
+
+/// Opens the sockets `targets` need, so that a permission problem shows before anything runs.
+pub fn open_for(targets: &[IpAddr]) -> Result<Sockets, ProbeError> {
+    let v4 = if targets.iter().any(IpAddr::is_ipv4) { Some(IcmpSocket::open(false)?) } else { None };
+    let v6 = if targets.iter().any(IpAddr::is_ipv6) { Some(IcmpSocket::open(true)?) } else { None };
+    Ok((v4, v6))
+}
+
+/// [`run`] on sockets from [`open_for`].
+pub fn run_on(
+    (v4, v6): Sockets,
+    plan: &IcmpPlan,
     mut stop: impl FnMut() -> bool,
     mut on_sample: impl FnMut(usize, Sample),
 ) -> Result<(), ProbeError> {
-    let want_v4 = plan.targets.iter().any(IpAddr::is_ipv4);
-    let want_v6 = plan.targets.iter().any(IpAddr::is_ipv6);
-    let v4 = if want_v4 { Some(IcmpSocket::open(false)?) } else { None };
-    let v6 = if want_v6 { Some(IcmpSocket::open(true)?) } else { None };
     let sockets: Vec<&IcmpSocket> = v4.iter().chain(v6.iter()).collect();
     let fds: Vec<_> = sockets.iter().map(|s| s.fd()).collect();
 

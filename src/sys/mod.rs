@@ -348,7 +348,13 @@ pub(crate) fn only_echo_replies(fd: RawFd) -> io::Result<()> {
     let blocked: u32 = !1;
     // SAFETY: passes a pointer to a live u32 and its exact size.
     let r = unsafe {
-        libc::setsockopt(fd, libc::SOL_RAW, ICMP_FILTER, (&blocked as *const u32).cast(), size_of::<u32>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            libc::SOL_RAW,
+            ICMP_FILTER,
+            (&blocked as *const u32).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
     };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
