@@ -107,12 +107,7 @@ pub fn run(opts: &PingOptions, out: &mut impl Write) -> Result<RttSummary, PingE
             }
         }
     }
-    writeln!(out)?;
-    writeln!(out, "--- {} ping statistics ---", opts.host)?;
-    writeln!(out, "{}", summary.counts_line(start.elapsed()))?;
-    if let Some(line) = summary.rtt_line() {
-        writeln!(out, "{line}")?;
-    }
+    summary.write_report(out, &opts.host, "ping", start.elapsed())?;
     Ok(summary)
 }
 

@@ -91,12 +91,7 @@ pub fn run(plan: &PingPlan, out: &mut impl Write) -> io::Result<RttSummary> {
             }
         }
     }
-    writeln!(out)?;
-    writeln!(out, "--- {} udp-ping statistics ---", plan.label)?;
-    writeln!(out, "{}", summary.counts_line(start.elapsed()))?;
-    if let Some(line) = summary.rtt_line() {
-        writeln!(out, "{line}")?;
-    }
+    summary.write_report(out, &plan.label, "udp-ping", start.elapsed())?;
     Ok(summary)
 }
 

@@ -73,6 +73,22 @@ impl RttSummary {
         )
     }
 
+    /// ping's closing block: a blank line, `--- LABEL TOOL statistics ---`, the counts and,
+    /// when anything answered, the RTT line.
+    pub fn write_report(
+        &self,
+        out: &mut impl std::io::Write,
+        label: &str,
+        tool: &str,
+        elapsed: Duration,
+    ) -> std::io::Result<()> {
+        writeln!(out, "\n--- {label} {tool} statistics ---\n{}", self.counts_line(elapsed))?;
+        match self.rtt_line() {
+            Some(line) => writeln!(out, "{line}"),
+            None => Ok(()),
+        }
+    }
+
     /// `rtt min/avg/max/mdev = a/b/c/d ms`, or `None` with no replies (ping omits the line).
     pub fn rtt_line(&self) -> Option<String> {
         self.rtt_ms()
