@@ -33,6 +33,9 @@ pub(crate) struct RequestHead {
     /// HTTP/1.0 client (no chunked responses, keep-alive only on request).
     pub http10: bool,
     pub is_head: bool,
+    /// Whether the method may be sent twice (RFC 9110 §9.2.2), so a request lost on a stale
+    /// pooled connection can be replayed.
+    pub idempotent: bool,
     /// Whether the head carried a `Host` field (HTTP/1.0 may omit it).
     pub has_host: bool,
     /// `Expect: 100-continue`: the proxy answers `100 Continue` itself and does not forward it.
@@ -147,7 +150,7 @@ fn write_end_to_end(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: 
     for h in headers {
         if is_hop_by_hop(h.name)
             || (request && (h.name.eq_ignore_ascii_case("x-forwarded-for") || h.name.eq_ignore_ascii_case("expect")))
-            || named.iter().any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+            || (named.iter().any(|n| n.eq_ignore_ascii_case(h.name.as_bytes())) && !h.name.eq_ignore_ascii_case("host"))
         {
             continue;
         }
@@ -197,7 +200,10 @@ pub(crate) fn parse_request(
         }
     };
     let http10 = minor == 0;
-    let keep_alive = if http10 { f.keep_alive && !f.close } else { !f.close };
+    // Transfer-Encoding with Content-Length (or on HTTP/1.0) is how requests get smuggled past
+    // proxies that frame differently: honour chunked, but close afterwards (RFC 9112 §6.1).
+    let ambiguous = f.chunked && (f.content_length.is_some() || http10);
+    let keep_alive = !ambiguous && if http10 { f.keep_alive && !f.close } else { !f.close };
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -224,6 +230,7 @@ pub(crate) fn parse_request(
         keep_alive,
         http10,
         is_head: method == "HEAD",
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
         has_host: f.has_host,
         expect_continue: f.expect_continue && framing != Framing::Empty,
         line: if want_line { format!("{method} {path}") } else { String::new() },
@@ -249,12 +256,15 @@ pub(crate) fn parse_response(
         return Err(HeadError::Unsupported("protocol upgrades are not proxied"));
     }
     let f = read_fields(resp.headers)?;
+    if f.other_coding {
+        // Transfer codings other than chunked (gzip, ...) would have to be forwarded with
+        // their header; backends send them practically never.
+        return Err(HeadError::Unsupported("transfer codings other than chunked are not proxied"));
+    }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_was_head {
         Framing::Empty
-    } else if f.chunked && !f.other_coding {
+    } else if f.chunked {
         Framing::Chunked
-    } else if f.chunked || f.other_coding {
-        Framing::UntilClose
     } else {
         match f.content_length {
             Some(n) => Framing::Length(n),
@@ -272,7 +282,8 @@ pub(crate) fn parse_response(
         Framing::Chunked if chunked_ok => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         // HEAD and 304 keep the length the backend announced.
         Framing::Empty => {
-            if let Some(n) = f.content_length.filter(|_| status >= 200) {
+            // 204 never carries a length; HEAD and 304 keep the one the backend announced.
+            if let Some(n) = f.content_length.filter(|_| status >= 200 && status != 204) {
                 let _ = write!(ByteWriter(out), "Content-Length: {n}\r\n");
             }
         }
@@ -353,7 +364,13 @@ impl Chunked {
                     if self.extra > MAX_CHUNK_EXTRA {
                         return Err("chunk extensions too long");
                     }
-                    if b == b'\r' { SizeLf { value } } else { Extension { value } }
+                    match b {
+                        b'\r' => SizeLf { value },
+                        // A bare LF or other control byte could end the line for a lenient
+                        // backend and smuggle what follows: refuse it.
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => Extension { value },
+                        _ => return Err("control byte in a chunk extension"),
+                    }
                 }
                 SizeLf { value } if b == b'\n' => {
                     if value == 0 {
@@ -377,7 +394,11 @@ impl Chunked {
                     if self.extra > MAX_CHUNK_EXTRA {
                         return Err("trailers too long");
                     }
-                    if b == b'\r' { TrailerLf } else { Trailer }
+                    match b {
+                        b'\r' => TrailerLf,
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => Trailer,
+                        _ => return Err("control byte in a trailer"),
+                    }
                 }
                 TrailerLf if b == b'\n' => TrailerStart,
                 EndLf if b == b'\n' => Done,
@@ -410,6 +431,8 @@ mod tests {
         assert!(r.keep_alive && !r.http10 && r.has_host);
         assert_eq!(r.len, text.len() - "hello".len());
         assert_eq!(r.line, "POST /a?b=1");
+        assert!(!r.idempotent, "a POST is never replayed");
+        assert!(req("GET / HTTP/1.1\r\n\r\n").0.unwrap().unwrap().idempotent);
         assert_eq!(
             out,
             "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.7\r\nContent-Length: 5\r\n"
@@ -423,10 +446,7 @@ mod tests {
         assert_eq!(framing("GET / HTTP/1.0\r\n\r\n"), Ok(Some((Framing::Empty, false))));
         assert_eq!(framing("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"), Ok(Some((Framing::Empty, true))));
         assert_eq!(framing("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"), Ok(Some((Framing::Empty, false))));
-        assert_eq!(
-            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
-            Ok(Some((Framing::Chunked, true)))
-        );
+        assert_eq!(framing("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(Some((Framing::Chunked, true))));
         assert_eq!(framing("GET / HTTP/1.1\r\nHost: a"), Ok(None));
         assert!(matches!(
             framing("PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
@@ -439,6 +459,14 @@ mod tests {
             Err(HeadError::Malformed(_))
         ));
         assert!(matches!(framing("GARBAGE\r\n\r\n"), Err(HeadError::Malformed(_))));
+        // Chunked with a Content-Length: chunked wins, and the connection closes after.
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Some((Framing::Chunked, false)))
+        );
+        // `Connection: host` cannot strip Host.
+        let (_, out) = req("GET / HTTP/1.1\r\nHost: h\r\nConnection: host\r\n\r\n");
+        assert!(out.contains("Host: h\r\n"), "{out}");
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(framing(&huge), Err(HeadError::TooLarge));
     }
@@ -466,6 +494,9 @@ mod tests {
         assert!(!resp("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false, true).2);
         assert!(!resp("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false, true).2);
         assert_eq!(resp("HTTP/1.1 304 Not Modified\r\n\r\n", false, true).1, Framing::Empty);
+        assert!(
+            !resp("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", false, true).3.contains("Content-Length")
+        );
         assert_eq!(resp("HTTP/1.1 100 Continue\r\n\r\n", false, true).1, Framing::Empty);
         let head = resp("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, true);
         assert_eq!((head.1, head.2), (Framing::Empty, true));
@@ -497,7 +528,15 @@ mod tests {
 
     #[test]
     fn bad_chunked_framing_is_refused() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"1234567890abcdef0\r\n", b"5\nhello"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+            b"5\nhello",
+            b"0;\n\r\n",
+            b"0\r\nX: a\nGET /admin",
+        ] {
             assert!(Chunked::default().feed(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -64,7 +64,10 @@ impl Pool {
     fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE_TIMEOUT {
+            // An idle connection must have nothing to say: bytes here (a late response, a 408)
+            // would be taken for the next request's answer, and EOF means the backend closed it.
+            let quiet = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if quiet && since.elapsed() < POOL_IDLE_TIMEOUT {
                 return Some(conn);
             }
         }
@@ -156,7 +159,7 @@ impl HttpBalancer {
     /// (thread per core, as nginx does), until `shutdown`; then stops accepting and lets
     /// requests in flight finish for up to [`DRAIN_TIMEOUT`]. Idle keep-alive connections close.
     pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
-        let limit = self.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let limit = self.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
         let permits = Arc::new(Semaphore::new(limit as usize));
         self.listeners
             .into_iter()
@@ -255,6 +258,15 @@ impl Buf {
     }
 }
 
+/// Writes everything with a deadline, so a peer that stops reading cannot hold a connection
+/// (and its permit) forever; a timeout is an `io::ErrorKind::TimedOut` error.
+async fn write_within(s: &mut TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    match tokio::time::timeout(limit, s.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Reads with a deadline; a timeout is an `io::ErrorKind::TimedOut` error.
 async fn fill_within(buf: &mut Buf, s: &mut TcpStream, limit: Duration) -> io::Result<usize> {
     match tokio::time::timeout(limit, buf.fill(s)).await {
@@ -313,7 +325,9 @@ impl Proxy {
                     Ok(None) => {}
                     Err(e) => {
                         let status = if e == HeadError::TooLarge { 431 } else { 400 };
-                        let _ = c.client.write_all(&error_page(status, &e.to_string(), true)).await;
+                        let _ =
+                            write_within(&mut c.client, &error_page(status, &e.to_string(), true), HEADER_READ_TIMEOUT)
+                                .await;
                         if self.log.enabled() {
                             self.log.line(format!(
                                 "{} http {} {} bad request: {e}",
@@ -355,7 +369,7 @@ impl Proxy {
         }
         c.out.extend_from_slice(b"\r\n");
         if head.expect_continue && !head.http10 {
-            if let Err(e) = c.client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+            if let Err(e) = write_within(&mut c.client, b"HTTP/1.1 100 Continue\r\n\r\n", self.timeout).await {
                 return self.fail(c, head, Some(backend), ProxyError::Client(e), true).await;
             }
         }
@@ -397,15 +411,18 @@ impl Proxy {
                 chunked.is_done()
             }
         };
-        let mut pooled = pools[index].take();
+        let pool = pools.get(index);
+        let mut pooled = pool.and_then(Pool::take);
+        // Only a request that may be sent twice is replayed after a pooled connection fails.
+        let replayable = whole && head.idempotent;
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(s) => s,
                 None => self.connect(backend).await.map_err(|e| (e, !whole))?,
             };
-            if let Err(e) = upstream.write_all(&c.out).await {
-                if reused && whole {
+            if let Err(e) = write_within(&mut upstream, &c.out, self.timeout).await {
+                if reused && replayable {
                     continue;
                 }
                 return Err((ProxyError::Backend(backend, format!("write: {e}")), !whole));
@@ -417,12 +434,14 @@ impl Proxy {
             match self.relay_response(c, &mut upstream, head, backend, shutdown).await {
                 Ok((outcome, reusable)) => {
                     if reusable {
-                        pools[index].put(upstream);
+                        if let Some(pool) = pool {
+                            pool.put(upstream);
+                        }
                     }
                     return Ok(outcome);
                 }
                 // A pooled connection the backend had already closed: replay on a fresh one.
-                Err(Relay::NoResponse(_)) if reused && whole => continue,
+                Err(Relay::NoResponse(_)) if reused && replayable => continue,
                 Err(Relay::NoResponse(e)) | Err(Relay::BeforeHead(e)) => return Err((e, !whole)),
                 Err(Relay::AfterHead) => {
                     return Ok(Outcome { backend: Some(backend), status: 502, keep_client: false });
@@ -476,8 +495,7 @@ impl Proxy {
                 }
                 _ => chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| (ProxyError::BadBody(e), true))?,
             };
-            upstream
-                .write_all(&c.cbuf.bytes()[..take])
+            write_within(upstream, &c.cbuf.bytes()[..take], self.timeout)
                 .await
                 .map_err(|e| (ProxyError::Backend(backend, format!("write: {e}")), true))?;
             c.cbuf.consume(take);
@@ -508,7 +526,9 @@ impl Proxy {
                     c.bbuf.consume(r.len);
                     if !head.http10 {
                         c.out.extend_from_slice(b"\r\n");
-                        c.client.write_all(&c.out).await.map_err(|e| Relay::BeforeHead(ProxyError::Client(e)))?;
+                        write_within(&mut c.client, &c.out, self.timeout)
+                            .await
+                            .map_err(|e| Relay::BeforeHead(ProxyError::Client(e)))?;
                     }
                     continue;
                 }
@@ -587,7 +607,7 @@ impl Proxy {
             }
             c.bbuf.consume(take);
             if !c.out.is_empty() || first {
-                c.client.write_all(&c.out).await.map_err(|_| Relay::AfterHead)?;
+                write_within(&mut c.client, &c.out, self.timeout).await.map_err(|_| Relay::AfterHead)?;
                 c.out.clear();
                 first = false;
             }
@@ -619,7 +639,13 @@ impl Proxy {
         }
         // The unread rest of a request body would be taken for the next request: close instead.
         let keep_client = head.keep_alive && !body_unread;
-        let written = c.client.write_all(&error_page(status, &e.to_string(), !keep_client)).await.is_ok();
+        let mut page = error_page(status, &e.to_string(), !keep_client);
+        if head.is_head {
+            // A HEAD response has no body, whatever its Content-Length says.
+            let end = page.windows(4).position(|w| w == b"\r\n\r\n").map_or(page.len(), |i| i + 4);
+            page.truncate(end);
+        }
+        let written = write_within(&mut c.client, &page, self.timeout).await.is_ok();
         Outcome { backend, status, keep_client: keep_client && written }
     }
 }
