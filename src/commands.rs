@@ -184,8 +184,8 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
     let mut seen = std::collections::HashSet::new();
     for t in &args.targets {
         let target: crate::probe::Target = t.parse().map_err(UsageError)?;
-        if !seen.insert(target.to_string()) {
-            return Err(UsageError(format!("target {t} is listed twice")).into());
+        if !seen.insert(target.identity()) {
+            return Err(UsageError(format!("target {t} is listed twice (or is an address already listed)")).into());
         }
         targets.push(target);
     }
@@ -359,14 +359,15 @@ fn watch_config(config: &Config, m: &crate::config::MonitorConfig) -> Result<Wat
     let mut targets: Vec<Target> = Vec::new();
     let http = config.balance.http.iter().flat_map(|b| b.backends.0.iter()).map(|a| format!("http://{a}/"));
     let udp = config.balance.udp.iter().flat_map(|b| b.backends.0.iter()).map(|a| format!("udp://{a}"));
+    let mut seen = std::collections::HashSet::new();
     for spec in http.chain(udp) {
         let t: Target = spec.parse().map_err(UsageError)?;
-        if !targets.contains(&t) {
+        if seen.insert(t.identity()) {
             targets.push(t);
         }
     }
     for t in &m.targets {
-        if !targets.contains(&t.0) {
+        if seen.insert(t.0.identity()) {
             targets.push(t.0.clone());
         }
     }

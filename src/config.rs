@@ -273,6 +273,11 @@ impl Config {
                 return Err(format!("balance.udp \"{}\": max_flows must be at least 1", b.name));
             }
         }
+        if let Some(m) = &self.monitor {
+            if m.interval.0 < Duration::from_millis(10) {
+                return Err(format!("monitor: interval {} is too short; use at least 10ms", m.interval));
+            }
+        }
         for b in &self.balance.http {
             if b.max_connections == 0 {
                 return Err(format!("balance.http \"{}\": max_connections must be at least 1", b.name));
@@ -560,6 +565,14 @@ mod tests {
         let text = "[serve.udp]\nports = 2526\nloss = 1.5\n";
         let e = Config::parse(text, "t.toml").unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("probability"), "{e}");
+    }
+
+    #[test]
+    fn monitor_section_is_checked() {
+        let e = Config::parse("[monitor]\ninterval = \"1ms\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("at least 10ms"), "{e}");
+        let e = Config::parse("[monitor]\ntargets = [\"ftp://x\"]\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("unknown scheme"), "{e}");
     }
 
     #[test]

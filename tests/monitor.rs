@@ -137,6 +137,10 @@ fn monitor_table_and_usage_errors() {
     let (code, out) = run(&["monitor", "127.0.0.1", "127.0.0.1"], QUICK);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("listed twice"), "{out}");
+    // Two names for one address would share ICMP replies: refused too.
+    let (code, out) = run(&["monitor", "127.0.0.1", "localhost"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("localhost is listed twice (or is an address already listed)"), "{out}");
 }
 
 #[test]

@@ -115,26 +115,35 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
             size: 56,
             count: opts.count,
         };
+        // Open the sockets here, so that a permission problem ends the monitor with its message.
+        let sockets = icmp::open_for(&plan.targets)?;
         let (tx, stop) = (tx.clone(), stop.clone());
         let index: Vec<usize> = icmp_targets.iter().map(|t| t.0).collect();
         let engine = std::thread::Builder::new().name("icmp".into()).spawn(move || {
-            // Samples travel in batches: one wake-up of the aggregator per batch, not per probe.
-            let mut batch = Vec::with_capacity(SAMPLE_BATCH);
-            let mut since = Instant::now();
-            let r = icmp::run(
+            // Samples travel in batches: one wake-up of the aggregator per batch, not per probe;
+            // a batch also goes out when it is old, checked on every turn of the engine's loop.
+            let batch = std::cell::RefCell::new((Vec::with_capacity(SAMPLE_BATCH), Instant::now()));
+            let flush = |force: bool| {
+                let mut b = batch.borrow_mut();
+                if !b.0.is_empty() && (force || b.0.len() >= SAMPLE_BATCH || b.1.elapsed() >= SAMPLE_FLUSH) {
+                    let full = std::mem::replace(&mut b.0, Vec::with_capacity(SAMPLE_BATCH));
+                    let _ = tx.try_send(full);
+                    b.1 = Instant::now();
+                }
+            };
+            let r = icmp::run_on(
+                sockets,
                 &plan,
-                || stop.load(Ordering::Relaxed),
+                || {
+                    flush(false);
+                    stop.load(Ordering::Relaxed)
+                },
                 |k, s| {
-                    batch.push((index[k], s));
-                    if batch.len() >= SAMPLE_BATCH || since.elapsed() >= SAMPLE_FLUSH {
-                        let _ = tx.try_send(std::mem::replace(&mut batch, Vec::with_capacity(SAMPLE_BATCH)));
-                        since = Instant::now();
-                    }
+                    batch.borrow_mut().0.push((index[k], s));
+                    flush(false);
                 },
             );
-            if !batch.is_empty() {
-                let _ = tx.try_send(batch);
-            }
+            flush(true);
             r
         })?;
         producers.spawn_blocking(move || match engine.join() {
@@ -230,8 +239,15 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // Probe tasks may be asleep until their next turn (a long interval): end them now. The
+    // ICMP engine sees `stop` within 100 ms; its error, if any, is reported.
+    producers.abort_all();
     while let Some(r) = producers.join_next().await {
-        r??;
+        match r {
+            Ok(result) => result?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

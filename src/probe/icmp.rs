@@ -209,6 +209,9 @@ pub fn run_on(
     mut stop: impl FnMut() -> bool,
     mut on_sample: impl FnMut(usize, Sample),
 ) -> Result<(), ProbeError> {
+    if plan.interval < Duration::from_millis(1) {
+        return Err(ProbeError::Socket(io::Error::new(io::ErrorKind::InvalidInput, "probe interval under 1 ms")));
+    }
     let sockets: Vec<&IcmpSocket> = v4.iter().chain(v6.iter()).collect();
     let fds: Vec<_> = sockets.iter().map(|s| s.fd()).collect();
 
@@ -252,18 +255,10 @@ pub fn run_on(
                 Some(Err(e)) => on_sample(t, Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) }),
                 None => {}
             }
-            // Keep the schedule on its grid even if we ran late.
-            let next = at + plan.interval;
-            due.push(Reverse((if next < now { now + plan.interval } else { next }, t)));
-        }
-        while let Some(&(at, ip, wire_seq)) = expiry.front() {
-            if at > now {
-                break;
-            }
-            expiry.pop_front();
-            if let Some(p) = pending.remove(&(ip, wire_seq)) {
-                on_sample(p.target, Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout });
-            }
+            // Keep each target on its own grid even after a stall, so that late targets do not
+            // all bunch up in one slice from then on.
+            let late = now.saturating_duration_since(at).as_nanos() / plan.interval.as_nanos().max(1);
+            due.push(Reverse((at + plan.interval * (late.min(u128::from(u32::MAX)) as u32 + 1), t)));
         }
         let finished = plan.count.is_some()
             && pending.is_empty()
@@ -284,13 +279,21 @@ pub fn run_on(
                 match socket.recv(&mut buf) {
                     Ok(Some(r)) => {
                         let Some(p) = pending.remove(&(r.from, r.seq)) else { continue };
+                        // The kernel's receive time decides; without it, our own clock.
                         let rtt = r
                             .kernel_time
                             .and_then(|k| k.duration_since(p.sent_wall).ok())
-                            .filter(|d| *d <= plan.timeout)
                             .unwrap_or_else(|| p.sent.elapsed());
-                        let outcome = Outcome::Reply { bytes: r.bytes, ttl: r.ttl };
-                        on_sample(p.target, Sample { seq: p.seq, rtt: Some(rtt), outcome });
+                        let sample = if rtt <= plan.timeout {
+                            Sample {
+                                seq: p.seq,
+                                rtt: Some(rtt),
+                                outcome: Outcome::Reply { bytes: r.bytes, ttl: r.ttl },
+                            }
+                        } else {
+                            Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout }
+                        };
+                        on_sample(p.target, sample);
                     }
                     Ok(None) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -298,6 +301,17 @@ pub fn run_on(
                     // An ICMP error queued on the socket (e.g. host unreachable): keep going.
                     Err(_) => break,
                 }
+            }
+        }
+        // Timeouts are settled after reading, so a reply that was already queued counts.
+        let now = Instant::now();
+        while let Some(&(at, ip, wire_seq)) = expiry.front() {
+            if at > now {
+                break;
+            }
+            expiry.pop_front();
+            if let Some(p) = pending.remove(&(ip, wire_seq)) {
+                on_sample(p.target, Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout });
             }
         }
     }

@@ -75,6 +75,15 @@ pub enum Target {
 }
 
 impl Target {
+    /// What makes two targets the same: ICMP targets are the same host when they share an
+    /// address (replies are matched by address), the others when they are written alike.
+    pub fn identity(&self) -> String {
+        match self {
+            Target::Icmp { ip, .. } => format!("icmp {ip}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The probe kind's name: `icmp`, `tcp`, `udp` or `http`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -241,7 +241,8 @@ impl Window {
             rtt_p95_ms: percentile(&rtts, 95.0),
             rtt_p99_ms: percentile(&rtts, 99.0),
             rtt_last_ms: self.last_rtt_ms,
-            up: self.samples.back().is_some_and(crate::probe::Sample::up),
+            // The newest probe decides, not the one that settled last (a timeout settles late).
+            up: self.samples.iter().max_by_key(|s| s.seq).is_some_and(crate::probe::Sample::up),
         }
     }
 }
@@ -293,6 +294,14 @@ mod window_tests {
         assert_eq!((s.sent, s.received, s.loss_pct), (100, 100, 0.0));
         assert_eq!(s.rtt_mdev_ms, Some(0.0));
         assert!(s.up);
+    }
+
+    #[test]
+    fn the_newest_probe_decides_up_even_when_an_older_one_settles_later() {
+        let mut w = Window::new(10);
+        w.push(reply(2, 1.0));
+        w.push(Sample { seq: 1, rtt: None, outcome: Outcome::Timeout }); // probe 1 timed out after 2 answered
+        assert!(w.summary().up);
     }
 
     #[test]

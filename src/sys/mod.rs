@@ -394,15 +394,19 @@ pub(crate) fn recv_meta(fd: RawFd, buf: &mut [u8]) -> io::Result<RecvMeta> {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             let (level, kind, data) = ((*c).cmsg_level, (*c).cmsg_type, libc::CMSG_DATA(c));
-            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
-                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT)
+            let fits = |n: usize| (*c).cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
+            if ((level == libc::IPPROTO_IP && kind == libc::IP_TTL)
+                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT))
+                && fits(size_of::<i32>())
             {
                 let v: i32 = std::ptr::read_unaligned(data.cast());
                 meta.ttl = u8::try_from(v).ok();
-            } else if level == libc::SOL_SOCKET && kind == libc::SO_TIMESTAMPNS {
+            } else if level == libc::SOL_SOCKET && kind == libc::SO_TIMESTAMPNS && fits(size_of::<libc::timespec>()) {
                 let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
-                let since = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                meta.kernel_time = Some(std::time::UNIX_EPOCH + since);
+                if let (Ok(secs), Ok(nanos)) = (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+                    meta.kernel_time =
+                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos.min(999_999_999)));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
