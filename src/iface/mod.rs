@@ -145,10 +145,14 @@ impl RateTracker {
                 let (rx, tx) = match self.prev.get(&s.name) {
                     Some((old, at)) => {
                         let secs = now.duration_since(*at).as_secs_f64();
+                        // Bytes and packets both going backwards is a reset (the interface
+                        // was re-created), whatever the byte counts would allow as a wrap.
+                        let reset = s.counters.rx_packets < old.rx_packets && s.counters.tx_packets < old.tx_packets;
+                        let delta = |o: u64, n: u64| if reset { n } else { counter_delta(o, n) };
                         if secs > 0.0 {
                             (
-                                counter_delta(old.rx_bytes, s.counters.rx_bytes) as f64 / secs,
-                                counter_delta(old.tx_bytes, s.counters.tx_bytes) as f64 / secs,
+                                delta(old.rx_bytes, s.counters.rx_bytes) as f64 / secs,
+                                delta(old.tx_bytes, s.counters.tx_bytes) as f64 / secs,
                             )
                         } else {
                             (0.0, 0.0)
@@ -217,6 +221,18 @@ mod tests {
         assert_eq!((second[0].rx_bytes_per_sec, second[0].tx_bytes_per_sec), (4000.0, 1000.0));
         let reset = t.update(snap(100, 500), start + Duration::from_millis(1500));
         assert_eq!(reset[0].rx_bytes_per_sec, 100.0);
+        // A re-created interface whose old byte count looked like it could wrap at 32 bits:
+        // its packet counts went backwards too, so it is a reset, not 800 MB in a second.
+        let big = |rx, packets| {
+            vec![Snapshot {
+                name: "tun0".into(),
+                up: true,
+                counters: Counters { rx_bytes: rx, rx_packets: packets, tx_packets: packets, ..Counters::default() },
+            }]
+        };
+        t.update(big(3_500_000_000, 5_000_000), start);
+        let after = t.update(big(1000, 2), start + Duration::from_secs(1));
+        assert_eq!(after[0].rx_bytes_per_sec, 1000.0);
     }
 
     #[cfg(target_os = "linux")]
