@@ -243,3 +243,46 @@ fn udp_ping_exits_1_when_nothing_answers() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("port unreachable") && out.contains("100% packet loss"), "{out}");
 }
+
+/// The classic lab's `server.py`, verbatim but for the address and a fixed seed.
+const CLASSIC_SERVER: &str = "import random, socket, sys
+random.seed(1)
+serverSocket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+serverSocket.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    rand = random.randint(0, 10)
+    message, address = serverSocket.recvfrom(1024)
+    message = message.upper()
+    if rand < 4:
+        continue
+    serverSocket.sendto(message, address)
+";
+
+#[test]
+fn interoperates_with_the_classic_python_server_directly_and_behind_the_balancer() {
+    let mut servers: Vec<std::process::Child> = (2526..=2527)
+        .map(|p| {
+            std::process::Command::new("python3")
+                .args(["-c", CLASSIC_SERVER, "127.0.2.9", &p.to_string()])
+                .spawn()
+                .expect("python3 (the classic lab servers are Python)")
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let _lb =
+        Proc::up(&["balance", "udp", "--listen", "127.0.2.9:8888", "--backend", "127.0.2.9:2526,127.0.2.9:2527", "-q"]);
+    for port in ["2526", "8888"] {
+        let (code, out) =
+            run(&["udp-ping", "127.0.2.9", port, "-c", "30", "--timeout", "200ms"], Duration::from_secs(20));
+        assert_eq!(code, 0, "{out}");
+        let counts = out.lines().find(|l| l.contains("packets transmitted")).unwrap();
+        let received: u32 = counts.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        // The classic server drops 4 in 11 (36%): 30 pings get about 19 answers.
+        assert!((10..=28).contains(&received), "{out}");
+        assert!(out.contains("reply=\"PING 1 ") || out.contains("Request timed out: seq=1"), "{out}");
+    }
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

@@ -24,12 +24,19 @@ impl UdpProber {
         Ok(Self { socket, buf: vec![0; 65_536] })
     }
 
+    /// Sends the classic message for `seq` and waits for its upper-cased echo.
     pub async fn probe(&mut self, seq: u64, timeout: Duration) -> Sample {
         let msg = crate::serve::ping::message(seq, &UtcTime::now());
+        self.exchange(&msg, seq, timeout).await
+    }
+
+    /// Sends `msg` and waits up to `timeout` for the same bytes upper-cased; other datagrams
+    /// (late replies to earlier probes) are skipped.
+    pub async fn exchange(&mut self, msg: &str, seq: u64, timeout: Duration) -> Sample {
         let expected = msg.to_ascii_uppercase();
         let start = Instant::now();
         if let Err(e) = self.socket.send(msg.as_bytes()).await {
-            return Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) };
+            return Sample { seq, rtt: None, outcome: Outcome::Failed(describe(&e)) };
         }
         let deadline = tokio::time::Instant::from_std(start + timeout);
         loop {
@@ -43,9 +50,18 @@ impl UdpProber {
                     // Refused (nothing listens): report it, but only once the timeout is spent,
                     // so a closed port is not probed faster than an open one.
                     tokio::time::sleep_until(deadline).await;
-                    return Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) };
+                    return Sample { seq, rtt: None, outcome: Outcome::Failed(describe(&e)) };
                 }
             }
         }
+    }
+}
+
+/// An ICMP port-unreachable surfaces as "connection refused" on a connected UDP socket.
+fn describe(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        "port unreachable (nothing listens there)".into()
+    } else {
+        e.to_string()
     }
 }

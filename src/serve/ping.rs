@@ -1,11 +1,14 @@
 //! The UDP ping client: sends `PING <seq> <HH:MM:SS>`, expects the same bytes upper-cased, and
-//! prints a ping-style summary. Works against the classic Python servers and our balancer.
+//! prints a ping-style summary. Works against the classic Python servers and our balancer. The
+//! exchange itself is the monitor's udp:// probe ([`crate::probe::udp::UdpProber`]).
 
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::clock::UtcTime;
+use crate::probe::Outcome;
+use crate::probe::udp::UdpProber;
 use crate::stats::RttSummary;
 
 /// What `netpulse udp-ping` was asked to do.
@@ -27,12 +30,9 @@ pub fn message(seq: u64, now: &UtcTime) -> String {
 
 /// Runs the pings, printing a line per reply or timeout and the summary; returns the summary.
 pub fn run(plan: &PingPlan, out: &mut impl Write) -> io::Result<RttSummary> {
-    let local: IpAddr = if plan.target.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
-    // Connected: only the target's replies are read, and a closed port is reported.
-    socket.connect(plan.target)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut prober = rt.block_on(UdpProber::connect(plan.target))?;
     let mut summary = RttSummary::new();
-    let mut buf = vec![0u8; 65_536];
     writeln!(out, "UDP PING {}: {} pings, timeout {:?}", plan.label, plan.count, plan.timeout)?;
     let start = Instant::now();
     let mut next_send = start;
@@ -41,66 +41,24 @@ pub fn run(plan: &PingPlan, out: &mut impl Write) -> io::Result<RttSummary> {
         if next_send > now {
             std::thread::sleep(next_send - now);
         }
+        next_send = Instant::now() + plan.interval;
         let msg = message(seq, &UtcTime::now());
-        let expected = msg.to_ascii_uppercase();
-        let sent_at = Instant::now();
-        next_send = sent_at + plan.interval;
+        let sample = rt.block_on(prober.exchange(&msg, seq, plan.timeout));
         summary.sent();
-        if let Err(e) = socket.send(msg.as_bytes()) {
-            writeln!(out, "seq={seq}: send failed: {}", describe(&e))?;
-            continue;
-        }
-        let deadline = sent_at + plan.timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                writeln!(out, "Request timed out: seq={seq}")?;
-                break;
+        match (&sample.outcome, sample.rtt) {
+            (Outcome::Reply { bytes, .. }, Some(rtt)) => {
+                summary.reply(rtt);
+                let ms = rtt.as_secs_f64() * 1000.0;
+                let reply = msg.to_ascii_uppercase();
+                writeln!(out, "{bytes} bytes from {}: seq={seq} time={ms:.3} ms reply=\"{reply}\"", plan.target)?;
             }
-            socket.set_read_timeout(Some(left))?;
-            match socket.recv(&mut buf) {
-                Ok(n) if buf[..n] == *expected.as_bytes() => {
-                    let rtt = sent_at.elapsed();
-                    summary.reply(rtt);
-                    writeln!(
-                        out,
-                        "{n} bytes from {}: seq={seq} time={:.3} ms reply=\"{}\"",
-                        plan.target,
-                        rtt.as_secs_f64() * 1000.0,
-                        super::printable(&buf[..n])
-                    )?;
-                    break;
-                }
-                // A late reply to an earlier ping, or a stranger's datagram: not ours, keep waiting.
-                Ok(n) => writeln!(
-                    out,
-                    "ignored {n} bytes: \"{}\" (not the reply to seq={seq})",
-                    super::printable(&buf[..n])
-                )?,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    writeln!(out, "seq={seq}: {}", describe(&e))?;
-                    // Do not spin on a port that keeps refusing: wait out the rest of the timeout.
-                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                    break;
-                }
-            }
+            (Outcome::Timeout, _) => writeln!(out, "Request timed out: seq={seq}")?,
+            (Outcome::Failed(e), _) => writeln!(out, "seq={seq}: {e}")?,
+            (other, _) => writeln!(out, "seq={seq}: {other:?}")?,
         }
     }
     summary.write_report(out, &plan.label, "udp-ping", start.elapsed())?;
     Ok(summary)
-}
-
-fn describe(e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::ConnectionRefused {
-        "port unreachable (nothing listens there)".into()
-    } else {
-        e.to_string()
-    }
 }
 
 #[cfg(test)]
