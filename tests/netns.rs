@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::{Proc, run};
 
+/// These tests measure timing and rates: run them one at a time so that one's load (the shaped
+/// UDP blast, say) does not skew another's measurement.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A host in a network namespace, joined to this one by a veth pair:
 /// here 10.199.N.1 on `nph{N}`, there 10.199.N.2 on `npn{N}`. Removed on drop.
 struct Host {
@@ -103,6 +111,7 @@ fn loss_within_binomial(sent: u64, received: u64, p: f64) -> bool {
 
 #[test]
 fn icmp_rtt_and_loss_match_the_injected_delay_and_loss() {
+    let _serial = serial();
     let host = Host::new(1, false);
     let _responder = background(host.exec(
         env!("CARGO_BIN_EXE_netpulse"),
@@ -124,6 +133,7 @@ fn icmp_rtt_and_loss_match_the_injected_delay_and_loss() {
 
 #[test]
 fn udp_targets_measure_the_injected_delay_and_loss() {
+    let _serial = serial();
     let _server = Proc::up(&[
         "serve",
         "udp",
@@ -200,6 +210,7 @@ while i<n or time.time()<end:
 
 #[test]
 fn byte_counts_are_exact_and_shaped_rates_are_measured() {
+    let _serial = serial();
     let host = Host::new(2, true);
     let sink = UdpSocket::bind("10.199.2.1:9999").unwrap();
     thread::spawn(move || {
@@ -244,6 +255,7 @@ fn byte_counts_are_exact_and_shaped_rates_are_measured() {
 
 #[test]
 fn a_link_going_down_is_reported_within_an_interval() {
+    let _serial = serial();
     let host = Host::new(3, true);
     let mut child = Command::new(env!("CARGO_BIN_EXE_netpulse"))
         .args(["monitor", &host.ip(), "--interval", "300ms", "--count", "12", "--format", "json"])
@@ -293,6 +305,7 @@ fn a_link_going_down_is_reported_within_an_interval() {
 
 #[test]
 fn status_gives_a_verdict_and_no_internet_is_disconnected() {
+    let _serial = serial();
     let host = Host::new(5, true);
     let status = |args: &[&str]| {
         let out = host
@@ -330,6 +343,7 @@ fn status_gives_a_verdict_and_no_internet_is_disconnected() {
 
 #[test]
 fn unprivileged_ping_uses_echo_sockets_or_says_what_to_change() {
+    let _serial = serial();
     let np = env!("CARGO_BIN_EXE_netpulse");
     let drop_raw = ["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", np, "ping", "-c", "2", "-i", "0.05"];
     // Without CAP_NET_RAW and with echo sockets not allowed: exit 2 and the exact fix.
