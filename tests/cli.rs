@@ -58,6 +58,11 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
             "{t}: {page}"
         );
     }
+    // The lab's output shows the user's traffic, not the monitor's probes: one direct request and
+    // one through the balancer reached 8001; three direct pings and one balanced reached 2526.
+    let out = up.output();
+    assert_eq!(out.matches("[8001] GET / from").count(), 2, "{out}");
+    assert_eq!(out.matches("[2526] 127.0.0.1:").count(), 4, "{out}");
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
 }

@@ -156,13 +156,18 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
             continue;
         }
         let (target, tx, stop) = (target.clone(), tx.clone(), stop.clone());
-        let (interval, timeout, count) = (opts.interval, opts.timeout, opts.count);
+        let (interval, timeout, count, quiet) = (opts.interval, opts.timeout, opts.count, !opts.print);
         let offset = interval / n * i as u32;
         producers.spawn(async move {
             let mut udp = match &target {
                 Target::Udp { addr, .. } => Some(UdpProber::connect(*addr).await),
                 _ => None,
             };
+            if let (true, Some(Ok(p))) = (quiet, &udp) {
+                if let Ok(local) = p.local_addr() {
+                    crate::serve::udp::quiet_peer(local);
+                }
+            }
             let mut seq = 0;
             while count.is_none_or(|c| seq < c) && !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep_until((start + offset + interval * seq as u32).into()).await;

@@ -24,6 +24,11 @@ impl UdpProber {
         Ok(Self { socket, buf: vec![0; 65_536] })
     }
 
+    /// The local address the probes go out from.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
     /// Sends the classic message for `seq` and waits for its upper-cased echo.
     pub async fn probe(&mut self, seq: u64, timeout: Duration) -> Sample {
         let msg = crate::serve::ping::message(seq, &UtcTime::now());

@@ -7,12 +7,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Outcome, Sample};
 
+/// The User-Agent of health probes; the lab's HTTP servers do not log requests carrying it.
+pub const USER_AGENT: &str = "netpulse-monitor";
+
 /// GETs `path` from `addr` (plain HTTP/1.1, `Connection: close`) and times the response head.
 pub async fn probe(addr: SocketAddr, host: &str, path: &str, seq: u64, timeout: Duration) -> Sample {
     let start = Instant::now();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: netpulse\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];

@@ -57,7 +57,9 @@ impl HttpServers {
 }
 
 async fn respond(req: Request<Incoming>, peer: SocketAddr, port: u16, body: Bytes, log: Log) -> Response<Full<Bytes>> {
-    if log.enabled() {
+    // The monitor's own health probes would drown the lab's output: not logged.
+    let probe = req.headers().get(header::USER_AGENT).is_some_and(|ua| ua == crate::probe::web::USER_AGENT);
+    if log.enabled() && !probe {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         log.line(format!("[{port}] {} {target} from {peer}", req.method()));
     }

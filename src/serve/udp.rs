@@ -14,6 +14,22 @@ use crate::net::{self, BindError, ShutdownRx};
 /// How often a server checks the stop signal while idle.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Addresses of this process's own health probes (the monitor under `up`), whose pings the
+/// lab servers answer without logging, so that the lab's output stays readable.
+static QUIET_PEERS: std::sync::RwLock<Vec<SocketAddr>> = std::sync::RwLock::new(Vec::new());
+
+/// Stops logging datagrams from `addr` (a local probe socket); bounded to a few thousand.
+pub fn quiet_peer(addr: SocketAddr) {
+    let mut peers = QUIET_PEERS.write().unwrap_or_else(|p| p.into_inner());
+    if peers.len() < 4096 && !peers.contains(&addr) {
+        peers.push(addr);
+    }
+}
+
+fn is_quiet_peer(addr: SocketAddr) -> bool {
+    QUIET_PEERS.read().unwrap_or_else(|p| p.into_inner()).contains(&addr)
+}
+
 /// A small, fast, reproducible generator (SplitMix64); statistical quality is ample for loss.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -121,7 +137,7 @@ fn serve(
         let received = Instant::now();
         let message = &mut buf[..n];
         let drop = faults.loss > 0.0 && rng.next_f64() < faults.loss;
-        if log.enabled() {
+        if log.enabled() && !is_quiet_peer(peer) {
             let fate = if drop { "dropped (simulated loss)" } else { "replied" };
             log.line(format!("[{port}] {peer} \"{}\" {fate}", super::printable(message)));
         }
