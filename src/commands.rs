@@ -200,6 +200,7 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         exporter: exporter.clone(),
         print: true,
         shutdown: None,
+        health: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -332,7 +333,26 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     }
     let monitor = match &config.monitor {
         Some(m) => {
-            let w = watch_config(config, m)?;
+            let mut w = watch_config(config, m)?;
+            // The balancers' health checks are the monitor's probes of their backends.
+            let mut feed = crate::monitor::health::HealthFeed::default();
+            for (b, c) in http.iter().zip(&config.balance.http) {
+                let targets = c.backends.0.iter().map(|a| format!("http://{a}/")).collect();
+                feed.balancers.push(crate::monitor::health::Watched {
+                    name: c.name.clone(),
+                    set: b.backends(),
+                    targets,
+                });
+            }
+            for (b, c) in udp.iter().zip(&config.balance.udp) {
+                let targets = c.backends.0.iter().map(|a| format!("udp://{a}")).collect();
+                feed.balancers.push(crate::monitor::health::Watched {
+                    name: c.name.clone(),
+                    set: b.backends(),
+                    targets,
+                });
+            }
+            w.opts.health = Some(std::sync::Arc::new(feed));
             let _ = writeln!(banner, "  monitor        {} targets every {}", w.opts.targets.len(), m.interval);
             if let Some(addr) = m.metrics {
                 let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);
@@ -385,6 +405,7 @@ fn watch_config(config: &Config, m: &crate::config::MonitorConfig) -> Result<Wat
         exporter: metrics.as_ref().map(|(e, _)| e.clone()),
         print: false,
         shutdown: None,
+        health: None,
     };
     Ok(Watch { opts, metrics })
 }

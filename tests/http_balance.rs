@@ -337,3 +337,52 @@ fn a_backend_closing_idle_keep_alive_connections_is_retried_transparently() {
         thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn under_up_the_monitor_takes_a_dead_backend_out_of_rotation_and_back() {
+    let path = std::env::temp_dir().join(format!("netpulse-test-{}-health.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[serve.http]\nbind = \"127.0.1.10\"\nports = \"8001\"\n\n\
+         [[balance.http]]\nname = \"web\"\nlisten = \"127.0.1.10:8000\"\nbackends = [\"127.0.1.10:8001\", \"127.0.1.10:8002\"]\naccess_log = false\n\n\
+         [monitor]\ninterval = \"100ms\"\n",
+    )
+    .unwrap();
+    let up = Proc::up(&["up", "--config", path.to_str().unwrap(), "-q"]);
+    let mut other = Proc::up(&["serve", "http", "--bind", "127.0.1.10", "--ports", "8002", "-q"]);
+    let front = addr("127.0.1.10:8000");
+    let ports = |n: usize| {
+        (0..n)
+            .map(|_| get(front, "/"))
+            .map(|r| if r.status == 200 { port_of(&r.body) } else { r.status })
+            .collect::<Vec<u16>>()
+    };
+    // 8002 started after `up`; once its probes pass it is in rotation.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !ports(2).contains(&8002) {
+        assert!(std::time::Instant::now() < deadline, "8002 never in rotation: {}", up.output());
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let down_msg = "backend 127.0.1.10:8002 is down, out of rotation";
+    let before = up.output().matches(down_msg).count();
+    other.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while up.output().matches(down_msg).count() == before {
+        assert!(std::time::Instant::now() < deadline, "never taken out: {}", up.output());
+        thread::sleep(Duration::from_millis(20));
+    }
+    // No 502s any more: every request goes to the backend that answers its probes.
+    assert_eq!(ports(6), vec![8001; 6]);
+
+    let back_msg = "backend 127.0.1.10:8002 is back in rotation";
+    let before = up.output().matches(back_msg).count();
+    let _back = Proc::up(&["serve", "http", "--bind", "127.0.1.10", "--ports", "8002", "-q"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while up.output().matches(back_msg).count() == before {
+        assert!(std::time::Instant::now() < deadline, "never back in rotation: {}", up.output());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let seen = ports(4);
+    assert!(seen.contains(&8001) && seen.contains(&8002), "{seen:?}");
+}

@@ -48,6 +48,8 @@ pub struct MonitorOptions {
     pub print: bool,
     /// Stop when this says so, instead of on Ctrl-C.
     pub shutdown: Option<crate::net::ShutdownRx>,
+    /// Balancers whose backends' health follows the probes (under `up`).
+    pub health: Option<Arc<crate::monitor::health::HealthFeed>>,
 }
 
 /// One report.
@@ -234,6 +236,9 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
         let report = build(&opts.targets, &windows, &mut rates, &mut routes).await;
         if let Some(e) = &opts.exporter {
             e.update(&report);
+        }
+        if let Some(h) = &opts.health {
+            h.apply(&report);
         }
         if opts.print {
             print(&report, opts.format, tty, out)?;
