@@ -335,24 +335,19 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         Some(m) => {
             let mut w = watch_config(config, m)?;
             // The balancers' health checks are the monitor's probes of their backends.
-            let mut feed = crate::monitor::health::HealthFeed::default();
-            for (b, c) in http.iter().zip(&config.balance.http) {
-                let targets = c.backends.0.iter().map(|a| format!("http://{a}/")).collect();
-                feed.balancers.push(crate::monitor::health::Watched {
-                    name: c.name.clone(),
-                    set: b.backends(),
-                    targets,
-                });
+            if m.health {
+                use crate::monitor::health::{HealthFeed, Watched};
+                let mut watched = Vec::new();
+                for (b, c) in http.iter().zip(&config.balance.http) {
+                    let targets = c.backends.0.iter().map(|a| format!("http://{a}/")).collect();
+                    watched.push(Watched { name: c.name.clone(), set: b.backends(), targets });
+                }
+                for (b, c) in udp.iter().zip(&config.balance.udp) {
+                    let targets = c.backends.0.iter().map(|a| format!("udp://{a}")).collect();
+                    watched.push(Watched { name: c.name.clone(), set: b.backends(), targets });
+                }
+                w.opts.health = Some(std::sync::Arc::new(HealthFeed::new(watched)));
             }
-            for (b, c) in udp.iter().zip(&config.balance.udp) {
-                let targets = c.backends.0.iter().map(|a| format!("udp://{a}")).collect();
-                feed.balancers.push(crate::monitor::health::Watched {
-                    name: c.name.clone(),
-                    set: b.backends(),
-                    targets,
-                });
-            }
-            w.opts.health = Some(std::sync::Arc::new(feed));
             let _ = writeln!(banner, "  monitor        {} targets every {}", w.opts.targets.len(), m.interval);
             if let Some(addr) = m.metrics {
                 let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);

@@ -49,6 +49,10 @@ pub struct MonitorConfig {
     pub targets: Vec<TargetSpec>,
     /// Serve Prometheus `/metrics` here.
     pub metrics: Option<Addr>,
+    /// Whether the probes decide which backends are in rotation (three failed probes take one
+    /// out, two good ones bring it back).
+    #[serde(default = "yes")]
+    pub health: bool,
 }
 
 fn default_monitor_interval() -> Dur {
@@ -571,6 +575,9 @@ mod tests {
     fn monitor_section_is_checked() {
         let e = Config::parse("[monitor]\ninterval = \"1ms\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("at least 10ms"), "{e}");
+        let c = Config::parse("[monitor]\nhealth = false\n", "t.toml").unwrap();
+        assert!(!c.monitor.unwrap().health);
+        assert!(Config::embedded_default().monitor.unwrap().health, "probes drive the rotation by default");
         let e = Config::parse("[monitor]\ntargets = [\"ftp://x\"]\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("unknown scheme"), "{e}");
     }

@@ -1,7 +1,9 @@
 //! Health from measurements: after each monitor report, every balancer's backend set is
-//! replaced (whole, so the data path never waits) with the health its probes found.
+//! replaced (whole, so the data path never waits) with the health its probes found. Like
+//! HAProxy's `fall 3 rise 2`, a backend leaves after three failed probes in a row and returns
+//! after two good ones, so a single lost probe does not move traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -17,10 +19,24 @@ pub struct Watched {
     pub targets: Vec<String>,
 }
 
+/// Consecutive failed probes that take a backend out of rotation.
+pub const FALL: u32 = 3;
+/// Consecutive good probes that bring it back.
+pub const RISE: u32 = 2;
+
 /// Feeds monitor reports into balancers.
 #[derive(Debug, Default)]
 pub struct HealthFeed {
     pub balancers: Vec<Watched>,
+    /// Per balancer, per backend: the current run of (failed, good) probes.
+    runs: Mutex<Vec<Vec<(u32, u32)>>>,
+}
+
+impl HealthFeed {
+    pub fn new(balancers: Vec<Watched>) -> Self {
+        let runs = balancers.iter().map(|w| vec![(0, 0); w.targets.len()]).collect();
+        Self { balancers, runs: Mutex::new(runs) }
+    }
 }
 
 impl HealthFeed {
@@ -28,18 +44,40 @@ impl HealthFeed {
     /// balancer would be down, all stay in rotation (fail open): a balancer that refuses
     /// everything helps nobody, and the probes may be what is wrong.
     pub fn apply(&self, report: &Report) {
-        for w in &self.balancers {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        for (w, run) in self.balancers.iter().zip(runs.iter_mut()) {
             let current = w.set.load();
-            let found: Vec<Option<bool>> = w
+            // What each backend's runs say now: Some(up) once a run is long enough.
+            let verdicts: Vec<Option<bool>> = w
                 .targets
                 .iter()
-                .map(|t| report.targets.iter().find(|r| &r.target == t).map(|r| r.summary.up))
+                .zip(run.iter_mut())
+                .map(|(t, (fails, oks))| {
+                    let up = report.targets.iter().find(|r| &r.target == t)?.summary.up;
+                    if up {
+                        (*fails, *oks) = (0, *oks + 1);
+                    } else {
+                        (*fails, *oks) = (*fails + 1, 0);
+                    }
+                    if *fails >= FALL {
+                        Some(false)
+                    } else if *oks >= RISE {
+                        Some(true)
+                    } else {
+                        None
+                    }
+                })
                 .collect();
-            let all_down = found.iter().all(|f| *f == Some(false));
             let mut next = (**current).clone();
-            for (b, up) in current.backends().iter().zip(&found) {
-                if let Some(up) = *up {
-                    next.set_health(b.addr, up || all_down);
+            for (b, v) in current.backends().iter().zip(&verdicts) {
+                if let Some(up) = *v {
+                    next.set_health(b.addr, up);
+                }
+            }
+            let all_down = !next.is_empty() && next.backends().iter().all(|b| !b.healthy);
+            if all_down {
+                for b in current.backends() {
+                    next.set_health(b.addr, true);
                 }
             }
             if next != **current {
@@ -80,20 +118,33 @@ mod tests {
     fn probes_take_backends_out_of_rotation_and_back() {
         let addrs: Vec<std::net::SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
         let set = Arc::new(ArcSwap::from_pointee(BackendSet::new(&addrs)));
-        let feed = HealthFeed {
-            balancers: vec![Watched { name: "web".into(), set: set.clone(), targets: vec!["a".into(), "b".into()] }],
-        };
+        let feed = HealthFeed::new(vec![Watched {
+            name: "web".into(),
+            set: set.clone(),
+            targets: vec!["a".into(), "b".into()],
+        }]);
+        let healthy = || set.load().backends().iter().map(|b| b.healthy).collect::<Vec<bool>>();
+        // One or two lost probes move nothing; the third takes b out.
+        for _ in 0..2 {
+            feed.apply(&report(&[("a", true), ("b", false)]));
+            assert_eq!(healthy(), vec![true, true]);
+        }
         feed.apply(&report(&[("a", true), ("b", false)]));
-        let healthy: Vec<bool> = set.load().backends().iter().map(|b| b.healthy).collect();
-        assert_eq!(healthy, vec![true, false]);
-        feed.apply(&report(&[("a", false), ("b", false)]));
-        let healthy: Vec<bool> = set.load().backends().iter().map(|b| b.healthy).collect();
-        assert_eq!(healthy, vec![true, true], "all down: fail open");
+        assert_eq!(healthy(), vec![true, false]);
+        // One good probe is not enough to come back; two are.
         feed.apply(&report(&[("a", true), ("b", true)]));
-        assert!(set.load().backends().iter().all(|b| b.healthy));
+        assert_eq!(healthy(), vec![true, false]);
+        feed.apply(&report(&[("a", true), ("b", true)]));
+        assert_eq!(healthy(), vec![true, true]);
+        // Everything failing: all stay in rotation (fail open).
+        for _ in 0..3 {
+            feed.apply(&report(&[("a", false), ("b", false)]));
+        }
+        assert_eq!(healthy(), vec![true, true], "all down: fail open");
         // A backend no report mentions keeps its state.
-        feed.apply(&report(&[("a", false)]));
-        let healthy: Vec<bool> = set.load().backends().iter().map(|b| b.healthy).collect();
-        assert_eq!(healthy, vec![false, true]);
+        for _ in 0..2 {
+            feed.apply(&report(&[("a", true)]));
+        }
+        assert_eq!(healthy(), vec![true, true]);
     }
 }
