@@ -2,7 +2,7 @@
 //! one start-up path, so `up`, `serve` and `balance` bind, report and stop the same way.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -240,16 +240,9 @@ fn ping(args: &crate::cli::PingArgs) -> Result<ExitCode> {
     Ok(if summary.received > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Resolves `host` (a name or an IP), preferring IPv4 as the classic tools do.
+/// Resolves `host` as the probes do (IPv4 preferred); failing to is bad usage.
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> =
-        (host, port).to_socket_addrs().map_err(|e| UsageError(format!("cannot resolve host '{host}': {e}")))?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| UsageError(format!("host '{host}' has no address")).into())
+    crate::probe::resolve(host, port).map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// Everything a config asks for, bound but not yet running.

@@ -77,11 +77,6 @@ impl IcmpSocket {
         Ok(Self { socket, v6, raw, ident, cookie })
     }
 
-    /// Whether this is a raw socket (needs privilege) rather than an echo socket.
-    pub fn is_raw(&self) -> bool {
-        self.raw
-    }
-
     pub(crate) fn fd(&self) -> std::os::fd::RawFd {
         self.socket.as_raw_fd()
     }

@@ -36,11 +36,6 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Whether the target answered (an HTTP 5xx counts as an answer, but not as up).
-    pub fn answered(&self) -> bool {
-        self.rtt.is_some()
-    }
-
     /// Whether this sample says the target is up.
     pub fn up(&self) -> bool {
         match self.outcome {
@@ -61,7 +56,7 @@ pub enum ProbeError {
     NotPermitted(std::io::Error),
     #[error("cannot open an ICMP socket: {0}")]
     Socket(std::io::Error),
-    #[error("cannot resolve '{0}': {1}")]
+    #[error("cannot resolve host '{0}': {1}")]
     Resolve(String, String),
 }
 

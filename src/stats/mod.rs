@@ -163,8 +163,6 @@ pub struct Window {
     /// RFC 3550 interarrival jitter in ms, updated on every reply (not windowed).
     jitter_ms: f64,
     last_rtt_ms: Option<f64>,
-    pub total_sent: u64,
-    pub total_received: u64,
 }
 
 /// What a window says about a target.
@@ -194,15 +192,11 @@ impl Window {
             capacity: capacity.max(1),
             jitter_ms: 0.0,
             last_rtt_ms: None,
-            total_sent: 0,
-            total_received: 0,
         }
     }
 
     pub fn push(&mut self, s: crate::probe::Sample) {
-        self.total_sent += 1;
         if let Some(rtt) = s.rtt {
-            self.total_received += 1;
             let ms = rtt.as_secs_f64() * 1000.0;
             // RFC 3550 §6.4.1: J += (|D| - J) / 16, D the change in transit time between
             // consecutive packets; for a round trip that is the change in RTT.
