@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BalanceArgs, BalanceKind, Cli, Command, ServeCommand, UdpPingArgs};
 use crate::config::{
@@ -148,12 +148,15 @@ fn serve_icmp(a: &crate::cli::ServeIcmpArgs) -> Result<ExitCode> {
         a.delay,
         a.loss.0 * 100.0
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let log = log(a.quiet);
-    let worker = std::thread::spawn(move || icmp::serve(socket, faults, log, stop_rx));
+    let worker = std::thread::spawn({
+        let stop = stop.clone();
+        move || icmp::serve(socket, faults, log, stop)
+    });
     rt.block_on(shutdown_signal());
-    let _ = stop_tx.send(true);
+    stop.cancel();
     worker.join().map_err(|_| anyhow::anyhow!("icmp responder crashed"))??;
     Ok(ExitCode::SUCCESS)
 }
@@ -207,14 +210,15 @@ fn monitor(args: crate::cli::MonitorArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     if let (Some(addr), Some(exporter)) = (args.metrics, exporter) {
         let listener = crate::metrics::Exporter::bind(addr.0)?;
         eprintln!("netpulse: metrics on http://{}/metrics", addr.0);
-        rt.spawn(async move { exporter.serve(listener, stop_rx).await });
+        let stop = stop.clone();
+        rt.spawn(async move { exporter.serve(listener, stop).await });
     }
     let result = rt.block_on(crate::monitor::live::run(opts, &mut std::io::stdout()));
-    let _ = stop_tx.send(true);
+    stop.cancel();
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -399,35 +403,35 @@ fn watch_config(config: &Config, m: &crate::config::MonitorConfig) -> Result<Wat
 }
 
 async fn serve(bound: Bound) -> Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some(mut w) = bound.monitor {
-        w.opts.shutdown = Some(stop_rx.clone());
+        w.opts.shutdown = Some(stop.clone());
         if let Some((exporter, listener)) = w.metrics {
-            let rx = stop_rx.clone();
+            let rx = stop.clone();
             tasks.spawn(async move { exporter.serve(listener, rx).await.context("metrics endpoint") });
         }
         tasks.spawn(async move { crate::monitor::live::run(w.opts, &mut std::io::sink()).await.context("monitor") });
     }
     if let Some(s) = bound.http_servers {
-        let rx = stop_rx.clone();
+        let rx = stop.clone();
         tasks.spawn(async move { s.run(rx).await.context("http backends") });
     }
     let mut threads = Vec::new();
     for b in bound.http {
         let name = format!("http balancer \"{}\"", b.name());
-        for t in b.spawn(stop_rx.clone()).with_context(|| format!("cannot start {name}"))? {
+        for t in b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))? {
             threads.push((name.clone(), t));
         }
     }
     if let Some(s) = bound.udp_servers {
-        for t in s.spawn(stop_rx.clone()).context("cannot start udp servers")? {
+        for t in s.spawn(stop.clone()).context("cannot start udp servers")? {
             threads.push(("udp server".to_string(), t));
         }
     }
     for b in bound.udp {
         let name = format!("udp balancer \"{}\"", b.name());
-        let handles = b.spawn(stop_rx.clone()).with_context(|| format!("cannot start {name}"))?;
+        let handles = b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))?;
         tasks.spawn_blocking(move || {
             let mut total = crate::proxy::udp::UdpStats::default();
             for t in handles {
@@ -456,7 +460,7 @@ async fn serve(bound: Bound) -> Result<()> {
                 .unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly")));
         }
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(Err(e)) = done {

@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../examples/netpulse.toml");
 /// A problem with a configuration file or a flag value; always reported as bad usage.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read { path: String, source: std::io::Error },
     #[error("invalid {path}: {message}")]
     Invalid { path: String, message: String },

@@ -16,7 +16,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +27,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A listening socket could not be created.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {proto} {addr} ({owner}): {source}")]
+#[error("cannot listen on {proto} {addr} ({owner})")]
 pub struct BindError {
     pub proto: &'static str,
     pub addr: SocketAddr,
@@ -103,14 +104,6 @@ fn bind_udp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std:
     Ok(socket.into())
 }
 
-/// The shutdown signal every server watches; `true` means stop.
-pub type ShutdownRx = watch::Receiver<bool>;
-
-/// Resolves when `rx` says stop (or its sender is gone).
-pub async fn stopped(mut rx: ShutdownRx) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 /// Waits for the next client while fewer than the permitted connections are open; `None` once
 /// `stop` resolves. Accept errors (EMFILE and friends) back off instead of spinning.
 pub(crate) async fn accept_limited<F: Future>(
@@ -146,7 +139,7 @@ pub(crate) async fn accept_limited<F: Future>(
 pub async fn serve_http<F, Fut, B>(
     listener: std::net::TcpListener,
     max_connections: usize,
-    shutdown: ShutdownRx,
+    shutdown: CancellationToken,
     handler: F,
 ) -> io::Result<()>
 where
@@ -162,7 +155,7 @@ where
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
-    let stop = stopped(shutdown);
+    let stop = shutdown.cancelled();
     tokio::pin!(stop);
     let owner = format!("http backend {}", listener.local_addr()?);
     while let Some((stream, peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner).await {

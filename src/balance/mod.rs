@@ -1,10 +1,18 @@
-//! Load-balancing strategies: pure choices over a backend set, no sockets and no clocks.
+//! Every balancing decision, pure (no sockets, no clocks): which backend gets the next request
+//! ([`Picker`]: the rotation, and per-client affinity), and whether a backend is in rotation at
+//! all ([`health`]: fall/rise and fail open). Everything is keyed by the backend's `SocketAddr`.
 //!
 //! A proxy keeps its [`BackendSet`] in an `ArcSwap` so a health checker can replace it whole
-//! while the data path reads it without a lock; the strategy only ever sees a snapshot.
+//! while the data path reads it without a lock; a pick only ever sees a snapshot.
+
+pub mod health;
+mod rotation;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use crate::config::Affinity;
+pub use health::{HealthRules, HealthState, Transition};
+pub use rotation::RoundRobin;
 
 /// One backend as the strategies see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +56,11 @@ impl BackendSet {
         self.backends.iter().any(|b| b.addr == addr)
     }
 
+    /// Whether `addr` is a backend in rotation.
+    pub fn is_healthy(&self, addr: SocketAddr) -> bool {
+        self.backends.iter().any(|b| b.addr == addr && b.healthy)
+    }
+
     pub fn len(&self) -> usize {
         self.backends.len()
     }
@@ -57,34 +70,42 @@ impl BackendSet {
     }
 }
 
-/// One rotation over the backends, shared by every client of a balancer and never reset.
-///
-/// Pick `k` goes to backend `k mod n` when all are healthy; an unhealthy backend's turn passes
-/// to the next healthy one after it, so the others keep their relative order.
+/// How one balancer chooses: the shared rotation, and whether a client stays with its backend.
 #[derive(Debug, Default)]
-pub struct RoundRobin {
-    next: AtomicUsize,
+pub struct Picker {
+    rotation: RoundRobin,
+    affinity: Affinity,
 }
 
-impl RoundRobin {
-    pub fn new() -> Self {
-        Self::default()
+impl Picker {
+    pub fn new(affinity: Affinity) -> Self {
+        Self { rotation: RoundRobin::new(), affinity }
     }
 
-    /// The index of the backend for the next request, or `None` if no backend is healthy.
-    pub fn pick(&self, set: &BackendSet) -> Option<usize> {
-        let n = set.len();
-        if n == 0 {
-            return None;
+    /// The backend for the next request of a client whose requests last went to `pinned`
+    /// (`None` for a new client), or `None` if no backend is in rotation.
+    ///
+    /// Without affinity every request takes the next turn of the rotation. With client affinity
+    /// a client keeps its backend while that backend is in rotation; a new client, or one whose
+    /// backend left, takes the next turn, and that becomes its backend.
+    pub fn pick(&self, set: &BackendSet, pinned: Option<SocketAddr>) -> Option<SocketAddr> {
+        match (self.affinity, pinned) {
+            (Affinity::Client, Some(b)) if set.is_healthy(b) => Some(b),
+            _ => self.rotation.pick(set).and_then(|i| set.get(i)).map(|b| b.addr),
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(|step| (turn + step) % n).find(|&i| set.backends[i].healthy)
+    }
+
+    /// The next turn of the rotation as an index into `set` (the HTTP proxy keeps a connection
+    /// pool per index).
+    pub fn pick_index(&self, set: &BackendSet) -> Option<usize> {
+        self.rotation.pick(set)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn set(n: u16) -> BackendSet {
         let addrs: Vec<SocketAddr> = (1..=n).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
@@ -146,6 +167,61 @@ mod tests {
                     } else {
                         assert!(*c >= 10, "n={n} mask={mask:b} counts={counts:?}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_keeps_a_client_on_its_backend_while_it_is_in_rotation() {
+        let p = Picker::new(Affinity::Client);
+        let mut s = set(3);
+        let a = p.pick(&s, None).unwrap();
+        let b = p.pick(&s, None).unwrap();
+        assert_ne!(a, b, "new clients take turns");
+        for _ in 0..5 {
+            assert_eq!(p.pick(&s, Some(a)), Some(a));
+        }
+        // Its backend leaves: the client moves to the next turn of the rotation.
+        s.set_health(a, false);
+        let moved = p.pick(&s, Some(a)).unwrap();
+        assert_ne!(moved, a);
+        assert!(s.is_healthy(moved));
+    }
+
+    #[test]
+    fn without_affinity_every_request_takes_the_next_turn() {
+        let p = Picker::new(Affinity::None);
+        let s = set(3);
+        let first = s.backends()[0].addr;
+        let picks: Vec<u16> = (0..6).map(|_| p.pick(&s, Some(first)).unwrap().port()).collect();
+        assert_eq!(picks, vec![1, 2, 3, 1, 2, 3]);
+    }
+
+    proptest! {
+        /// Whatever the health pattern and pins: a pick is always a backend in rotation, and
+        /// `None` only when no backend is; a pinned client whose backend is in rotation keeps it.
+        #[test]
+        fn picks_are_always_in_rotation(
+            healthy in proptest::collection::vec(any::<bool>(), 1..8),
+            pins in proptest::collection::vec(proptest::option::of(0..10u16), 1..50),
+            client in any::<bool>(),
+        ) {
+            let mut s = set(healthy.len() as u16);
+            for (i, &h) in healthy.iter().enumerate() {
+                s.set_health(SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)), h);
+            }
+            let p = Picker::new(if client { Affinity::Client } else { Affinity::None });
+            for pin in pins {
+                let pinned = pin.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+                match p.pick(&s, pinned) {
+                    Some(b) => {
+                        prop_assert!(s.is_healthy(b));
+                        if client && pinned.is_some_and(|a| s.is_healthy(a)) {
+                            prop_assert_eq!(Some(b), pinned);
+                        }
+                    }
+                    None => prop_assert!(healthy.iter().all(|h| !h)),
                 }
             }
         }

@@ -10,7 +10,9 @@ use http::{Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::monitor::live::{Connectivity, Report};
-use crate::net::{self, BindError, ShutdownRx};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, BindError};
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(v: &str) -> String {
@@ -129,7 +131,7 @@ impl Exporter {
     }
 
     /// Serves `/metrics` until `shutdown`.
-    pub async fn serve(self, listener: std::net::TcpListener, shutdown: ShutdownRx) -> std::io::Result<()> {
+    pub async fn serve(self, listener: std::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
         net::serve_http(listener, 256, shutdown, move |req, _| {
             let page = self.page.load_full();
             async move {

@@ -47,7 +47,7 @@ pub struct MonitorOptions {
     /// Print reports (off when `up` runs the monitor for its metrics only).
     pub print: bool,
     /// Stop when this says so, instead of on Ctrl-C.
-    pub shutdown: Option<crate::net::ShutdownRx>,
+    pub shutdown: Option<tokio_util::sync::CancellationToken>,
     /// Balancers whose backends' health follows the probes (under `up`).
     pub health: Option<Arc<crate::monitor::health::HealthFeed>>,
 }
@@ -202,7 +202,7 @@ pub async fn run(opts: MonitorOptions, out: &mut (impl Write + Send)) -> anyhow:
     let shutdown = opts.shutdown.clone();
     let ctrl_c = async move {
         match shutdown {
-            Some(rx) => crate::net::stopped(rx).await,
+            Some(token) => token.cancelled().await,
             None => {
                 let _ = tokio::signal::ctrl_c().await;
             }

@@ -17,11 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::h1::{self, Chunked, Framing, HeadError, RequestHead};
-use crate::balance::{BackendSet, RoundRobin};
+use crate::balance::{BackendSet, Picker};
 use crate::clock::UtcTime;
 use crate::config::HttpBalancerConfig;
 use crate::log::Log;
-use crate::net::{self, BindError, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, ShutdownRx};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::net::{self, BindError, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
 
 /// How long an idle pooled backend connection may be reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,7 +46,7 @@ struct Proxy {
     name: String,
     /// Health may change, order never does: index `i` is always backend `i` of the config.
     backends: Arc<ArcSwap<BackendSet>>,
-    rotation: RoundRobin,
+    picker: Picker,
     max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
@@ -132,7 +135,7 @@ impl HttpBalancer {
         let proxy = Arc::new(Proxy {
             name: config.name.clone(),
             backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(backends))),
-            rotation: RoundRobin::new(),
+            picker: Picker::new(crate::config::Affinity::None),
             max_idle: config.pool_max_idle,
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
@@ -158,9 +161,8 @@ impl HttpBalancer {
     /// Serves on `workers` threads, each with a single-threaded runtime and pools of its own
     /// (thread per core, as nginx does), until `shutdown`; then stops accepting and lets
     /// requests in flight finish for up to [`DRAIN_TIMEOUT`]. Idle keep-alive connections close.
-    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
-        let limit = self.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
-        let permits = Arc::new(Semaphore::new(limit as usize));
+    pub fn spawn(self, shutdown: CancellationToken) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
+        let permits = Arc::new(Semaphore::new(self.max_connections.min(Semaphore::MAX_PERMITS)));
         self.listeners
             .into_iter()
             .enumerate()
@@ -168,7 +170,7 @@ impl HttpBalancer {
                 let (proxy, permits, shutdown) = (self.proxy.clone(), permits.clone(), shutdown.clone());
                 thread::Builder::new().name(format!("http-{}-{i}", self.proxy.name)).spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    rt.block_on(proxy.accept_loop(listener, permits, limit, shutdown))
+                    rt.block_on(proxy.accept_loop(listener, permits, shutdown))
                 })
             })
             .collect()
@@ -186,24 +188,25 @@ impl Proxy {
         self: Arc<Self>,
         listener: std::net::TcpListener,
         permits: Arc<Semaphore>,
-        limit: u32,
-        shutdown: ShutdownRx,
+        shutdown: CancellationToken,
     ) -> io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
         let pools: Arc<[Pool]> = self.backends.load().backends().iter().map(|_| Pool::new(self.max_idle)).collect();
-        let stop = net::stopped(shutdown.clone());
+        let stop = shutdown.cancelled();
         tokio::pin!(stop);
         let owner = format!("http balancer \"{}\"", self.name);
+        let connections = TaskTracker::new();
         while let Some((stream, peer, permit)) = net::accept_limited(&listener, &permits, &mut stop, &owner).await {
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 proxy.serve_client(&pools, stream, peer, rx).await;
                 drop(permit);
             });
         }
         drop(listener);
-        // Every worker waits until all connections (its own and the others') are done.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(limit)).await;
+        // This worker's runtime ends with it: wait for its connections to finish first.
+        connections.close();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
         Ok(())
     }
 }
@@ -286,10 +289,10 @@ struct Conn {
 }
 
 impl Proxy {
-    async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, mut shutdown: ShutdownRx) {
+    async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::with_capacity(2048) };
         loop {
-            let head = match self.read_request_head(&mut c, &mut shutdown).await {
+            let head = match self.read_request_head(&mut c, &shutdown).await {
                 Some(h) => h,
                 None => return,
             };
@@ -307,7 +310,7 @@ impl Proxy {
                     start.elapsed().as_secs_f64() * 1000.0
                 ));
             }
-            if !outcome.keep_client || *shutdown.borrow() {
+            if !outcome.keep_client || shutdown.is_cancelled() {
                 let _ = c.client.shutdown().await;
                 return;
             }
@@ -316,7 +319,7 @@ impl Proxy {
 
     /// Waits for a complete request head; `None` closes the connection (the client left, idled
     /// out, sent garbage — answered with 400 / 431 — or we are shutting down while it is idle).
-    async fn read_request_head(&self, c: &mut Conn, shutdown: &mut ShutdownRx) -> Option<RequestHead> {
+    async fn read_request_head(&self, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
         let mut first_byte = c.cbuf.is_empty();
         loop {
             if !c.cbuf.is_empty() {
@@ -345,7 +348,7 @@ impl Proxy {
             let limit = if first_byte { CLIENT_IDLE_TIMEOUT } else { HEADER_READ_TIMEOUT };
             let read = tokio::select! {
                 r = fill_within(&mut c.cbuf, &mut c.client, limit) => r,
-                _ = shutdown.wait_for(|s| *s), if first_byte => return None,
+                _ = shutdown.cancelled(), if first_byte => return None,
             };
             match read {
                 Ok(0) | Err(_) => return None,
@@ -355,10 +358,16 @@ impl Proxy {
     }
 
     /// Relays one request and its response; answers errors itself when nothing was sent yet.
-    async fn exchange(&self, pools: &[Pool], c: &mut Conn, head: &RequestHead, shutdown: &ShutdownRx) -> Outcome {
+    async fn exchange(
+        &self,
+        pools: &[Pool],
+        c: &mut Conn,
+        head: &RequestHead,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         let picked = {
             let set = self.backends.load();
-            self.rotation.pick(&set).and_then(|i| set.get(i).map(|b| (i, b.addr)))
+            self.picker.pick_index(&set).and_then(|i| set.get(i).map(|b| (i, b.addr)))
         };
         let Some((index, backend)) = picked else {
             let unread = head.framing != Framing::Empty;
@@ -389,7 +398,7 @@ impl Proxy {
         head: &RequestHead,
         index: usize,
         backend: SocketAddr,
-        shutdown: &ShutdownRx,
+        shutdown: &CancellationToken,
     ) -> Result<Outcome, (ProxyError, bool)> {
         // Append the body bytes already read; if that is the whole body, the request can be
         // replayed on another connection.
@@ -510,7 +519,7 @@ impl Proxy {
         upstream: &mut TcpStream,
         head: &RequestHead,
         backend: SocketAddr,
-        shutdown: &ShutdownRx,
+        shutdown: &CancellationToken,
     ) -> Result<(Outcome, bool), Relay> {
         let deadline = Instant::now() + self.timeout;
         let mut received_any = false;
@@ -565,7 +574,8 @@ impl Proxy {
         };
         c.bbuf.consume(resp.len);
         let dechunk = head.http10 && resp.framing == Framing::Chunked;
-        let keep_client = head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !*shutdown.borrow();
+        let keep_client =
+            head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !shutdown.is_cancelled();
         if !keep_client {
             c.out.extend_from_slice(b"Connection: close\r\n");
         } else if head.http10 {

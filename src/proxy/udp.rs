@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::balance::{BackendSet, RoundRobin};
+use crate::balance::{BackendSet, Picker};
 use crate::clock::UtcTime;
 use crate::config::{Affinity, UdpBalancerConfig};
 use crate::log::Log;
-use crate::net::{self, BindError, ShutdownRx};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, BindError};
 use crate::sys::{Batch, Epoll};
 
 /// Datagrams moved per system call at most.
@@ -44,7 +46,8 @@ pub struct UdpBalancer {
 struct Shared {
     name: String,
     backends: Arc<ArcSwap<BackendSet>>,
-    rotation: RoundRobin,
+    /// The one rotation (and affinity rule) of the balancer.
+    picker: Picker,
     affinity: Affinity,
     /// Flow-table bound of each worker (the configured bound split between them).
     max_flows: usize,
@@ -76,7 +79,7 @@ impl std::fmt::Display for UdpStats {
 struct Flow {
     client: SocketAddr,
     socket: UdpSocket,
-    /// The pinned backend under client affinity.
+    /// Where this client's datagrams last went (kept under client affinity).
     backend: Option<SocketAddr>,
     last_seen: Instant,
 }
@@ -98,7 +101,7 @@ impl UdpBalancer {
         let shared = Shared {
             name: config.name.clone(),
             backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(&config.backends.0))),
-            rotation: RoundRobin::new(),
+            picker: Picker::new(config.affinity),
             affinity: config.affinity,
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
@@ -121,7 +124,7 @@ impl UdpBalancer {
     }
 
     /// Runs one event loop per listening socket, each on a thread of its own, until `shutdown`.
-    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<UdpStats>>>> {
+    pub fn spawn(self, shutdown: CancellationToken) -> io::Result<Vec<thread::JoinHandle<io::Result<UdpStats>>>> {
         self.sockets
             .into_iter()
             .enumerate()
@@ -167,11 +170,11 @@ impl Relay {
         })
     }
 
-    fn run(mut self, shutdown: ShutdownRx) -> io::Result<UdpStats> {
+    fn run(mut self, shutdown: CancellationToken) -> io::Result<UdpStats> {
         let mut ready = Vec::with_capacity(256);
         let mut last_sweep = Instant::now();
         let tick_ms = TICK.as_millis() as i32;
-        while !*shutdown.borrow() {
+        while !shutdown.is_cancelled() {
             self.epoll.wait_into(tick_ms, &mut ready)?;
             self.now = Instant::now();
             for &token in &ready {
@@ -204,15 +207,10 @@ impl Relay {
                 continue;
             };
             flow.last_seen = self.now;
-            let backend = match (self.shared.affinity, flow.backend) {
-                (Affinity::Client, Some(b)) if is_healthy(&set, b) => Some(b),
-                (Affinity::Client, _) => {
-                    let b = self.shared.rotation.pick(&set).and_then(|k| set.get(k)).map(|b| b.addr);
-                    flow.backend = b;
-                    b
-                }
-                (Affinity::None, _) => self.shared.rotation.pick(&set).and_then(|k| set.get(k)).map(|b| b.addr),
-            };
+            let backend = self.shared.picker.pick(&set, flow.backend);
+            if self.shared.affinity == Affinity::Client {
+                flow.backend = backend;
+            }
             let payload = self.requests.payload(i);
             let sent = match backend {
                 Some(b) => flow.socket.send_to(payload, b).is_ok(),
@@ -347,8 +345,4 @@ impl Relay {
             self.close_flow(slot);
         }
     }
-}
-
-fn is_healthy(set: &BackendSet, addr: SocketAddr) -> bool {
-    set.backends().iter().any(|b| b.addr == addr && b.healthy)
 }

@@ -8,7 +8,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::log::Log;
-use crate::net::{self, BindError, ShutdownRx};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, BindError};
 
 /// Client connections one mock backend serves at once.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -39,7 +41,7 @@ impl HttpServers {
     }
 
     /// Serves every port until `shutdown`.
-    pub async fn run(self, shutdown: ShutdownRx) -> std::io::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         for (_, listener) in self.listeners {
             let port = listener.local_addr()?.port();

@@ -12,8 +12,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::udp::SplitMix64;
 use crate::log::Log;
-use crate::net::ShutdownRx;
 use crate::sys;
+use tokio_util::sync::CancellationToken;
 
 /// How the responder misbehaves.
 #[derive(Debug, Clone, Copy)]
@@ -38,11 +38,11 @@ pub fn open() -> io::Result<Socket> {
 }
 
 /// Answers IPv4 echo requests until `shutdown`.
-pub fn serve(socket: Socket, faults: EchoFaults, log: Log, shutdown: ShutdownRx) -> io::Result<()> {
+pub fn serve(socket: Socket, faults: EchoFaults, log: Log, shutdown: CancellationToken) -> io::Result<()> {
     let mut rng = SplitMix64::new(faults.seed);
     let mut queue: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; 65_536];
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         let now = Instant::now();
         while queue.front().is_some_and(|(due, _, _)| *due <= now) {
             if let Some((_, to, reply)) = queue.pop_front() {

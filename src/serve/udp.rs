@@ -9,7 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::log::Log;
-use crate::net::{self, BindError, ShutdownRx};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, BindError};
 
 /// How often a server checks the stop signal while idle.
 const POLL: Duration = Duration::from_millis(100);
@@ -78,7 +80,7 @@ impl UdpServers {
     }
 
     /// Serves each port on a thread of its own until `shutdown`.
-    pub fn spawn(self, shutdown: ShutdownRx) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
+    pub fn spawn(self, shutdown: CancellationToken) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
         self.sockets
             .into_iter()
             .map(|socket| {
@@ -110,12 +112,12 @@ fn serve(
     faults: Faults,
     mut rng: SplitMix64,
     log: Log,
-    stop: ShutdownRx,
+    stop: CancellationToken,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let mut buf = vec![0u8; 65_536];
     let mut delayed: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
-    while !*stop.borrow() {
+    while !stop.is_cancelled() {
         let now = Instant::now();
         while delayed.front().is_some_and(|(due, _, _)| *due <= now) || delayed.len() > MAX_DELAYED {
             if let Some((_, peer, reply)) = delayed.pop_front() {
