@@ -1,5 +1,7 @@
 //! Command-line definitions: raw input, parsed by clap. Values that have a shape (durations,
-//! port ranges, addresses) are parsed here with the same types the config file uses.
+//! port ranges, addresses, the probe interval) are parsed here with the same types the config
+//! file uses, so they are checked once; each flag set becomes config through one `From` or
+//! `TryFrom` at the bottom of this file.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,7 +9,10 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Addr, Affinity, Dur, PortList, Probability};
+use crate::config::{
+    self, Addr, Affinity, Backends, Dur, HttpBalancerConfig, PortList, Probability, ProbeInterval, ServeHttpConfig,
+    ServeUdpConfig, UdpBalancerConfig,
+};
 
 /// Monitor network performance and load-balance HTTP and UDP, in one binary.
 #[derive(Debug, Parser)]
@@ -53,9 +58,9 @@ pub struct StatusArgs {
 pub struct MonitorArgs {
     /// Targets: HOST (ICMP), tcp://HOST:PORT, udp://HOST:PORT (classic UDP ping), http://HOST[:PORT]/PATH
     pub targets: Vec<String>,
-    /// Time between probes of a target, and between reports
+    /// Time between probes of a target, and between reports (at least 10ms)
     #[arg(long, default_value = "1s", value_name = "DUR")]
-    pub interval: Dur,
+    pub interval: ProbeInterval,
     /// Time to wait for each reply (default: the interval, at most 1s)
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<Dur>,
@@ -67,7 +72,7 @@ pub struct MonitorArgs {
     pub count: Option<u64>,
     /// table (refreshing on a terminal) or json (one object per line)
     #[arg(long, value_enum, default_value = "table")]
-    pub format: crate::monitor::live::Format,
+    pub format: crate::dashboard::print::Format,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100), at /metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<Addr>,
@@ -262,4 +267,99 @@ pub struct UdpPingArgs {
     /// Least time between sends in seconds (default: next ping once the last is answered or timed out)
     #[arg(short = 'i', long, default_value = "0", value_name = "SECS")]
     pub interval: Dur,
+}
+
+/// Joins repeated `--ports` values into one checked list.
+fn joined(lists: Vec<PortList>) -> Result<PortList, String> {
+    PortList::checked(lists.into_iter().flat_map(|l| l.0).collect())
+}
+
+impl TryFrom<ServeHttpArgs> for ServeHttpConfig {
+    type Error = String;
+    fn try_from(a: ServeHttpArgs) -> Result<Self, String> {
+        Ok(ServeHttpConfig { bind: a.bind, ports: joined(a.ports)? })
+    }
+}
+
+impl TryFrom<ServeUdpArgs> for ServeUdpConfig {
+    type Error = String;
+    fn try_from(a: ServeUdpArgs) -> Result<Self, String> {
+        Ok(ServeUdpConfig { bind: a.bind, ports: joined(a.ports)?, loss: a.loss, seed: a.seed, delay: a.delay })
+    }
+}
+
+impl From<BalanceHttpArgs> for HttpBalancerConfig {
+    fn from(a: BalanceHttpArgs) -> Self {
+        HttpBalancerConfig {
+            name: "http".into(),
+            listen: a.listen,
+            backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+            connect_timeout: a.connect_timeout,
+            timeout: a.timeout,
+            max_connections: a.max_connections,
+            pool_max_idle: config::default_pool_idle(),
+            workers: a.workers,
+            access_log: !a.quiet,
+        }
+    }
+}
+
+impl From<BalanceUdpArgs> for UdpBalancerConfig {
+    fn from(a: BalanceUdpArgs) -> Self {
+        UdpBalancerConfig {
+            name: "udp".into(),
+            listen: a.listen,
+            backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+            affinity: a.affinity,
+            max_flows: a.max_flows,
+            flow_idle_timeout: a.flow_idle_timeout,
+            workers: a.workers,
+            access_log: !a.quiet,
+        }
+    }
+}
+
+impl TryFrom<&MonitorArgs> for crate::monitor::engine::MonitorPlan {
+    type Error = String;
+    fn try_from(a: &MonitorArgs) -> Result<Self, String> {
+        let mut targets = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in &a.targets {
+            let target: crate::probe::Target = t.parse()?;
+            if !seen.insert(target.identity()) {
+                return Err(format!("target {t} is listed twice (or is an address already listed)"));
+            }
+            targets.push(target);
+        }
+        let interval = a.interval.0;
+        Ok(Self {
+            targets,
+            interval,
+            timeout: a.timeout.map_or(interval.min(std::time::Duration::from_secs(1)), |d| d.0),
+            count: if a.once { Some(1) } else { a.count },
+            window: a.window,
+            sources: crate::probe::ProbeSources::default(),
+        })
+    }
+}
+
+impl TryFrom<&PingArgs> for crate::monitor::ping::PingOptions {
+    type Error = String;
+    /// Resolves the host (IPv4 preferred, as ping does).
+    fn try_from(a: &PingArgs) -> Result<Self, String> {
+        if a.interval.0 < std::time::Duration::from_millis(1) {
+            return Err(format!("interval {} is too short; use at least 1ms", a.interval));
+        }
+        let ip = crate::probe::resolve(&a.host, 0).map_err(|e| e.to_string())?.ip();
+        Ok(Self {
+            host: a.host.clone(),
+            ip,
+            count: a.count,
+            interval: a.interval.0,
+            timeout: a.timeout.0,
+            size: a.size,
+            quiet: a.quiet,
+            tcp_port: a.tcp,
+        })
+    }
 }

@@ -43,7 +43,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     #[serde(default = "default_monitor_interval")]
-    pub interval: Dur,
+    pub interval: ProbeInterval,
     /// Targets beyond the balancers' backends, written as on the command line.
     #[serde(default)]
     pub targets: Vec<TargetSpec>,
@@ -55,8 +55,8 @@ pub struct MonitorConfig {
     pub health: bool,
 }
 
-fn default_monitor_interval() -> Dur {
-    Dur(Duration::from_secs(1))
+fn default_monitor_interval() -> ProbeInterval {
+    ProbeInterval(Duration::from_secs(1))
 }
 
 /// A monitor target, checked when the file is read.
@@ -277,11 +277,6 @@ impl Config {
                 return Err(format!("balance.udp \"{}\": max_flows must be at least 1", b.name));
             }
         }
-        if let Some(m) = &self.monitor {
-            if m.interval.0 < Duration::from_millis(10) {
-                return Err(format!("monitor: interval {} is too short; use at least 10ms", m.interval));
-            }
-        }
         for b in &self.balance.http {
             if b.max_connections == 0 {
                 return Err(format!("balance.http \"{}\": max_connections must be at least 1", b.name));
@@ -359,6 +354,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is too long a duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The time between two probes of a target, and between two reports: at least 10 ms (the
+/// monitor's bound, checked here once for flags and files alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeInterval(pub Duration);
+
+impl ProbeInterval {
+    pub const MIN: Duration = Duration::from_millis(10);
+}
+
+impl FromStr for ProbeInterval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d = parse_duration(s)?;
+        if d < Self::MIN {
+            return Err(format!("interval {} is too short; use at least 10ms", Dur(d)));
+        }
+        Ok(ProbeInterval(d))
+    }
+}
+
+impl fmt::Display for ProbeInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Dur(self.0).fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
 }
 
 /// A list of ports from specs like `8001-8004`, `8001,8003` or `8001` (repeatable).

@@ -1,13 +1,17 @@
 //! netpulse: watch a network and balance load across it, in one binary.
 //!
-//! The binary is a thin shell over [`run`]; every command lives in a module of its own
-//! (see `DESIGN.md` for the map).
+//! The binary is a thin shell over [`run`]; every command is a file in `commands/`. Modules are
+//! rooms, each with a `//!` line saying its role; dependencies point one way:
+//! `sys`, `clock` -> `config` -> `balance`, `stats`, `iface`, `probe` -> `proxy`, `serve`,
+//! `monitor` -> sinks (`dashboard`, `metrics`, `health`) -> `commands`.
 
 pub mod balance;
 pub mod cli;
 pub mod clock;
 mod commands;
 pub mod config;
+pub mod dashboard;
+pub mod health;
 pub mod iface;
 pub mod log;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Prometheus exposition of the monitor's reports, with node_exporter's names for interfaces
+//! Prometheus exposition of the monitor's reports (a sink), with node_exporter's names for interfaces
 //! and blackbox_exporter's for probes, so existing dashboards work; the rest is `netpulse_`.
 
 use std::fmt::Write as _;
@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::monitor::live::{Connectivity, Report};
+use tokio::sync::broadcast;
+
+use crate::monitor::report::{Connectivity, Report};
+use crate::probe::ProbeKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
@@ -82,7 +85,7 @@ pub fn render(r: &Report) -> String {
         }
     }
     family(&mut o, "probe_icmp_duration_seconds", "gauge", "Duration of the ICMP round trip by phase.");
-    for t in r.targets.iter().filter(|t| t.probe == "icmp") {
+    for t in r.targets.iter().filter(|t| t.probe == ProbeKind::Icmp) {
         let _ = writeln!(
             o,
             "probe_icmp_duration_seconds{{target=\"{}\",phase=\"rtt\"}} {}",
@@ -123,6 +126,18 @@ pub struct Exporter {
 impl Exporter {
     pub fn update(&self, report: &Report) {
         self.page.store(Arc::new(render(report)));
+    }
+
+    /// Renders every report until the monitor ends (a sink).
+    pub async fn follow(self, mut reports: broadcast::Receiver<Arc<Report>>) {
+        loop {
+            match reports.recv().await {
+                Ok(report) => self.update(&report),
+                // Only the newest report matters for a scrape.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Binds `addr` for `/metrics`.

@@ -1,6 +1,8 @@
-//! Schedules probes and owns their statistics: the `ping`, `monitor` and `status` commands.
+//! The monitor: schedules probes, owns their statistics and publishes a [`report::Report`] per
+//! interval ([`engine`]); `ping` and `status` are its one-shot forms. It never imports a sink.
 
-pub mod health;
-pub mod live;
+pub mod engine;
 pub mod ping;
+pub mod report;
+pub mod schedule;
 pub mod status;

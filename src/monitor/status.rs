@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::monitor::live::Connectivity;
+use crate::monitor::report::Connectivity;
 use crate::probe::{Sample, Target, tcp, udp::UdpProber, web};
 
 /// Targets checked when none are given: well-known public resolvers.
@@ -104,7 +104,7 @@ async fn reach_check(target: Target, timeout: Duration) -> Check {
         Target::Tcp { addr, .. } => tcp::probe(*addr, 1, timeout).await,
         Target::Http { addr, host_header, path, .. } => web::probe(*addr, host_header, path, 1, timeout).await,
         Target::Udp { addr, .. } => match UdpProber::connect(*addr).await {
-            Ok(mut p) => p.probe(1, timeout).await,
+            Ok(p) => p.probe(1, timeout).await,
             Err(e) => Sample { seq: 1, rtt: None, outcome: crate::probe::Outcome::Failed(e.to_string()) },
         },
         Target::Icmp { ip, .. } => {

@@ -6,10 +6,63 @@ pub mod tcp;
 pub mod udp;
 pub mod web;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use serde::Serialize;
+
+/// The kind of probe a target gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Icmp,
+    Tcp,
+    Udp,
+    Http,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Udp => "udp",
+            ProbeKind::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The local addresses this process's UDP probes send from, so that the lab servers can tell a
+/// health probe from a user's ping and leave it out of their logs. A cheap handle: the monitor
+/// adds to it, the servers it is handed to at bind time read it. Bounded.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSources(Arc<RwLock<HashSet<SocketAddr>>>);
+
+impl ProbeSources {
+    /// Most addresses remembered (one per probed UDP target).
+    const MAX: usize = 4096;
+
+    pub fn add(&self, addr: SocketAddr) {
+        let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if set.len() < Self::MAX {
+            set.insert(addr);
+        }
+    }
+
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(&addr)
+    }
+}
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +132,32 @@ impl Target {
         }
     }
 
-    /// The probe kind's name: `icmp`, `tcp`, `udp` or `http`.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of probe it gets.
+    pub fn kind(&self) -> ProbeKind {
         match self {
-            Target::Icmp { .. } => "icmp",
-            Target::Tcp { .. } => "tcp",
-            Target::Udp { .. } => "udp",
-            Target::Http { .. } => "http",
+            Target::Icmp { .. } => ProbeKind::Icmp,
+            Target::Tcp { .. } => ProbeKind::Tcp,
+            Target::Udp { .. } => ProbeKind::Udp,
+            Target::Http { .. } => ProbeKind::Http,
         }
+    }
+
+    /// The address probes go to (port 0 for ICMP).
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Icmp { ip, .. } => SocketAddr::new(*ip, 0),
+            Target::Tcp { addr, .. } | Target::Udp { addr, .. } | Target::Http { addr, .. } => *addr,
+        }
+    }
+
+    /// The HTTP health check of a backend: `GET /` with the backend's address as `Host`.
+    pub fn http_backend(addr: SocketAddr) -> Self {
+        Target::Http { url: format!("http://{addr}/"), addr, host_header: addr.to_string(), path: "/".into() }
+    }
+
+    /// The classic UDP ping of a backend.
+    pub fn udp_backend(addr: SocketAddr) -> Self {
+        Target::Udp { host: addr.to_string(), addr }
     }
 }
 
@@ -156,7 +227,7 @@ mod tests {
         let t: Target = "127.0.0.1".parse().unwrap();
         assert_eq!(t, Target::Icmp { host: "127.0.0.1".into(), ip: "127.0.0.1".parse().unwrap() });
         let t: Target = "tcp://127.0.0.1:80".parse().unwrap();
-        assert_eq!(t.kind(), "tcp");
+        assert_eq!(t.kind(), ProbeKind::Tcp);
         assert_eq!(t.to_string(), "tcp://127.0.0.1:80");
         let t: Target = "udp://localhost:8888".parse().unwrap();
         assert_eq!(t, Target::Udp { host: "localhost:8888".into(), addr: "127.0.0.1:8888".parse().unwrap() });

@@ -158,6 +158,11 @@ impl HttpBalancer {
         self.proxy.backends.clone()
     }
 
+    /// The backends' addresses, in configuration order.
+    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy.backends.load().backends().iter().map(|b| b.addr).collect()
+    }
+
     /// Serves on `workers` threads, each with a single-threaded runtime and pools of its own
     /// (thread per core, as nginx does), until `shutdown`; then stops accepting and lets
     /// requests in flight finish for up to [`DRAIN_TIMEOUT`]. Idle keep-alive connections close.

@@ -66,6 +66,17 @@ pub struct UdpStats {
     pub flows_evicted: u64,
 }
 
+impl UdpStats {
+    /// Adds another worker's counts.
+    pub fn add(&mut self, other: &UdpStats) {
+        self.requests += other.requests;
+        self.replies += other.replies;
+        self.dropped += other.dropped;
+        self.flows_opened += other.flows_opened;
+        self.flows_evicted += other.flows_evicted;
+    }
+}
+
 impl std::fmt::Display for UdpStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -121,6 +132,11 @@ impl UdpBalancer {
     /// The live backend set, for health checkers to replace.
     pub fn backends(&self) -> Arc<ArcSwap<BackendSet>> {
         self.shared.backends.clone()
+    }
+
+    /// The backends' addresses, in configuration order.
+    pub fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.backends.load().backends().iter().map(|b| b.addr).collect()
     }
 
     /// Runs one event loop per listening socket, each on a thread of its own, until `shutdown`.

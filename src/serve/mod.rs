@@ -1,8 +1,8 @@
-//! The lab: mock HTTP backends, classic UDP ping servers, and the UDP ping client.
+//! The lab: mock HTTP backends, classic UDP ping servers and an ICMP echo responder with
+//! injected faults (`netpulse serve`).
 
 pub mod http;
 pub mod icmp;
-pub mod ping;
 pub mod udp;
 
 /// A short printable form of a datagram for log lines: lossy UTF-8, at most 64 characters.

@@ -12,25 +12,10 @@ use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
+use crate::probe::ProbeSources;
 
 /// How often a server checks the stop signal while idle.
 const POLL: Duration = Duration::from_millis(100);
-
-/// Addresses of this process's own health probes (the monitor under `up`), whose pings the
-/// lab servers answer without logging, so that the lab's output stays readable.
-static QUIET_PEERS: std::sync::RwLock<Vec<SocketAddr>> = std::sync::RwLock::new(Vec::new());
-
-/// Stops logging datagrams from `addr` (a local probe socket); bounded to a few thousand.
-pub fn quiet_peer(addr: SocketAddr) {
-    let mut peers = QUIET_PEERS.write().unwrap_or_else(|p| p.into_inner());
-    if peers.len() < 4096 && !peers.contains(&addr) {
-        peers.push(addr);
-    }
-}
-
-fn is_quiet_peer(addr: SocketAddr) -> bool {
-    QUIET_PEERS.read().unwrap_or_else(|p| p.into_inner()).contains(&addr)
-}
 
 /// A small, fast, reproducible generator (SplitMix64); statistical quality is ample for loss.
 #[derive(Debug, Clone)]
@@ -61,18 +46,29 @@ pub struct UdpServers {
     faults: Faults,
     seed: u64,
     log: Log,
+    /// This process's own probes (the monitor under `up`): answered, not logged, so the lab's
+    /// output shows the user's traffic.
+    quiet: ProbeSources,
 }
 
 impl UdpServers {
-    /// Binds every port first; `seed` of `None` picks one from the clock.
-    pub fn bind(ip: IpAddr, ports: &[u16], faults: Faults, seed: Option<u64>, log: Log) -> Result<Self, BindError> {
+    /// Binds every port first; `seed` of `None` picks one from the clock. Pings from `quiet`
+    /// addresses are answered without a log line.
+    pub fn bind(
+        ip: IpAddr,
+        ports: &[u16],
+        faults: Faults,
+        seed: Option<u64>,
+        log: Log,
+        quiet: ProbeSources,
+    ) -> Result<Self, BindError> {
         let sockets = ports
             .iter()
             .map(|&p| net::bind_udp(SocketAddr::new(ip, p), "udp ping server"))
             .collect::<Result<_, _>>()?;
         let seed =
             seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-        Ok(Self { sockets, faults, seed, log })
+        Ok(Self { sockets, faults, seed, log, quiet })
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -88,9 +84,10 @@ impl UdpServers {
                 // Each port draws from its own stream, so one port's traffic does not change another's.
                 let rng = SplitMix64::new(self.seed ^ u64::from(port).wrapping_mul(0xA24B_AED4_963E_E407));
                 let (faults, log, stop) = (self.faults, self.log.clone(), shutdown.clone());
+                let quiet = self.quiet.clone();
                 thread::Builder::new()
                     .name(format!("udp-server-{port}"))
-                    .spawn(move || serve(socket, port, faults, rng, log, stop))
+                    .spawn(move || serve(socket, port, faults, rng, log, &quiet, stop))
             })
             .collect()
     }
@@ -112,6 +109,7 @@ fn serve(
     faults: Faults,
     mut rng: SplitMix64,
     log: Log,
+    quiet: &ProbeSources,
     stop: CancellationToken,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
@@ -139,14 +137,14 @@ fn serve(
         let received = Instant::now();
         let message = &mut buf[..n];
         let drop = faults.loss > 0.0 && rng.next_f64() < faults.loss;
-        if log.enabled() && !is_quiet_peer(peer) {
+        if log.enabled() && !quiet.contains(peer) {
             let fate = if drop { "dropped (simulated loss)" } else { "replied" };
             log.line(format!("[{port}] {peer} \"{}\" {fate}", super::printable(message)));
         }
         if drop {
             continue;
         }
-        message.make_ascii_uppercase();
+        crate::probe::udp::reply_to(message);
         if faults.delay.is_zero() {
             // A full buffer loses the reply, as UDP may; the client counts it as loss.
             let _ = socket.send_to(message, peer);

@@ -1,0 +1,87 @@
+//! One file per command. Each turns its parsed flags into a validated config or plan (through
+//! the one `From`/`TryFrom` per flag set in `cli`) and runs it; `up`, `serve` and `balance` share
+//! `up`'s start-up path, so they bind, report and stop the same way.
+
+mod balance;
+mod monitor;
+mod ping;
+mod serve;
+mod status;
+mod udp_ping;
+mod up;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::config::ConfigError;
+use crate::log::Log;
+
+/// Bad usage that clap could not see, or a command that cannot run at all (exit code 2, like
+/// a bad flag).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// Runs the command and maps the outcome to an exit code: 0 success, 1 failure, 2 bad usage.
+/// A closed stdout (`netpulse ping ... | head`) ends the command quietly with 0, as ripgrep does.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netpulse: {e:#}");
+            let usage = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Serve(cmd) => serve::run(cmd),
+        Command::Balance(args) => balance::run(args),
+        Command::UdpPing(args) => udp_ping::run(&args),
+        Command::Ping(args) => ping::run(args),
+        Command::Monitor(args) => monitor::run(args),
+        Command::Status(args) => status::run(args),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// The access log of a command: stdout, or nothing with `--quiet`.
+fn log(quiet: bool) -> Log {
+    if quiet { Log::disabled() } else { Log::stdout() }
+}
+
+/// Writes `text` to stdout and flushes it (an error, not a panic, when stdout is closed).
+fn say(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Resolves `host` as the probes do (IPv4 preferred); failing to is bad usage.
+fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    crate::probe::resolve(host, port).map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

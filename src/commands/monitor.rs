@@ -1,0 +1,62 @@
+//! `netpulse monitor`: the monitor engine with the line printer as its sink (and Prometheus
+//! with `--metrics`), until `--count` reports or Ctrl-C.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::UsageError;
+use crate::cli::MonitorArgs;
+use crate::dashboard::print;
+use crate::metrics::Exporter;
+use crate::monitor::engine::{Monitor, MonitorPlan};
+
+pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
+    let plan = MonitorPlan::try_from(&args).map_err(UsageError)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let monitor = Monitor::new(plan);
+    let stop = CancellationToken::new();
+    let sinks = CancellationToken::new();
+    if let Some(addr) = args.metrics {
+        let listener = Exporter::bind(addr.0)?;
+        eprintln!("netpulse: metrics on http://{}/metrics", addr.0);
+        let exporter = Exporter::default();
+        rt.spawn(exporter.clone().follow(monitor.subscribe()));
+        let sinks = sinks.clone();
+        rt.spawn(async move { exporter.serve(listener, sinks).await });
+    }
+    let reports = monitor.subscribe();
+    let format = args.format;
+    let mut printer = rt.spawn_blocking(move || print::print_reports(reports, format, &mut std::io::stdout()));
+    let result = rt.block_on(async {
+        let ctrl_c = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            ctrl_c.cancel();
+        });
+        let run = monitor.run(stop.clone());
+        tokio::pin!(run);
+        // A printer that fails (a closed pipe) stops the monitor; otherwise it prints to the end.
+        let printed = tokio::select! {
+            r = &mut run => {
+                let printed = (&mut printer).await;
+                r?;
+                printed
+            }
+            printed = &mut printer => {
+                stop.cancel();
+                let _ = run.await;
+                printed
+            }
+        };
+        printed.context("the printer crashed")?.map_err(anyhow::Error::from)
+    });
+    sinks.cancel();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,28 @@
+//! `netpulse status`: a one-shot connectivity verdict; exit 0 connected, 1 degraded,
+//! 2 disconnected.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{UsageError, say};
+use crate::cli::StatusArgs;
+use crate::monitor::report::Connectivity;
+use crate::monitor::status;
+
+pub(super) fn run(args: StatusArgs) -> Result<ExitCode> {
+    let given: Vec<&str> = if args.targets.is_empty() {
+        status::DEFAULT_TARGETS.to_vec()
+    } else {
+        args.targets.iter().map(String::as_str).collect()
+    };
+    let targets = given.iter().map(|t| t.parse().map_err(UsageError)).collect::<Result<Vec<_>, _>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (checks, verdict) = rt.block_on(status::run(targets, args.resolve, args.timeout.0));
+    say(&status::render(&checks, verdict))?;
+    Ok(ExitCode::from(match verdict {
+        Connectivity::Connected => 0,
+        Connectivity::Degraded => 1,
+        Connectivity::Disconnected => 2,
+    }))
+}

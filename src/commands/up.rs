@@ -1,0 +1,268 @@
+//! `netpulse up`: everything a config describes — lab servers, balancers, the monitor over the
+//! balancers' backends with its sinks (Prometheus, the health feed). Also the start-up path of
+//! `serve` and `balance`: bind every socket first (a busy port fails the start and names the
+//! address), print what listens where, run until Ctrl-C or SIGTERM, then drain and stop.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{UsageError, log, say, shutdown_signal};
+use crate::balance::HealthRules;
+use crate::cli::UpArgs;
+use crate::config::{Affinity, Config, MonitorConfig};
+use crate::health::{HealthFeed, Watched};
+use crate::log::Log;
+use crate::metrics::Exporter;
+use crate::monitor::engine::{Monitor, MonitorPlan};
+use crate::monitor::report::TargetId;
+use crate::net::DRAIN_TIMEOUT;
+use crate::probe::{ProbeSources, Target};
+use crate::proxy::http::HttpBalancer;
+use crate::proxy::udp::{UdpBalancer, UdpStats};
+use crate::serve::http::HttpServers;
+use crate::serve::udp::{Faults, UdpServers};
+
+pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    start(config, log(args.quiet))
+}
+
+/// Everything a config asks for, bound but not yet running.
+struct Bound {
+    http_servers: Option<HttpServers>,
+    udp_servers: Option<UdpServers>,
+    http: Vec<HttpBalancer>,
+    udp: Vec<UdpBalancer>,
+    monitor: Option<Watch>,
+    banner: String,
+}
+
+/// The monitor `up` runs, and the sinks that follow it.
+struct Watch {
+    monitor: Monitor,
+    metrics: Option<(Exporter, std::net::TcpListener)>,
+    health: Option<HealthFeed>,
+}
+
+/// Binds everything `config` asks for, prints what listens where, and runs it until Ctrl-C or
+/// SIGTERM.
+pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
+    // Hosts the mock backends, the monitor and signal handling; balancers run on threads of
+    // their own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("netpulse-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    let bound = rt.block_on(async { bind(&config, &log) })?;
+    say(&bound.banner)?;
+    rt.block_on(serve(bound))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn bind(config: &Config, log: &Log) -> Result<Bound> {
+    let mut banner = String::from("netpulse is up:\n");
+    let mut tries = Vec::new();
+    let sources = ProbeSources::default();
+    let http_servers = match &config.serve.http {
+        Some(h) => {
+            let s = HttpServers::bind(h.bind, &h.ports.0, log.clone())?;
+            let addrs = s.addrs();
+            let _ = writeln!(banner, "  http backends  {}", list(&addrs));
+            tries.push(format!("curl http://{}/", addrs[0]));
+            Some(s)
+        }
+        None => None,
+    };
+    let udp_servers = match &config.serve.udp {
+        Some(u) => {
+            let faults = Faults { loss: u.loss.0, delay: u.delay.0 };
+            let s = UdpServers::bind(u.bind, &u.ports.0, faults, u.seed, log.clone(), sources.clone())?;
+            let addrs = s.addrs();
+            let _ = writeln!(banner, "  udp servers    {} (simulated loss {}%)", list(&addrs), u.loss.0 * 100.0);
+            tries.push(format!("netpulse udp-ping {} {}", addrs[0].ip(), addrs[0].port()));
+            Some(s)
+        }
+        None => None,
+    };
+    let mut http = Vec::new();
+    for c in &config.balance.http {
+        let b = HttpBalancer::bind(c, log.clone())?;
+        let at = b.local_addr()?;
+        let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.0));
+        tries.insert(0, format!("curl http://{at}/"));
+        http.push(b);
+    }
+    let mut udp = Vec::new();
+    for c in &config.balance.udp {
+        let b = UdpBalancer::bind(c, log.clone())?;
+        let at = b.local_addr()?;
+        let how = match c.affinity {
+            Affinity::None => "round-robin per datagram",
+            Affinity::Client => "round-robin, pinned per client",
+        };
+        let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.0));
+        tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
+        udp.push(b);
+    }
+    if tries.is_empty() {
+        return Err(UsageError("nothing to run: the config has no [serve] or [balance] section".into()).into());
+    }
+    let monitor = match &config.monitor {
+        Some(m) => {
+            let w = watch(m, &http, &udp, sources)?;
+            let _ =
+                writeln!(banner, "  monitor        {} targets every {}", w.monitor.plan().targets.len(), m.interval);
+            if let Some(addr) = m.metrics {
+                let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);
+                tries.push(format!("curl http://{}/metrics", addr.0));
+            }
+            Some(w)
+        }
+        None => None,
+    };
+    tries.sort_by_key(|t| !t.starts_with("curl"));
+    tries.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
+    banner.push_str("try:\n");
+    for t in tries {
+        let _ = writeln!(banner, "  {t}");
+    }
+    banner.push_str("Ctrl-C stops it.\n");
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, banner })
+}
+
+/// The targets a monitor plan is built from, each once, with its id.
+#[derive(Default)]
+struct Targets {
+    list: Vec<Target>,
+    ids: HashMap<String, TargetId>,
+}
+
+impl Targets {
+    fn add(&mut self, t: Target) -> TargetId {
+        *self.ids.entry(t.identity()).or_insert_with(|| {
+            self.list.push(t);
+            TargetId(self.list.len() - 1)
+        })
+    }
+}
+
+/// The monitor over every balancer's backends (HTTP ones by request, UDP ones by the classic
+/// ping) plus the extra targets of `[monitor]`; with `health` on, the probes of a balancer's
+/// backends are its health checks.
+fn watch(m: &MonitorConfig, http: &[HttpBalancer], udp: &[UdpBalancer], sources: ProbeSources) -> Result<Watch> {
+    let mut targets = Targets::default();
+    let mut watched = Vec::new();
+    for b in http {
+        let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::http_backend(a)))).collect();
+        watched.push(Watched { name: b.name().to_string(), set: b.backends(), probes });
+    }
+    for b in udp {
+        let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::udp_backend(a)))).collect();
+        watched.push(Watched { name: b.name().to_string(), set: b.backends(), probes });
+    }
+    for t in &m.targets {
+        targets.add(t.0.clone());
+    }
+    let plan = MonitorPlan {
+        targets: targets.list,
+        interval: m.interval.0,
+        timeout: m.interval.0.min(Duration::from_secs(1)),
+        count: None,
+        window: 100,
+        sources,
+    };
+    let metrics = match m.metrics {
+        Some(addr) => Some((Exporter::default(), Exporter::bind(addr.0)?)),
+        None => None,
+    };
+    let health = m.health.then(|| HealthFeed::new(watched, HealthRules::default()));
+    Ok(Watch { monitor: Monitor::new(plan), metrics, health })
+}
+
+async fn serve(bound: Bound) -> Result<()> {
+    let stop = CancellationToken::new();
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    if let Some(w) = bound.monitor {
+        if let Some((exporter, listener)) = w.metrics {
+            tokio::spawn(exporter.clone().follow(w.monitor.subscribe()));
+            let stop = stop.clone();
+            tasks.spawn(async move { exporter.serve(listener, stop).await.context("metrics endpoint") });
+        }
+        if let Some(feed) = w.health {
+            tokio::spawn(feed.follow(w.monitor.subscribe()));
+        }
+        let stop = stop.clone();
+        tasks.spawn(async move { w.monitor.run(stop).await.context("monitor") });
+    }
+    if let Some(s) = bound.http_servers {
+        let stop = stop.clone();
+        tasks.spawn(async move { s.run(stop).await.context("http backends") });
+    }
+    let mut threads = Vec::new();
+    for b in bound.http {
+        let name = format!("http balancer \"{}\"", b.name());
+        for t in b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))? {
+            threads.push((name.clone(), t));
+        }
+    }
+    if let Some(s) = bound.udp_servers {
+        for t in s.spawn(stop.clone()).context("cannot start udp servers")? {
+            threads.push(("udp server".to_string(), t));
+        }
+    }
+    for b in bound.udp {
+        let name = format!("udp balancer \"{}\"", b.name());
+        let handles = b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))?;
+        tasks.spawn_blocking(move || {
+            let mut total = UdpStats::default();
+            for t in handles {
+                let stats = t.join().map_err(|_| anyhow::anyhow!("{name} crashed"))?.with_context(|| name.clone())?;
+                total.add(&stats);
+            }
+            eprintln!("netpulse: {name} stopped: {total}");
+            Ok(())
+        });
+    }
+    for (name, t) in threads {
+        tasks.spawn_blocking(move || match t.join() {
+            Ok(r) => r.with_context(|| name.clone()),
+            Err(_) => Err(anyhow::anyhow!("{name} crashed")),
+        });
+    }
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(done) = tasks.join_next() => {
+            failure = Some(done.map_err(anyhow::Error::from).and_then(|r| r).err()
+                .unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly")));
+        }
+    }
+    stop.cancel();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                failure.get_or_insert(e);
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("netpulse: some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    failure.map_or(Ok(()), Err)
+}
