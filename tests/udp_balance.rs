@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, addr, run, udp_client};
+use common::{Proc, addr, run, udp_client, wait_until};
 
 /// Classic ping servers inside the test: echo upper-cased and record (server index, message).
 fn recording_servers(ip: &str, ports: &[u16]) -> Arc<Mutex<Vec<(usize, String)>>> {
@@ -161,16 +161,16 @@ fn a_silent_backend_blocks_nobody() {
     }
     let mut buf = [0u8; 16];
     let mut answered = 0;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while answered < 50 && Instant::now() < deadline {
+    wait_until("50 replies, one to each client", Duration::from_secs(3), || {
         for (i, c) in clients.iter().enumerate() {
             while let Ok(n) = c.recv(&mut buf) {
                 assert!(buf[..n].starts_with(format!("C{i}-").as_bytes()), "client {i} got another's reply");
                 answered += 1;
             }
         }
-        thread::sleep(Duration::from_millis(10));
-    }
+        (answered >= 50).then_some(())
+    });
+    // Give any extra reply time to arrive: there must be none.
     thread::sleep(Duration::from_millis(300));
     let late: usize = clients.iter().map(|c| std::iter::from_fn(|| c.recv(&mut buf).ok()).count()).sum();
     assert_eq!((answered, late), (50, 0));
@@ -244,6 +244,16 @@ fn udp_ping_exits_1_when_nothing_answers() {
     assert!(out.contains("port unreachable") && out.contains("100% packet loss"), "{out}");
 }
 
+/// Whether some socket is bound to the IPv4 `addr`, by the kernel's table of UDP sockets (so
+/// that checking takes nothing from whoever binds it).
+fn udp_bound(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(a) = addr else { panic!("{addr} is not IPv4") };
+    // /proc/net/udp writes the address as the u32 in memory order, then the port, in hex.
+    let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+}
+
 /// The classic lab's `server.py`, verbatim but for the address and a fixed seed.
 const CLASSIC_SERVER: &str = "import random, socket, sys
 random.seed(1)
@@ -268,7 +278,11 @@ fn interoperates_with_the_classic_python_server_directly_and_behind_the_balancer
                 .expect("python3 (the classic lab servers are Python)")
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
+    for port in [2526, 2527] {
+        wait_until(format_args!("python3 to bind 127.0.2.9:{port}"), Duration::from_secs(5), || {
+            udp_bound(addr(&format!("127.0.2.9:{port}"))).then_some(())
+        });
+    }
     let _lb =
         Proc::up(&["balance", "udp", "--listen", "127.0.2.9:8888", "--backend", "127.0.2.9:2526,127.0.2.9:2527", "-q"]);
     for port in ["2526", "8888"] {

@@ -45,6 +45,13 @@ impl Proc {
         p
     }
 
+    /// Starts `cmd` (see [`Proc::spawn_command`]) and waits until netpulse says it is up.
+    pub fn up_command(cmd: Command) -> Proc {
+        let p = Proc::spawn_command(cmd);
+        p.wait_for("Ctrl-C stops it.", Duration::from_secs(10));
+        p
+    }
+
     pub fn spawn(args: &[&str]) -> Proc {
         let mut cmd = netpulse();
         cmd.args(args);
@@ -80,9 +87,14 @@ impl Proc {
         self.out.lock().unwrap().clone()
     }
 
+    /// The output as of when it is displayed, for the message of a [`wait_until`] that gives up.
+    pub fn printed(&self) -> impl fmt::Display + '_ {
+        Printed(&self.out)
+    }
+
     /// Waits until the output contains `text`; panics with the output after `limit`.
     pub fn wait_for(&self, text: &str, limit: Duration) {
-        wait_until(format_args!("netpulse to print {text:?}; output:\n{}", Printed(&self.out)), limit, || {
+        wait_until(format_args!("netpulse to print {text:?}; output:\n{}", self.printed()), limit, || {
             self.output().contains(text).then_some(())
         });
     }
