@@ -6,6 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,9 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
 
 #[test]
 fn in_flight_requests_finish_when_stopping() {
-    // A backend that takes 600 ms to answer.
+    // A backend that takes 600 ms to answer; it says when a request has arrived.
     let slow = TcpListener::bind("127.0.3.1:8001").unwrap();
+    let (arrived, arrival) = mpsc::channel();
     thread::spawn(move || {
         for s in slow.incoming() {
             let Ok(mut s) = s else { continue };
@@ -79,6 +81,7 @@ fn in_flight_requests_finish_when_stopping() {
             while r.read_line(&mut line).unwrap_or(0) > 2 {
                 line.clear();
             }
+            let _ = arrived.send(());
             thread::sleep(Duration::from_millis(600));
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n");
         }
@@ -86,7 +89,7 @@ fn in_flight_requests_finish_when_stopping() {
     let path = temp_config("drain", "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n");
     let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
     let client = thread::spawn(|| get(addr("127.0.3.1:8000"), "/"));
-    thread::sleep(Duration::from_millis(200));
+    arrival.recv_timeout(QUICK).expect("the request reaches the backend");
     let t = Instant::now();
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
     let r = client.join().unwrap();
