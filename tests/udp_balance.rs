@@ -178,6 +178,67 @@ fn a_silent_backend_blocks_nobody() {
 
 #[test]
 fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
+    // A backend that holds its replies until it has seen three requests, then answers each
+    // sender: by then the balancer has had to open a flow for each of the three clients.
+    let backend = UdpSocket::bind("127.0.2.10:2526").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut held = Vec::new();
+        while held.len() < 3 {
+            let (n, from) = backend.recv_from(&mut buf).unwrap();
+            s.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            held.push((buf[..n].to_ascii_uppercase(), from));
+        }
+        for (reply, to) in held {
+            backend.send_to(&reply, to).unwrap();
+        }
+    });
+    let mut lb = Proc::up(&[
+        "balance",
+        "udp",
+        "--listen",
+        "127.0.2.10:8888",
+        "--backend",
+        "127.0.2.10:2526",
+        "--max-flows",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]);
+    let [a, b, c] = [(); 3].map(|()| udp_client("127.0.2.10"));
+    // One at a time, each once the previous one reached the backend: A's flow is the least
+    // recently used when C's needs a place, and the table holds two.
+    for (n, (client, msg)) in [(&a, "a"), (&b, "b"), (&c, "c")].into_iter().enumerate() {
+        client.send_to(msg.as_bytes(), addr("127.0.2.10:8888")).unwrap();
+        wait_until(format_args!("{msg:?} to reach the backend"), Duration::from_secs(2), || {
+            (seen.lock().unwrap().len() > n).then_some(())
+        });
+    }
+    let mut buf = [0u8; 16];
+    for (client, reply) in [(&c, "C"), (&b, "B")] {
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], reply.as_bytes());
+    }
+    // A's flow was closed to make room for C's, so the reply to it has nowhere to go.
+    a.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let late = a.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(late.is_err(), "the evicted client still got {late:?}: the flow table is not bounded");
+    let status = lb.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let out = lb.output();
+    assert!(
+        out.contains(
+            "netpulse: udp balancer \"udp\" stopped: 3 requests, 2 replies, 0 dropped, 3 flows opened, 1 evicted\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn clients_whose_flow_was_evicted_get_a_new_one_and_their_replies() {
     let _servers = Proc::up(&["serve", "udp", "--bind", "127.0.2.5", "--ports", "2526", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
