@@ -1,6 +1,10 @@
-//! Wall-clock formatting without a time-zone database: UTC civil time for logs and ping messages.
+//! Wall-clock formatting without a time-zone database: UTC civil time for logs and ping messages
+//! (the calendar arithmetic is jiff's).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use jiff::Timestamp;
+use jiff::tz::Offset;
 
 /// A UTC date and time broken into fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,20 +24,24 @@ impl UtcTime {
         Self::from_system(SystemTime::now())
     }
 
-    /// Converts a system time (clamped to the epoch) into UTC fields.
+    /// Converts a system time (clamped to the epoch, and to jiff's range, which ends with the
+    /// year 9999) into UTC fields.
     pub fn from_system(t: SystemTime) -> Self {
-        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs() as i64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
+        let ts = match Timestamp::try_from(t) {
+            Ok(ts) => ts.max(Timestamp::UNIX_EPOCH),
+            Err(_) if t > SystemTime::UNIX_EPOCH => Timestamp::MAX,
+            Err(_) => Timestamp::UNIX_EPOCH,
+        };
+        let civil = Offset::UTC.to_datetime(ts);
+        // jiff's fields are signed but never negative here, so `unsigned_abs` loses nothing.
         Self {
-            year,
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem % 3600 / 60) as u32,
-            second: (rem % 60) as u32,
-            millis: since.subsec_millis(),
+            year: i64::from(civil.year()),
+            month: u32::from(civil.month().unsigned_abs()),
+            day: u32::from(civil.day().unsigned_abs()),
+            hour: u32::from(civil.hour().unsigned_abs()),
+            minute: u32::from(civil.minute().unsigned_abs()),
+            second: u32::from(civil.second().unsigned_abs()),
+            millis: u32::from(civil.millisecond().unsigned_abs()),
         }
     }
 
@@ -51,24 +59,10 @@ impl UtcTime {
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn formats_known_instants() {

@@ -6,10 +6,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, addr, get, run};
+use common::{Proc, addr, get, run, wait_until};
 
 const QUICK: Duration = Duration::from_secs(5);
 
@@ -19,40 +20,67 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `examples/netpulse.toml` with every address moved from 127.0.0.1 to `ip`, as a temp file.
+fn example_config_on(ip: &str) -> PathBuf {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/netpulse.toml")).unwrap();
+    assert!(example.contains("127.0.0.1"), "the example no longer uses 127.0.0.1: rewrite what it uses");
+    temp_config(&format!("example-{ip}"), &example.replace("127.0.0.1", ip))
+}
+
+/// What `up` prints for the documented default lab (README: HTTP backends on :8001-8004 behind a
+/// balancer on :8000, UDP ping servers on :2526-2528 behind a balancer on :8888, a monitor of
+/// every backend with metrics on :9100), on `ip`.
+fn documented_default_banner(ip: &str) -> String {
+    let http = (8001..=8004).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
+    let udp = (2526..=2528).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "netpulse is up:\n\
+         \x20 http backends  {http}\n\
+         \x20 udp servers    {udp} (simulated loss 0%)\n\
+         \x20 http balancer  \"web\" on {ip}:8000 -> {http} (round-robin)\n\
+         \x20 udp balancer   \"ping\" on {ip}:8888 -> {udp} (round-robin per datagram)\n\
+         \x20 monitor        7 targets every 1s\n\
+         \x20 metrics        http://{ip}:9100/metrics\n\
+         try:\n\
+         \x20 curl http://{ip}:8000/\n\
+         \x20 netpulse udp-ping {ip} 8888\n\
+         Ctrl-C stops it.\n"
+    )
+}
+
 #[test]
-fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
-    let mut up = Proc::up(&["up"]);
+fn up_with_the_example_config_answers_on_every_port_and_stops_on_sigterm() {
+    // The example (the embedded default) moved to an address of its own, so that a lab a
+    // developer has running on 127.0.0.1 neither breaks this test nor gets its traffic.
+    let path = example_config_on("127.0.9.2");
+    let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
     let banner = up.output();
     for text in [
-        "127.0.0.1:8000",
-        "127.0.0.1:8888",
-        "127.0.0.1:8004",
-        "127.0.0.1:2528",
-        "curl http://127.0.0.1:8000/",
-        "netpulse udp-ping 127.0.0.1 8888",
+        "127.0.9.2:8000",
+        "127.0.9.2:8888",
+        "127.0.9.2:8004",
+        "127.0.9.2:2528",
+        "curl http://127.0.9.2:8000/",
+        "netpulse udp-ping 127.0.9.2 8888",
     ] {
         assert!(banner.contains(text), "banner lacks {text}: {banner}");
     }
     for port in 8001..=8004 {
-        assert_eq!(get(addr(&format!("127.0.0.1:{port}")), "/").body, format!("Handled by server on port {port}\n"));
+        assert_eq!(get(addr(&format!("127.0.9.2:{port}")), "/").body, format!("Handled by server on port {port}\n"));
     }
-    let ports: Vec<String> = (0..4).map(|_| get(addr("127.0.0.1:8000"), "/").body).collect();
+    let ports: Vec<String> = (0..4).map(|_| get(addr("127.0.9.2:8000"), "/").body).collect();
     assert_eq!(ports.iter().collect::<std::collections::HashSet<_>>().len(), 4, "{ports:?}");
     for port in ["2526", "2527", "2528", "8888"] {
-        let (code, out) = run(&["udp-ping", "localhost", port, "-c", "3"], QUICK);
+        let (code, out) = run(&["udp-ping", "127.0.9.2", port, "-c", "3"], QUICK);
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("3 received, 0% packet loss"), "{out}");
     }
     // The monitor watches every backend and publishes it for Prometheus.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let page = loop {
-        let r = get(addr("127.0.0.1:9100"), "/metrics");
-        if r.body.contains("udp://127.0.0.1:2528") || std::time::Instant::now() > deadline {
-            break r.body;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    for t in ["http://127.0.0.1:8001/", "http://127.0.0.1:8004/", "udp://127.0.0.1:2526", "udp://127.0.0.1:2528"] {
+    let page = wait_until("the metrics to list udp://127.0.9.2:2528", Duration::from_secs(5), || {
+        let r = get(addr("127.0.9.2:9100"), "/metrics");
+        r.body.contains("udp://127.0.9.2:2528").then_some(r.body)
+    });
+    for t in ["http://127.0.9.2:8001/", "http://127.0.9.2:8004/", "udp://127.0.9.2:2526", "udp://127.0.9.2:2528"] {
         assert!(
             page.contains(&format!("probe_success{{target=\"{t}\",probe=\"{}\"}} 1", &t[..t.find(':').unwrap()])),
             "{t}: {page}"
@@ -60,6 +88,7 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
     }
     // The lab's output shows the user's traffic, not the monitor's probes: one direct request and
     // one through the balancer reached 8001; three direct pings and one balanced reached 2526.
+    // (Their source address is 127.0.0.1, the one the kernel picks for any 127/8 destination.)
     let out = up.output();
     assert_eq!(out.matches("[8001] GET / from").count(), 2, "{out}");
     assert_eq!(out.matches("[2526] 127.0.0.1:").count(), 4, "{out}");
@@ -68,9 +97,29 @@ fn up_with_the_embedded_default_answers_on_every_port_and_stops_on_sigterm() {
 }
 
 #[test]
+fn up_with_no_config_starts_the_embedded_default_on_127_0_0_1() {
+    // The default's fixed ports may belong to a lab a developer has running: then say so and
+    // leave it alone.
+    let tcp = [8000, 8001, 8002, 8003, 8004, 9100].map(|p| TcpListener::bind(("127.0.0.1", p)).is_err());
+    let udp = [2526, 2527, 2528, 8888].map(|p| UdpSocket::bind(("127.0.0.1", p)).is_err());
+    if tcp.contains(&true) || udp.contains(&true) {
+        eprintln!("note: skipped: a port of the default lab on 127.0.0.1 is taken (is a lab running?)");
+        return;
+    }
+    let mut up = Proc::up(&["up"]);
+    let out = up.output();
+    assert!(out.contains(&documented_default_banner("127.0.0.1")), "{out}");
+    let r = get(addr("127.0.0.1:8000"), "/");
+    assert_eq!((r.status, r.body.as_str()), (200, "Handled by server on port 8001\n"));
+    let status = up.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn in_flight_requests_finish_when_stopping() {
-    // A backend that takes 600 ms to answer.
+    // A backend that takes 600 ms to answer; it says when a request has arrived.
     let slow = TcpListener::bind("127.0.3.1:8001").unwrap();
+    let (arrived, arrival) = mpsc::channel();
     thread::spawn(move || {
         for s in slow.incoming() {
             let Ok(mut s) = s else { continue };
@@ -79,6 +128,7 @@ fn in_flight_requests_finish_when_stopping() {
             while r.read_line(&mut line).unwrap_or(0) > 2 {
                 line.clear();
             }
+            let _ = arrived.send(());
             thread::sleep(Duration::from_millis(600));
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n");
         }
@@ -86,7 +136,7 @@ fn in_flight_requests_finish_when_stopping() {
     let path = temp_config("drain", "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n");
     let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
     let client = thread::spawn(|| get(addr("127.0.3.1:8000"), "/"));
-    thread::sleep(Duration::from_millis(200));
+    arrival.recv_timeout(QUICK).expect("the request reaches the backend");
     let t = Instant::now();
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
     let r = client.join().unwrap();
@@ -211,9 +261,16 @@ fn config_errors_name_the_file_line_and_field() {
 }
 
 #[test]
-fn the_example_config_is_the_embedded_default() {
+fn the_example_config_runs_the_documented_default_lab() {
+    // The embedded default is the example file (config.rs includes it)...
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/netpulse.toml")).unwrap();
     assert_eq!(example, netpulse::config::DEFAULT_CONFIG);
+    // ...and what it runs is the lab the README documents: same services, same ports.
+    let path = example_config_on("127.0.9.1");
+    let mut up = Proc::up(&["up", "--config", path.to_str().unwrap(), "--quiet"]);
+    let out = up.output();
+    assert!(out.contains(&documented_default_banner("127.0.9.1")), "{out}");
+    assert!(up.signal_and_wait("TERM", Duration::from_secs(5)).success());
     // And `--help` lists every command of the design.
     let (code, out) = run(&["--help"], QUICK);
     assert_eq!(code, 0);

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Http, Proc, addr, get};
+use common::{Http, Proc, addr, get, wait_until};
 
 fn port_of(body: &str) -> u16 {
     body.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {body:?}"))
@@ -358,31 +358,25 @@ fn under_up_the_monitor_takes_a_dead_backend_out_of_rotation_and_back() {
             .collect::<Vec<u16>>()
     };
     // 8002 started after `up`; once its probes pass it is in rotation.
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !ports(2).contains(&8002) {
-        assert!(std::time::Instant::now() < deadline, "8002 never in rotation: {}", up.output());
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(format_args!("8002 in rotation: {}", up.printed()), Duration::from_secs(3), || {
+        ports(2).contains(&8002).then_some(())
+    });
 
     let down_msg = "backend 127.0.1.10:8002 is down, out of rotation";
     let before = up.output().matches(down_msg).count();
     other.kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while up.output().matches(down_msg).count() == before {
-        assert!(std::time::Instant::now() < deadline, "never taken out: {}", up.output());
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(format_args!("8002 taken out: {}", up.printed()), Duration::from_secs(3), || {
+        (up.output().matches(down_msg).count() > before).then_some(())
+    });
     // No 502s any more: every request goes to the backend that answers its probes.
     assert_eq!(ports(6), vec![8001; 6]);
 
     let back_msg = "backend 127.0.1.10:8002 is back in rotation";
     let before = up.output().matches(back_msg).count();
     let _back = Proc::up(&["serve", "http", "--bind", "127.0.1.10", "--ports", "8002", "-q"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while up.output().matches(back_msg).count() == before {
-        assert!(std::time::Instant::now() < deadline, "never back in rotation: {}", up.output());
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(format_args!("8002 back in rotation: {}", up.printed()), Duration::from_secs(3), || {
+        (up.output().matches(back_msg).count() > before).then_some(())
+    });
     let seen = ports(4);
     assert!(seen.contains(&8001) && seen.contains(&8002), "{seen:?}");
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, run};
+use common::{Proc, run, wait_until};
 
 /// These tests measure timing and rates: run them one at a time so that one's load (the shaped
 /// UDP blast, say) does not skew another's measurement.
@@ -113,11 +113,10 @@ fn loss_within_binomial(sent: u64, received: u64, p: f64) -> bool {
 fn icmp_rtt_and_loss_match_the_injected_delay_and_loss() {
     let _serial = serial();
     let host = Host::new(1, false);
-    let _responder = background(host.exec(
+    let _responder = Proc::up_command(host.exec(
         env!("CARGO_BIN_EXE_netpulse"),
         &["serve", "icmp", "--delay", "20ms", "--loss", "0.2", "--seed", "3", "-q"],
     ));
-    thread::sleep(Duration::from_millis(300));
     let (code, out) = run(&["ping", &host.ip(), "-c", "100", "-i", "0.02", "-W", "1", "-q"], Duration::from_secs(20));
     assert_eq!(code, 0, "{out}");
     let (sent, received, [min, avg, max, _mdev]) = summary_numbers(&out);
@@ -226,8 +225,10 @@ fn byte_counts_are_exact_and_shaped_rates_are_measured() {
     let before = iface_counter(&once(&host.here), &host.here, "rx_bytes").0;
     let packets_before = iface_counter(&once(&host.here), &host.here, "rx_packets").0;
     assert!(host.exec("python3", &["-c", SEND_UDP, "10.199.2.1", "1000", "1000", "0"]).status().unwrap().success());
-    thread::sleep(Duration::from_millis(200));
-    let line = once(&host.here);
+    let line = wait_until("the interface counters to count 1000 packets", Duration::from_secs(5), || {
+        let line = once(&host.here);
+        (iface_counter(&line, &host.here, "rx_packets").0 - packets_before >= 1000).then_some(line)
+    });
     let after = iface_counter(&line, &host.here, "rx_bytes").0;
     let packets = iface_counter(&line, &host.here, "rx_packets").0 - packets_before;
     // 1000 frames of 1000 bytes of payload + 8 UDP + 20 IPv4 + 14 Ethernet header.
@@ -271,11 +272,7 @@ fn a_link_going_down_is_reported_within_an_interval() {
             l.lock().unwrap().push((Instant::now(), line));
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lines.lock().unwrap().len() < 3 {
-        assert!(Instant::now() < deadline, "no reports");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("three reports", Duration::from_secs(5), || (lines.lock().unwrap().len() >= 3).then_some(()));
     {
         let seen = lines.lock().unwrap();
         let v: serde_json::Value = serde_json::from_str(&seen[2].1).unwrap();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, addr, run, udp_client};
+use common::{Proc, addr, run, udp_client, wait_until};
 
 /// Classic ping servers inside the test: echo upper-cased and record (server index, message).
 fn recording_servers(ip: &str, ports: &[u16]) -> Arc<Mutex<Vec<(usize, String)>>> {
@@ -161,16 +161,16 @@ fn a_silent_backend_blocks_nobody() {
     }
     let mut buf = [0u8; 16];
     let mut answered = 0;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while answered < 50 && Instant::now() < deadline {
+    wait_until("50 replies, one to each client", Duration::from_secs(3), || {
         for (i, c) in clients.iter().enumerate() {
             while let Ok(n) = c.recv(&mut buf) {
                 assert!(buf[..n].starts_with(format!("C{i}-").as_bytes()), "client {i} got another's reply");
                 answered += 1;
             }
         }
-        thread::sleep(Duration::from_millis(10));
-    }
+        (answered >= 50).then_some(())
+    });
+    // Give any extra reply time to arrive: there must be none.
     thread::sleep(Duration::from_millis(300));
     let late: usize = clients.iter().map(|c| std::iter::from_fn(|| c.recv(&mut buf).ok()).count()).sum();
     assert_eq!((answered, late), (50, 0));
@@ -178,6 +178,67 @@ fn a_silent_backend_blocks_nobody() {
 
 #[test]
 fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
+    // A backend that holds its replies until it has seen three requests, then answers each
+    // sender: by then the balancer has had to open a flow for each of the three clients.
+    let backend = UdpSocket::bind("127.0.2.10:2526").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut held = Vec::new();
+        while held.len() < 3 {
+            let (n, from) = backend.recv_from(&mut buf).unwrap();
+            s.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            held.push((buf[..n].to_ascii_uppercase(), from));
+        }
+        for (reply, to) in held {
+            backend.send_to(&reply, to).unwrap();
+        }
+    });
+    let mut lb = Proc::up(&[
+        "balance",
+        "udp",
+        "--listen",
+        "127.0.2.10:8888",
+        "--backend",
+        "127.0.2.10:2526",
+        "--max-flows",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]);
+    let [a, b, c] = [(); 3].map(|()| udp_client("127.0.2.10"));
+    // One at a time, each once the previous one reached the backend: A's flow is the least
+    // recently used when C's needs a place, and the table holds two.
+    for (n, (client, msg)) in [(&a, "a"), (&b, "b"), (&c, "c")].into_iter().enumerate() {
+        client.send_to(msg.as_bytes(), addr("127.0.2.10:8888")).unwrap();
+        wait_until(format_args!("{msg:?} to reach the backend"), Duration::from_secs(2), || {
+            (seen.lock().unwrap().len() > n).then_some(())
+        });
+    }
+    let mut buf = [0u8; 16];
+    for (client, reply) in [(&c, "C"), (&b, "B")] {
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], reply.as_bytes());
+    }
+    // A's flow was closed to make room for C's, so the reply to it has nowhere to go.
+    a.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let late = a.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(late.is_err(), "the evicted client still got {late:?}: the flow table is not bounded");
+    let status = lb.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let out = lb.output();
+    assert!(
+        out.contains(
+            "netpulse: udp balancer \"udp\" stopped: 3 requests, 2 replies, 0 dropped, 3 flows opened, 1 evicted\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn clients_whose_flow_was_evicted_get_a_new_one_and_their_replies() {
     let _servers = Proc::up(&["serve", "udp", "--bind", "127.0.2.5", "--ports", "2526", "--quiet"]);
     let _lb = Proc::up(&[
         "balance",
@@ -244,6 +305,16 @@ fn udp_ping_exits_1_when_nothing_answers() {
     assert!(out.contains("port unreachable") && out.contains("100% packet loss"), "{out}");
 }
 
+/// Whether some socket is bound to the IPv4 `addr`, by the kernel's table of UDP sockets (so
+/// that checking takes nothing from whoever binds it).
+fn udp_bound(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(a) = addr else { panic!("{addr} is not IPv4") };
+    // /proc/net/udp writes the address as the u32 in memory order, then the port, in hex.
+    let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+}
+
 /// The classic lab's `server.py`, verbatim but for the address and a fixed seed.
 const CLASSIC_SERVER: &str = "import random, socket, sys
 random.seed(1)
@@ -268,7 +339,11 @@ fn interoperates_with_the_classic_python_server_directly_and_behind_the_balancer
                 .expect("python3 (the classic lab servers are Python)")
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
+    for port in [2526, 2527] {
+        wait_until(format_args!("python3 to bind 127.0.2.9:{port}"), Duration::from_secs(5), || {
+            udp_bound(addr(&format!("127.0.2.9:{port}"))).then_some(())
+        });
+    }
     let _lb =
         Proc::up(&["balance", "udp", "--listen", "127.0.2.9:8888", "--backend", "127.0.2.9:2526,127.0.2.9:2527", "-q"]);
     for port in ["2526", "8888"] {

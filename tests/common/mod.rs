@@ -2,12 +2,27 @@
 //! it over loopback. Each test uses its own 127.x.y.z address so tests never share a port.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+/// Polls `f` every 10 ms until it gives `Some`, and returns that; panics naming `what` after
+/// `limit` (`what` is formatted only then, so it can show the state at the time of giving up).
+/// The one way the tests wait for something to happen.
+pub fn wait_until<T>(what: impl fmt::Display, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "gave up after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// The binary under test.
 pub fn netpulse() -> Command {
@@ -18,6 +33,8 @@ pub fn netpulse() -> Command {
 pub struct Proc {
     child: Child,
     out: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr into `out`; they end at EOF, when the child exits.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
@@ -28,29 +45,41 @@ impl Proc {
         p
     }
 
+    /// Starts `cmd` (see [`Proc::spawn_command`]) and waits until netpulse says it is up.
+    pub fn up_command(cmd: Command) -> Proc {
+        let p = Proc::spawn_command(cmd);
+        p.wait_for("Ctrl-C stops it.", Duration::from_secs(10));
+        p
+    }
+
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = netpulse()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start netpulse");
+        let mut cmd = netpulse();
+        cmd.args(args);
+        Proc::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (which ends by running netpulse, e.g. under `ip netns exec`) with its output
+    /// collected.
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start netpulse");
         let out = Arc::new(Mutex::new(String::new()));
-        for stream in
+        let readers =
             [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-        {
-            let out = out.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        Proc { child, out }
+                .into_iter()
+                .map(|stream| {
+                    let out = out.clone();
+                    thread::spawn(move || {
+                        for line in BufReader::new(stream).lines() {
+                            let Ok(line) = line else { break };
+                            let mut o = out.lock().unwrap();
+                            o.push_str(&line);
+                            o.push('\n');
+                        }
+                    })
+                })
+                .collect();
+        Proc { child, out, readers }
     }
 
     /// Everything printed so far (stdout and stderr).
@@ -58,16 +87,16 @@ impl Proc {
         self.out.lock().unwrap().clone()
     }
 
+    /// The output as of when it is displayed, for the message of a [`wait_until`] that gives up.
+    pub fn printed(&self) -> impl fmt::Display + '_ {
+        Printed(&self.out)
+    }
+
     /// Waits until the output contains `text`; panics with the output after `limit`.
     pub fn wait_for(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.output().contains(text) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!("netpulse never printed {text:?}; output:\n{}", self.output());
+        wait_until(format_args!("netpulse to print {text:?}; output:\n{}", self.printed()), limit, || {
+            self.output().contains(text).then_some(())
+        });
     }
 
     pub fn pid(&self) -> u32 {
@@ -81,20 +110,31 @@ impl Proc {
         self.wait(limit)
     }
 
+    /// Waits up to `limit` for the exit status, then for the reader threads to reach EOF, so
+    /// that [`Proc::output`] holds everything the process printed.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "netpulse did not exit in {limit:?}; output:\n{}", self.output());
-            thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        let status = wait_until(format_args!("netpulse to exit; output:\n{}", Printed(&self.out)), limit, || {
+            child.try_wait().unwrap()
+        });
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
         }
+        status
     }
 
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a [`Proc`] printed, read when displayed.
+struct Printed<'a>(&'a Mutex<String>);
+
+impl fmt::Display for Printed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.lock().unwrap())
     }
 }
 
@@ -109,8 +149,6 @@ impl Drop for Proc {
 pub fn run(args: &[&str], limit: Duration) -> (i32, String) {
     let mut p = Proc::spawn(args);
     let status = p.wait(limit);
-    // Let the reader threads catch the last lines.
-    thread::sleep(Duration::from_millis(50));
     (status.code().unwrap_or(-1), p.output())
 }
 
@@ -218,11 +256,9 @@ pub fn get(addr: SocketAddr, path: &str) -> Resp {
 
 /// Waits until a TCP port accepts connections.
 pub fn wait_tcp(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never accepted");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(format_args!("{addr} to accept"), Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+    });
 }
 
 /// A UDP socket on `ip` with a read timeout, for talking to balancers.
