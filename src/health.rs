@@ -67,16 +67,13 @@ impl HealthFeed {
             }
             for change in &changes {
                 match change {
-                    Transition::Down(a) => eprintln!("netpulse: {}: backend {a} is down, out of rotation", w.name),
-                    Transition::Up(a) => eprintln!("netpulse: {}: backend {a} is back in rotation", w.name),
+                    Transition::Down(a) => tracing::warn!("{}: backend {a} is down, out of rotation", w.name),
+                    Transition::Up(a) => tracing::info!("{}: backend {a} is back in rotation", w.name),
                     Transition::FailOpen => {
-                        eprintln!("netpulse: {}: every backend fails its probe; keeping all in rotation", w.name)
+                        tracing::warn!("{}: every backend fails its probe; keeping all in rotation", w.name)
                     }
                     Transition::FailOpenEnded => {
-                        eprintln!(
-                            "netpulse: {}: a backend passes its probes again; only healthy ones in rotation",
-                            w.name
-                        )
+                        tracing::info!("{}: a backend passes its probes again; only healthy ones in rotation", w.name)
                     }
                 }
             }

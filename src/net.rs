@@ -125,7 +125,7 @@ pub(crate) async fn accept_limited<F: Future>(
                     return Some((stream, peer, permit));
                 }
                 Err(e) => {
-                    eprintln!("netpulse: {owner}: accept: {e}");
+                    tracing::warn!("{owner}: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

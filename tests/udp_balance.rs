@@ -230,9 +230,7 @@ fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
     assert!(status.success(), "{status:?}");
     let out = lb.output();
     assert!(
-        out.contains(
-            "netpulse: udp balancer \"udp\" stopped: 3 requests, 2 replies, 0 dropped, 3 flows opened, 1 evicted\n"
-        ),
+        out.contains("udp balancer \"udp\" stopped: 3 requests, 2 replies, 0 dropped, 3 flows opened, 1 evicted\n"),
         "{out}"
     );
 }

@@ -26,6 +26,7 @@ pub(crate) struct UsageError(pub(crate) String);
 /// Runs the command and maps the outcome to an exit code: 0 success, 1 failure, 2 bad usage.
 /// A closed stdout (`netpulse ping ... | head`) ends the command quietly with 0, as ripgrep does.
 pub fn run(cli: Cli) -> ExitCode {
+    diagnostics();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -47,6 +48,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor(args) => monitor::run(args),
         Command::Status(args) => status::run(args),
     }
+}
+
+/// Diagnostics (health changes, stop summaries, accept errors) go to stderr through `tracing`,
+/// with a timestamp and a level, filtered by `RUST_LOG` (default: `info`). The access log and
+/// command output are stdout's; the final error line is printed plainly by [`run`].
+fn diagnostics() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .try_init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -24,7 +24,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let sinks = CancellationToken::new();
     if let Some(addr) = args.metrics {
         let listener = Exporter::bind(addr.0)?;
-        eprintln!("netpulse: metrics on http://{}/metrics", addr.0);
+        tracing::info!("metrics on http://{}/metrics", addr.0);
         let exporter = Exporter::default();
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();

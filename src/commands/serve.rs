@@ -28,8 +28,8 @@ pub(super) fn run(cmd: ServeCommand) -> Result<ExitCode> {
 fn serve_icmp(a: &ServeIcmpArgs) -> Result<ExitCode> {
     let socket = icmp::open().context("cannot open a raw ICMP socket (run as root or with CAP_NET_RAW)")?;
     if icmp::kernel_echo_enabled() {
-        eprintln!(
-            "netpulse: warning: the kernel answers echo requests here too; \
+        tracing::warn!(
+            "the kernel answers echo requests here too; \
              set net.ipv4.icmp_echo_ignore_all=1 (e.g. inside a network namespace)"
         );
     }

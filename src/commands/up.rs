@@ -234,7 +234,7 @@ async fn serve(bound: Bound) -> Result<()> {
                 let stats = t.join().map_err(|_| anyhow::anyhow!("{name} crashed"))?.with_context(|| name.clone())?;
                 total.add(&stats);
             }
-            eprintln!("netpulse: {name} stopped: {total}");
+            tracing::info!("{name} stopped: {total}");
             Ok(())
         });
     }
@@ -262,7 +262,7 @@ async fn serve(bound: Bound) -> Result<()> {
     })
     .await;
     if drained.is_err() {
-        eprintln!("netpulse: some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+        tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
     }
     failure.map_or(Ok(()), Err)
 }

@@ -29,7 +29,7 @@ pub fn print_reports(
         match reports.blocking_recv() {
             Ok(report) => print(&report, format, tty, out)?,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                eprintln!("netpulse: the printer fell behind; {n} reports not shown");
+                tracing::warn!("the printer fell behind; {n} reports not shown");
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
