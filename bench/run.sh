@@ -2,6 +2,7 @@
 # Side-by-side throughput on loopback: netpulse vs direct, nginx and HAProxy, in one run.
 #
 #   bench/run.sh [SECONDS_PER_CASE=5] [WORKERS=1]      (ROUNDS=3 FLOWS=32 WRK_THREADS=1)
+#   BASELINE=path/to/older/netpulse bench/run.sh ...   adds that build as a contender ("before")
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
 # HTTP: wrk, 64 keep-alive connections, 4 backends (`netpulse serve http`), every proxy with the
@@ -37,6 +38,10 @@ wait_port 9001
 # The proxies under test, all running at once on their own ports.
 start "$BIN" balance http --listen $IP:9000 --backend $IP:9001,$IP:9002,$IP:9003,$IP:9004 --workers "$WORKERS" --quiet
 start "$BIN" balance udp --listen $IP:9888 --backend $IP:9101,$IP:9102,$IP:9103 --workers "$WORKERS" --quiet
+if [ -n "${BASELINE:-}" ]; then
+  start "$BASELINE" balance http --listen $IP:9030 --backend $IP:9001,$IP:9002,$IP:9003,$IP:9004 --workers "$WORKERS" --quiet
+  start "$BASELINE" balance udp --listen $IP:9890 --backend $IP:9101,$IP:9102,$IP:9103 --workers "$WORKERS" --quiet
+fi
 cat >"$TMP/nginx.conf" <<NGINX
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes $WORKERS;
@@ -81,6 +86,7 @@ backend b
 HAPROXY
 start haproxy -f "$TMP/haproxy.cfg"
 wait_port 9000; wait_port 9010; wait_port 9020
+if [ -n "${BASELINE:-}" ]; then wait_port 9030; fi
 
 http_case() { # name port -> "name req/s p99_ms"
   local out rps p99
@@ -108,16 +114,18 @@ for n in names:
 }
 
 echo "netpulse bench: $ROUNDS rounds x ${SECS}s per case (medians), $WORKERS worker(s) per proxy, $(nproc) cores, $(date -u +%FT%TZ)"
-for port in 9001 9000 9010 9020; do wrk -t1 -c64 -d1s "http://$IP:$port/" >/dev/null; done # warm pools
+for port in 9001 9000 9010 9020 ${BASELINE:+9030}; do wrk -t1 -c64 -d1s "http://$IP:$port/" >/dev/null; done # warm pools
 for r in $(seq "$ROUNDS"); do
   # Cases interleave so that slow drift of a shared machine hits every contender alike.
   http_case direct 9001 >>"$TMP/http"
   http_case netpulse 9000 >>"$TMP/http"
   http_case nginx 9010 >>"$TMP/http"
   http_case haproxy 9020 >>"$TMP/http"
+  if [ -n "${BASELINE:-}" ]; then http_case before 9030 >>"$TMP/http"; fi
   udp_case direct 9101 >>"$TMP/udp"
   udp_case netpulse 9888 >>"$TMP/udp"
   udp_case nginx 9889 >>"$TMP/udp"
+  if [ -n "${BASELINE:-}" ]; then udp_case before 9890 >>"$TMP/udp"; fi
 done
 
 echo
@@ -125,8 +133,10 @@ echo "HTTP (wrk -c64 keep-alive, 4 backends)"
 median "$TMP/http" | awk 'NR==1 {d=$2} {best[$1]=$2; p99[$1]=$3}
   {printf "  %-9s %10.0f req/s  %5.2fx direct  p99 %.2f ms\n", $1, $2, $2/d, $3} END {
   m = (best["nginx"] > best["haproxy"]) ? "nginx" : "haproxy";
-  printf "  netpulse / faster of nginx and haproxy (%s) = %.2fx, p99 %.2f vs %.2f ms\n", m, best["netpulse"]/best[m], p99["netpulse"], p99[m] }'
+  printf "  netpulse / faster of nginx and haproxy (%s) = %.2fx, p99 %.2f vs %.2f ms\n", m, best["netpulse"]/best[m], p99["netpulse"], p99[m];
+  if ("before" in best) printf "  netpulse / before = %.2fx\n", best["netpulse"]/best["before"] }'
 echo
 echo "UDP (closed loop, $FLOWS flows, 64-byte datagrams, 3 servers)"
 median "$TMP/udp" | awk 'NR==1 {d=$2} {v[$1]=$2} {printf "  %-9s %10.0f datagrams/s  %5.2fx direct  lost %d\n", $1, $2, $2/d, $3} END {
-  printf "  netpulse / nginx = %.2fx\n", v["netpulse"]/v["nginx"] }'
+  printf "  netpulse / nginx = %.2fx\n", v["netpulse"]/v["nginx"];
+  if ("before" in v) printf "  netpulse / before = %.2fx\n", v["netpulse"]/v["before"] }'

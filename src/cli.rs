@@ -363,3 +363,17 @@ impl TryFrom<&PingArgs> for crate::monitor::ping::PingOptions {
         })
     }
 }
+
+impl TryFrom<StatusArgs> for crate::monitor::status::StatusPlan {
+    type Error = String;
+    /// With no `--target`, the public resolvers of [`crate::monitor::status::DEFAULT_TARGETS`].
+    fn try_from(a: StatusArgs) -> Result<Self, String> {
+        let given: Vec<&str> = if a.targets.is_empty() {
+            crate::monitor::status::DEFAULT_TARGETS.to_vec()
+        } else {
+            a.targets.iter().map(String::as_str).collect()
+        };
+        let targets = given.iter().map(|t| t.parse()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { targets, resolve: a.resolve, timeout: a.timeout.0 })
+    }
+}

@@ -278,3 +278,50 @@ fn the_example_config_runs_the_documented_default_lab() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+#[test]
+fn error_lines_name_the_os_error_once() {
+    let _taken = TcpListener::bind("127.0.3.4:8001").unwrap();
+    let (code, out) = run(&["serve", "http", "--bind", "127.0.3.4", "--ports", "8001"], QUICK);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("in use").count(), 1, "{out}");
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+
+    let (code, out) = run(&["up", "--config", "/nonexistent/netpulse.toml"], QUICK);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot read config /nonexistent/netpulse.toml"), "{out}");
+    assert_eq!(out.matches("No such file").count(), 1, "{out}");
+
+    // An address this host does not have: refused locally, nothing is sent.
+    let (code, out) = run(&["balance", "http", "--listen", "192.0.2.1:8000", "--backend", "127.0.3.4:1"], QUICK);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot listen on tcp 192.0.2.1:8000"), "{out}");
+    assert_eq!(out.matches("assign requested address").count(), 1, "{out}");
+}
+
+#[test]
+fn udp_ping_names_ipv6_servers_in_brackets_and_counts_in_the_singular() {
+    let server = UdpSocket::bind("[::1]:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            let reply = buf[..n].to_ascii_uppercase();
+            let _ = server.send_to(&reply, from);
+        }
+    });
+    let (code, out) = run(&["udp-ping", "::1", &port.to_string(), "-c", "1"], QUICK);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with(&format!("UDP PING [::1]:{port}: 1 ping, timeout")), "{out}");
+    assert!(out.contains(&format!("--- [::1]:{port} udp-ping statistics ---")), "{out}");
+}
+
+#[test]
+fn readme_shows_the_embedded_default_verbatim() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/netpulse.toml")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{example}```")),
+        "README's config block differs from examples/netpulse.toml"
+    );
+}

@@ -174,3 +174,39 @@ fn metrics_use_node_and_blackbox_exporter_names() {
     assert!(page.contains("netpulse_probe_loss_ratio{target=\"tcp://127.0.7.5:9\",probe=\"tcp\"} 1\n"), "{page}");
     assert!(page.contains("netpulse_connectivity{state=\"degraded\"} 1\n"), "{page}");
 }
+
+/// Runs `netpulse ARGS` with stdout read by a reader that stops after `lines` lines and closes
+/// the pipe, like `| head -n LINES`; returns the exit code, the lines read and stderr.
+fn run_into_head(args: &[&str], lines: usize) -> (i32, Vec<String>, String) {
+    use std::io::BufRead;
+    let mut child = common::netpulse()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = Vec::new();
+    {
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        for _ in 0..lines {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            head.push(l);
+        }
+    } // the pipe closes here
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), head, err)
+}
+
+#[test]
+fn a_closed_stdout_ends_ping_and_monitor_quietly_with_exit_0() {
+    // `netpulse ping ... | head -2`: ping notices at its next line and stops, saying nothing.
+    let (code, head, err) = run_into_head(&["ping", "127.0.7.6", "-c", "50", "-i", "0.02"], 2);
+    assert!(head[0].starts_with("PING 127.0.7.6"), "{head:?}");
+    assert_eq!((code, err.as_str()), (0, ""), "{head:?}");
+    let (code, head, err) = run_into_head(&["monitor", "127.0.7.6", "--interval", "20ms", "--format", "json"], 1);
+    assert!(head[0].starts_with('{'), "{head:?}");
+    assert_eq!((code, err.as_str()), (0, ""), "{head:?}");
+}

@@ -11,14 +11,9 @@ use crate::monitor::report::Connectivity;
 use crate::monitor::status;
 
 pub(super) fn run(args: StatusArgs) -> Result<ExitCode> {
-    let given: Vec<&str> = if args.targets.is_empty() {
-        status::DEFAULT_TARGETS.to_vec()
-    } else {
-        args.targets.iter().map(String::as_str).collect()
-    };
-    let targets = given.iter().map(|t| t.parse().map_err(UsageError)).collect::<Result<Vec<_>, _>>()?;
+    let plan = status::StatusPlan::try_from(args).map_err(UsageError)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (checks, verdict) = rt.block_on(status::run(targets, args.resolve, args.timeout.0));
+    let (checks, verdict) = rt.block_on(status::run(plan));
     say(&status::render(&checks, verdict))?;
     Ok(ExitCode::from(match verdict {
         Connectivity::Connected => 0,

@@ -138,7 +138,20 @@ async fn reach_check(target: Target, timeout: Duration) -> Check {
 }
 
 /// Runs every check (the network ones concurrently) and returns them with the verdict.
-pub async fn run(targets: Vec<Target>, name: String, timeout: Duration) -> (Vec<Check>, Connectivity) {
+/// What `netpulse status` checks.
+#[derive(Debug, Clone)]
+pub struct StatusPlan {
+    /// Targets that must be reachable.
+    pub targets: Vec<Target>,
+    /// The name resolved for the DNS check.
+    pub resolve: String,
+    /// Time allowed for each check.
+    pub timeout: Duration,
+}
+
+/// Runs every check at once; returns them in order and the verdict.
+pub async fn run(plan: StatusPlan) -> (Vec<Check>, Connectivity) {
+    let StatusPlan { targets, resolve: name, timeout } = plan;
     let local = tokio::task::spawn_blocking(|| vec![interface_check(), route_check()]).await.unwrap_or_default();
     let dns = tokio::spawn(dns_check(name, timeout));
     let reach: Vec<_> = targets.into_iter().map(|t| tokio::spawn(reach_check(t, timeout))).collect();
