@@ -3,14 +3,16 @@
 //! [`HealthState`] (the rules live in `balance`); when the rotation changes, the backend set is
 //! replaced whole, so the data path never waits.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::broadcast;
 
-use crate::balance::{BackendSet, HealthRules, HealthState, Transition};
-use crate::monitor::report::{Report, TargetId};
+use crate::balance::{BackendSet, Check, HealthRules, HealthState, Transition};
+use crate::monitor::report::{Report, TargetId, TargetReport};
+use crate::probe::{Outcome, Sample};
 
 /// One balancer whose backends follow the probes.
 #[derive(Debug)]
@@ -25,19 +27,47 @@ pub struct Watched {
 #[derive(Debug)]
 pub struct HealthFeed {
     balancers: Vec<(Watched, HealthState)>,
+    /// Per target, the newest probe already judged (sequence number, verdict), so a probe that
+    /// two reports show is counted once.
+    judged: HashMap<TargetId, (u64, bool)>,
+}
+
+/// What a probe says about a backend as a health check: no answer is `Lost` (a datagram may
+/// be), a refusal, reset or 5xx is `Failed`.
+pub fn check_of(sample: &Sample) -> Check {
+    match sample.outcome {
+        _ if sample.up() => Check::Passed,
+        Outcome::Timeout => Check::Lost,
+        _ => Check::Failed,
+    }
+}
+
+/// The check a report's line stands for, unless it was judged already. A target the monitor
+/// reports down although its probe passed (its link is down) has failed.
+fn new_check(judged: &mut HashMap<TargetId, (u64, bool)>, t: &TargetReport) -> Option<Check> {
+    let newest = t.newest.as_ref()?;
+    let key = (newest.seq, t.summary.up);
+    if judged.insert(t.id, key) == Some(key) {
+        return None;
+    }
+    Some(match check_of(newest) {
+        Check::Passed if !t.summary.up => Check::Failed,
+        c => c,
+    })
 }
 
 impl HealthFeed {
-    pub fn new(balancers: Vec<Watched>, rules: HealthRules) -> Self {
+    /// `rules` gives each balancer its fall/rise (and whether lost checks are tolerated).
+    pub fn new(balancers: Vec<(Watched, HealthRules)>) -> Self {
         let balancers = balancers
             .into_iter()
-            .map(|w| {
+            .map(|(w, rules)| {
                 let addrs: Vec<SocketAddr> = w.set.load().backends().iter().map(|b| b.addr).collect();
                 let state = HealthState::new(&addrs, rules);
                 (w, state)
             })
             .collect();
-        Self { balancers }
+        Self { balancers, judged: HashMap::new() }
     }
 
     /// Applies every report until the monitor ends.
@@ -55,11 +85,15 @@ impl HealthFeed {
     /// Records each backend's newest probe result; swaps the set of every balancer whose
     /// rotation changed, and says why on stderr.
     pub fn apply(&mut self, report: &Report) {
+        let mut checks: HashMap<TargetId, Option<Check>> = HashMap::new();
         for (w, state) in &mut self.balancers {
             let mut changes = Vec::new();
             for &(addr, id) in &w.probes {
-                if let Some(t) = report.target(id) {
-                    changes.extend(state.observe(addr, t.summary.up));
+                let Some(t) = report.target(id) else { continue };
+                // A target two balancers share is judged once per report, for both.
+                let check = *checks.entry(id).or_insert_with(|| new_check(&mut self.judged, t));
+                if let Some(check) = check {
+                    changes.extend(state.observe(addr, check));
                 }
             }
             if changes.is_empty() {
@@ -77,7 +111,8 @@ impl HealthFeed {
                     }
                 }
             }
-            w.set.store(Arc::new(state.rotation()));
+            let rotation = state.rotation();
+            w.set.rcu(|current| current.with_health_of(&rotation));
         }
     }
 }
@@ -89,13 +124,23 @@ mod tests {
     use crate::probe::ProbeKind;
     use crate::stats::Window;
 
-    fn report(ups: &[(usize, bool)]) -> Report {
+    /// A report whose targets' newest probes (number `seq`) passed or were refused.
+    fn report(seq: u64, ups: &[(usize, bool)]) -> Report {
         let targets = ups
             .iter()
             .map(|&(id, up)| {
-                let mut summary = Window::new(1).summary();
-                summary.up = up;
-                TargetReport { id: TargetId(id), target: format!("t{id}"), probe: ProbeKind::Http, summary }
+                let outcome = if up { Outcome::Http(200) } else { Outcome::Failed("refused".into()) };
+                let sample = Sample { seq, rtt: None, outcome };
+                let mut w = Window::new(1);
+                w.push(sample.clone());
+                let summary = w.summary();
+                TargetReport {
+                    id: TargetId(id),
+                    target: format!("t{id}"),
+                    probe: ProbeKind::Http,
+                    summary,
+                    newest: Some(sample),
+                }
             })
             .collect();
         Report { time: String::new(), interfaces: vec![], targets, connectivity: Connectivity::Connected }
@@ -111,24 +156,40 @@ mod tests {
             set: set.clone(),
             probes: vec![(addrs[0], TargetId(5)), (addrs[1], TargetId(7))],
         };
-        let mut feed = HealthFeed::new(vec![watched], HealthRules::default());
+        let mut feed = HealthFeed::new(vec![(watched, HealthRules::default())]);
         let healthy = || set.load().backends().iter().map(|b| b.healthy).collect::<Vec<bool>>();
-        for _ in 0..3 {
-            feed.apply(&report(&[(5, true), (6, false), (7, false)]));
+        for seq in 1..=3 {
+            feed.apply(&report(seq, &[(5, true), (6, false), (7, false)]));
         }
         assert_eq!(healthy(), vec![true, false]);
-        for _ in 0..2 {
-            feed.apply(&report(&[(5, true), (6, false), (7, true)]));
+        for seq in 4..=5 {
+            feed.apply(&report(seq, &[(5, true), (6, false), (7, true)]));
         }
         assert_eq!(healthy(), vec![true, true]);
         // Everything failing: all stay in rotation (fail open).
-        for _ in 0..3 {
-            feed.apply(&report(&[(5, false), (7, false)]));
+        for seq in 6..=8 {
+            feed.apply(&report(seq, &[(5, false), (7, false)]));
         }
         assert_eq!(healthy(), vec![true, true], "all down: fail open");
         // A backend no report mentions keeps its state.
-        feed.apply(&report(&[(5, true)]));
-        feed.apply(&report(&[(5, true)]));
+        feed.apply(&report(9, &[(5, true)]));
+        feed.apply(&report(10, &[(5, true)]));
         assert_eq!(healthy(), vec![true, false]);
+    }
+
+    #[test]
+    fn a_probe_two_reports_show_counts_once() {
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let set = Arc::new(ArcSwap::from_pointee(BackendSet::new(&addrs)));
+        let watched = Watched { name: "web".into(), set: set.clone(), probes: vec![(addrs[1], TargetId(1))] };
+        let mut feed = HealthFeed::new(vec![(watched, HealthRules::default())]);
+        // The same failed probe (seq 1) in three reports: one failure, not three.
+        for _ in 0..3 {
+            feed.apply(&report(1, &[(1, false)]));
+        }
+        assert!(set.load().backends()[1].healthy);
+        feed.apply(&report(2, &[(1, false)]));
+        feed.apply(&report(3, &[(1, false)]));
+        assert!(!set.load().backends()[1].healthy);
     }
 }

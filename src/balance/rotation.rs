@@ -2,12 +2,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::BackendSet;
+use super::{Backend, BackendSet};
 
 /// One rotation over the backends, shared by every client of a balancer and never reset.
 ///
-/// Pick `k` goes to backend `k mod n` when all are healthy; an unhealthy backend's turn passes
-/// to the next healthy one after it, so the others keep their relative order.
+/// Pick `k` goes to backend `k mod n` when all may take it. When some may not (out of rotation,
+/// ejected, or already tried for this request), turn `k` goes to the `k mod m`-th of the `m`
+/// that may, so their load is spread evenly (each gets 1/m) instead of a missing backend's
+/// share falling on its neighbour.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -18,13 +20,20 @@ impl RoundRobin {
         Self::default()
     }
 
-    /// The index of the backend for the next request, or `None` if no backend is healthy.
-    pub fn pick(&self, set: &BackendSet) -> Option<usize> {
-        let n = set.len();
-        if n == 0 {
+    /// The index of the backend for the next request among those `may` accepts, or `None` if
+    /// there is none.
+    pub fn pick_where(&self, set: &BackendSet, may: impl Fn(usize, &Backend) -> bool) -> Option<usize> {
+        let backends = set.backends();
+        let m = backends.iter().enumerate().filter(|(i, b)| may(*i, b)).count();
+        if m == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(|step| (turn + step) % n).find(|&i| set.backends()[i].healthy)
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % m;
+        backends.iter().enumerate().filter(|(i, b)| may(*i, b)).nth(turn).map(|(i, _)| i)
+    }
+
+    /// The index of the backend for the next request among the healthy ones.
+    pub fn pick(&self, set: &BackendSet) -> Option<usize> {
+        self.pick_where(set, |_, b| b.healthy)
     }
 }

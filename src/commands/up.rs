@@ -167,13 +167,16 @@ impl Targets {
 fn watch(m: &MonitorConfig, http: &[HttpBalancer], udp: &[UdpBalancer], sources: ProbeSources) -> Result<Watch> {
     let mut targets = Targets::default();
     let mut watched = Vec::new();
+    // A TCP exchange that gets no answer in time is a hanging backend; a UDP one may be a lost
+    // datagram (see `balance::health`).
+    let http_rules = HealthRules { tolerate_loss: false, ..HealthRules::default() };
     for b in http {
         let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::http_backend(a)))).collect();
-        watched.push(Watched { name: b.name().to_string(), set: b.backends(), probes });
+        watched.push((Watched { name: b.name().to_string(), set: b.backends(), probes }, http_rules));
     }
     for b in udp {
         let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::udp_backend(a)))).collect();
-        watched.push(Watched { name: b.name().to_string(), set: b.backends(), probes });
+        watched.push((Watched { name: b.name().to_string(), set: b.backends(), probes }, HealthRules::default()));
     }
     for t in &m.targets {
         targets.add(t.0.clone());
@@ -190,7 +193,7 @@ fn watch(m: &MonitorConfig, http: &[HttpBalancer], udp: &[UdpBalancer], sources:
         Some(addr) => Some((Exporter::default(), Exporter::bind(addr.0)?)),
         None => None,
     };
-    let health = m.health.then(|| HealthFeed::new(watched, HealthRules::default()));
+    let health = m.health.then(|| HealthFeed::new(watched));
     Ok(Watch { monitor: Monitor::new(plan), metrics, health })
 }
 

@@ -291,7 +291,13 @@ impl Aggregate {
                 if via.is_some_and(|via| interfaces.iter().any(|x| &x.name == via && !x.up)) {
                     summary.up = false;
                 }
-                TargetReport { id: TargetId(i), target: t.to_string(), probe: t.kind(), summary }
+                TargetReport {
+                    id: TargetId(i),
+                    target: t.to_string(),
+                    probe: t.kind(),
+                    summary,
+                    newest: w.newest().cloned(),
+                }
             })
             .collect();
         let connectivity = verdict(&interfaces, &targets);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::iface::InterfaceStats;
-use crate::probe::ProbeKind;
+use crate::probe::{ProbeKind, Sample};
 use crate::stats::WindowSummary;
 
 /// One report.
@@ -38,6 +38,9 @@ pub struct TargetReport {
     pub probe: ProbeKind,
     #[serde(flatten)]
     pub summary: WindowSummary,
+    /// The newest probe's result, for sinks that judge each probe (the health feed).
+    #[serde(skip)]
+    pub newest: Option<Sample>,
 }
 
 /// The verdict users act on.

@@ -372,7 +372,7 @@ impl Proxy {
     ) -> Outcome {
         let picked = {
             let set = self.backends.load();
-            self.picker.pick_index(&set).and_then(|i| set.get(i).map(|b| (i, b.addr)))
+            self.picker.pick_index(&set, Instant::now(), &[]).and_then(|i| set.get(i).map(|b| (i, b.addr)))
         };
         let Some((index, backend)) = picked else {
             let unread = head.framing != Framing::Empty;

@@ -223,7 +223,7 @@ impl Relay {
                 continue;
             };
             flow.last_seen = self.now;
-            let backend = self.shared.picker.pick(&set, flow.backend);
+            let backend = self.shared.picker.pick(&set, flow.backend, self.now);
             if self.shared.affinity == Affinity::Client {
                 flow.backend = backend;
             }

@@ -195,6 +195,11 @@ impl Window {
         }
     }
 
+    /// The newest probe's sample (by sequence number).
+    pub fn newest(&self) -> Option<&crate::probe::Sample> {
+        self.samples.iter().max_by_key(|s| s.seq)
+    }
+
     pub fn push(&mut self, s: crate::probe::Sample) {
         if let Some(rtt) = s.rtt {
             let ms = rtt.as_secs_f64() * 1000.0;
