@@ -217,6 +217,17 @@ pub struct BalanceHttpArgs {
     #[arg(long, default_value_t = config::default_max_connections(), value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_connections: usize,
+    /// Other backends a failed request may be retried on (when nothing was sent, or the request
+    /// is idempotent and its body in hand)
+    #[arg(long, default_value_t = config::default_retries(), value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub retries: u32,
+    /// Failures in a row that eject a backend for a while (0: never)
+    #[arg(long, default_value_t = config::default_eject_after(), value_name = "N")]
+    pub eject_after: u32,
+    /// How long a first ejection lasts (each one in a row lasts longer, up to 5m)
+    #[arg(long, default_value_t = config::default_eject_for(), value_name = "DUR")]
+    pub eject_for: Dur,
     /// Worker threads (default: one per core)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub workers: Option<usize>,
@@ -298,6 +309,9 @@ impl From<BalanceHttpArgs> for HttpBalancerConfig {
             timeout: a.timeout,
             max_connections: a.max_connections,
             pool_max_idle: config::default_pool_idle(),
+            retries: a.retries,
+            eject_after: a.eject_after,
+            eject_for: a.eject_for,
             workers: a.workers,
             access_log: !a.quiet,
         }

@@ -135,6 +135,15 @@ pub struct HttpBalancerConfig {
     /// Idle keep-alive connections kept per backend and worker.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle: usize,
+    /// Other backends a request may be retried on when its backend fails, where that is safe.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Failures in a row (refused, reset, timed out, 5xx) that eject a backend; 0 never does.
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long the first ejection lasts (each one in a row lasts longer, up to 5 minutes).
+    #[serde(default = "default_eject_for")]
+    pub eject_for: Dur,
     /// Threads serving this balancer (default: one per core).
     pub workers: Option<usize>,
     #[serde(default = "yes")]
@@ -202,6 +211,18 @@ pub fn default_max_connections() -> usize {
 /// Default idle connections pooled per HTTP backend.
 pub fn default_pool_idle() -> usize {
     256
+}
+/// Default retries of a failed HTTP request on other backends.
+pub fn default_retries() -> u32 {
+    2
+}
+/// Default failures in a row that eject a backend.
+pub fn default_eject_after() -> u32 {
+    crate::balance::OutlierRules::default().failures
+}
+/// Default length of a first ejection.
+pub fn default_eject_for() -> Dur {
+    Dur(crate::balance::OutlierRules::default().base)
 }
 /// Default bound on UDP flows per balancer.
 pub fn default_max_flows() -> usize {
@@ -280,6 +301,12 @@ impl Config {
         for b in &self.balance.http {
             if b.max_connections == 0 {
                 return Err(format!("balance.http \"{}\": max_connections must be at least 1", b.name));
+            }
+            if b.retries > 16 {
+                return Err(format!("balance.http \"{}\": retries must be from 0 to 16", b.name));
+            }
+            if b.eject_for.0.is_zero() {
+                return Err(format!("balance.http \"{}\": eject_for must be longer than 0s", b.name));
             }
         }
         Ok(())

@@ -50,7 +50,7 @@ fn rotation_is_strict_over_fresh_and_keep_alive_connections() {
 }
 
 #[test]
-fn a_killed_backend_gives_a_fast_502_and_the_others_keep_serving() {
+fn without_retries_a_killed_backend_gives_a_fast_502_and_the_others_keep_serving() {
     let _live = Proc::up(&["serve", "http", "--bind", "127.0.1.2", "--ports", "8001-8002", "--quiet"]);
     let mut doomed = Proc::up(&["serve", "http", "--bind", "127.0.1.2", "--ports", "8003", "--quiet"]);
     let _lb = Proc::up(&[
@@ -59,6 +59,10 @@ fn a_killed_backend_gives_a_fast_502_and_the_others_keep_serving() {
         "--listen",
         "127.0.1.2:8000",
         "--quiet",
+        "--retries",
+        "0",
+        "--eject-after",
+        "0",
         "--backend",
         "127.0.1.2:8001,127.0.1.2:8002,127.0.1.2:8003",
     ]);
@@ -87,7 +91,7 @@ fn a_killed_backend_gives_a_fast_502_and_the_others_keep_serving() {
 }
 
 #[test]
-fn a_hanging_backend_gives_504_after_the_timeout() {
+fn without_retries_a_hanging_backend_gives_504_after_the_timeout() {
     let hang = TcpListener::bind("127.0.1.3:8001").unwrap();
     thread::spawn(move || {
         let mut held = Vec::new();
@@ -103,6 +107,8 @@ fn a_hanging_backend_gives_504_after_the_timeout() {
         "127.0.1.3:8000",
         "--timeout",
         "300ms",
+        "--retries",
+        "0",
         "--quiet",
         "--backend",
         "127.0.1.3:8001,127.0.1.3:8002",

@@ -16,8 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::backends::Backends;
 use super::h1::{self, Chunked, Framing, HeadError, RequestHead};
-use crate::balance::{BackendSet, Picker};
+use crate::balance::{BackendSet, OutlierRules};
 use crate::clock::UtcTime;
 use crate::config::HttpBalancerConfig;
 use crate::log::Log;
@@ -45,8 +46,9 @@ pub struct HttpBalancer {
 struct Proxy {
     name: String,
     /// Health may change, order never does: index `i` is always backend `i` of the config.
-    backends: Arc<ArcSwap<BackendSet>>,
-    picker: Picker,
+    backends: Backends,
+    /// Other backends a failed request may be retried on.
+    retries: u32,
     max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
@@ -102,12 +104,14 @@ enum ProxyError {
     BadBody(&'static str),
     #[error("client went away: {0}")]
     Client(io::Error),
+    #[error("out of resources here, not the backend's fault: {0}")]
+    Resources(io::Error),
 }
 
 impl ProxyError {
     fn status(&self) -> u16 {
         match self {
-            Self::NoBackend => 503,
+            Self::NoBackend | Self::Resources(_) => 503,
             Self::ConnectTimeout(..) | Self::Timeout(..) => 504,
             Self::Connect(..) | Self::Backend(..) => 502,
             Self::BadBody(_) => 400,
@@ -131,11 +135,17 @@ impl HttpBalancer {
         let owner = format!("http balancer \"{}\"", config.name);
         let workers = config.workers.unwrap_or_else(default_workers);
         let listeners = net::bind_tcp_shared(config.listen.0, &owner, workers)?;
-        let backends = &config.backends.0;
+        let outliers = OutlierRules {
+            failures: config.eject_after,
+            base: config.eject_for.0,
+            max: OutlierRules::default().max.max(config.eject_for.0),
+            ..OutlierRules::default()
+        };
+        let backends = Backends::new(&config.name, &config.backends.0, crate::config::Affinity::None, outliers);
         let proxy = Arc::new(Proxy {
             name: config.name.clone(),
-            backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(backends))),
-            picker: Picker::new(crate::config::Affinity::None),
+            backends,
+            retries: config.retries,
             max_idle: config.pool_max_idle,
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
@@ -155,12 +165,12 @@ impl HttpBalancer {
 
     /// The live backend set, for health checkers to replace (same backends, same order).
     pub fn backends(&self) -> Arc<ArcSwap<BackendSet>> {
-        self.proxy.backends.clone()
+        self.proxy.backends.set()
     }
 
     /// The backends' addresses, in configuration order.
     pub fn backend_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.backends.load().backends().iter().map(|b| b.addr).collect()
+        self.proxy.backends.addrs()
     }
 
     /// Serves on `workers` threads, each with a single-threaded runtime and pools of its own
@@ -196,7 +206,7 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
-        let pools: Arc<[Pool]> = self.backends.load().backends().iter().map(|_| Pool::new(self.max_idle)).collect();
+        let pools: Arc<[Pool]> = (0..self.backends.len()).map(|_| Pool::new(self.max_idle)).collect();
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
         let owner = format!("http balancer \"{}\"", self.name);
@@ -362,7 +372,8 @@ impl Proxy {
         }
     }
 
-    /// Relays one request and its response; answers errors itself when nothing was sent yet.
+    /// Relays one request and its response, on another backend when its backend fails and a
+    /// retry is safe; answers errors itself when nothing was sent to the client yet.
     async fn exchange(
         &self,
         pools: &[Pool],
@@ -370,32 +381,60 @@ impl Proxy {
         head: &RequestHead,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let picked = {
-            let set = self.backends.load();
-            self.picker.pick_index(&set, Instant::now(), &[]).and_then(|i| set.get(i).map(|b| (i, b.addr)))
-        };
-        let Some((index, backend)) = picked else {
-            let unread = head.framing != Framing::Empty;
-            return self.fail(c, head, None, ProxyError::NoBackend, unread).await;
-        };
-        if !head.has_host {
-            c.out.extend_from_slice(format!("Host: {backend}\r\n").as_bytes());
-        }
-        c.out.extend_from_slice(b"\r\n");
         if head.expect_continue && !head.http10 {
             if let Err(e) = write_within(&mut c.client, b"HTTP/1.1 100 Continue\r\n\r\n", self.timeout).await {
-                return self.fail(c, head, Some(backend), ProxyError::Client(e), true).await;
+                return self.fail(c, head, None, ProxyError::Client(e), true).await;
             }
         }
-        match self.forward(pools, c, head, index, backend, shutdown).await {
-            Ok(outcome) => outcome,
-            Err((e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
+        // The outgoing request: the rewritten head, a `Host` line when the client sent none
+        // (it names the backend, so it is rewritten for each one), the blank line, then the
+        // body bytes already read.
+        let host_at = c.out.len();
+        c.out.extend_from_slice(b"\r\n");
+        let body = match BodyInHand::take(c, head) {
+            Ok(body) => body,
+            Err(e) => return self.fail(c, head, None, e, true).await,
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut host_len = 0;
+        let mut last: Option<(SocketAddr, ProxyError, bool)> = None;
+        while let Some((index, backend)) = self.backends.pick_index(Instant::now(), &tried) {
+            if !head.has_host {
+                let line = format!("Host: {backend}\r\n");
+                c.out.splice(host_at..host_at + host_len, line.bytes());
+                host_len = line.len();
+            }
+            match self.forward(pools, c, head, index, backend, &body, shutdown).await {
+                Ok(outcome) => {
+                    if outcome.status >= 500 {
+                        self.backends.failed(index, Instant::now(), &format!("answered {}", outcome.status));
+                    } else {
+                        self.backends.succeeded(index);
+                    }
+                    return outcome;
+                }
+                Err(f) => {
+                    if f.blame_backend {
+                        self.backends.failed(index, Instant::now(), &f.error.to_string());
+                    }
+                    let again = f.retry && tried.len() < self.retries as usize;
+                    last = Some((backend, f.error, f.body_unread));
+                    if !again {
+                        break;
+                    }
+                    tried.push(index);
+                }
+            }
+        }
+        match last {
+            Some((backend, e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
+            None => self.fail(c, head, None, ProxyError::NoBackend, !body.whole).await,
         }
     }
 
-    /// Sends the request (retrying once on a fresh connection if a pooled one turns out dead
-    /// before answering) and streams the response back. `Err` carries whether part of the
-    /// request body is still unread on the client connection, which rules out keeping it.
+    /// Sends the request to `backend` (once more on a fresh connection if a pooled one turns
+    /// out dead before answering) and streams the response back.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         pools: &[Pool],
@@ -403,46 +442,42 @@ impl Proxy {
         head: &RequestHead,
         index: usize,
         backend: SocketAddr,
+        body: &BodyInHand,
         shutdown: &CancellationToken,
-    ) -> Result<Outcome, (ProxyError, bool)> {
-        // Append the body bytes already read; if that is the whole body, the request can be
-        // replayed on another connection.
-        let mut chunked = Chunked::default();
-        let mut body_left = 0u64;
-        let whole = match head.framing {
-            Framing::Empty | Framing::UntilClose => true,
-            Framing::Length(n) => {
-                let have = (c.cbuf.bytes().len() as u64).min(n) as usize;
-                c.out.extend_from_slice(&c.cbuf.bytes()[..have]);
-                c.cbuf.consume(have);
-                body_left = n - have as u64;
-                body_left == 0
-            }
-            Framing::Chunked => {
-                let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(|e| (ProxyError::BadBody(e), true))?;
-                c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
-                c.cbuf.consume(used);
-                chunked.is_done()
-            }
-        };
+    ) -> Result<Outcome, Failure> {
         let pool = pools.get(index);
         let mut pooled = pool.and_then(Pool::take);
-        // Only a request that may be sent twice is replayed after a pooled connection fails.
-        let replayable = whole && head.idempotent;
+        // Only a request that may be sent twice is sent again after the backend may have seen
+        // part of it.
+        let replayable = body.whole && head.idempotent;
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
                 Some(s) => s,
-                None => self.connect(backend).await.map_err(|e| (e, !whole))?,
+                // Nothing was sent: always safe to try another backend.
+                None => match self.connect(backend).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let ours = matches!(e, ProxyError::Resources(_));
+                        return Err(Failure { error: e, retry: !ours, blame_backend: !ours, body_unread: !body.whole });
+                    }
+                },
             };
             if let Err(e) = write_within(&mut upstream, &c.out, self.timeout).await {
                 if reused && replayable {
                     continue;
                 }
-                return Err((ProxyError::Backend(backend, format!("write: {e}")), !whole));
+                let error = ProxyError::Backend(backend, format!("write: {e}"));
+                return Err(Failure { error, retry: replayable, blame_backend: true, body_unread: !body.whole });
             }
-            if !whole {
-                self.stream_request_body(c, &mut upstream, head.framing, body_left, &mut chunked, backend).await?;
+            let mut chunked = body.chunked.clone();
+            if !body.whole {
+                self.stream_request_body(c, &mut upstream, head.framing, body.left, &mut chunked, backend)
+                    .await
+                    .map_err(|(error, unread)| {
+                        let blame_backend = matches!(error, ProxyError::Backend(..));
+                        Failure { error, retry: false, blame_backend, body_unread: unread }
+                    })?;
             }
             c.bbuf.clear();
             match self.relay_response(c, &mut upstream, head, backend, shutdown).await {
@@ -456,7 +491,21 @@ impl Proxy {
                 }
                 // A pooled connection the backend had already closed: replay on a fresh one.
                 Err(Relay::NoResponse(_)) if reused && replayable => continue,
-                Err(Relay::NoResponse(e)) | Err(Relay::BeforeHead(e)) => return Err((e, !whole)),
+                // Reset or closed without a word, or no answer in time: another backend may
+                // take it if it can be sent twice (nginx's `proxy_next_upstream error timeout`).
+                Err(Relay::NoResponse(e)) => {
+                    return Err(Failure { error: e, retry: replayable, blame_backend: true, body_unread: !body.whole });
+                }
+                Err(Relay::BeforeHead(e)) => {
+                    let timeout = matches!(e, ProxyError::Timeout(..));
+                    let blame_backend = !matches!(e, ProxyError::Client(_));
+                    return Err(Failure {
+                        error: e,
+                        retry: timeout && replayable,
+                        blame_backend,
+                        body_unread: !body.whole,
+                    });
+                }
                 Err(Relay::AfterHead) => {
                     return Ok(Outcome { backend: Some(backend), status: 502, keep_client: false });
                 }
@@ -467,6 +516,7 @@ impl Proxy {
     async fn connect(&self, backend: SocketAddr) -> Result<TcpStream, ProxyError> {
         match tokio::time::timeout(self.connect_timeout, TcpStream::connect(backend)).await {
             Err(_) => Err(ProxyError::ConnectTimeout(backend, self.connect_timeout)),
+            Ok(Err(e)) if out_of_resources(&e) => Err(ProxyError::Resources(e)),
             Ok(Err(e)) => Err(ProxyError::Connect(backend, e)),
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -663,6 +713,57 @@ impl Proxy {
         let written = write_within(&mut c.client, &page, self.timeout).await.is_ok();
         Outcome { backend, status, keep_client: keep_client && written }
     }
+}
+
+/// Whether an error is ours (no descriptors, no memory), not the backend's.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// The part of a request body read with its head, already appended to the outgoing bytes.
+struct BodyInHand {
+    /// The whole body is in hand (so the request can be sent again).
+    whole: bool,
+    /// Bytes of a `Content-Length` body still to come from the client.
+    left: u64,
+    /// The chunked decoder's state after the bytes in hand.
+    chunked: Chunked,
+}
+
+impl BodyInHand {
+    /// Moves the body bytes read with the head from the client buffer to the outgoing bytes.
+    fn take(c: &mut Conn, head: &RequestHead) -> Result<Self, ProxyError> {
+        let mut chunked = Chunked::default();
+        let mut left = 0;
+        let whole = match head.framing {
+            Framing::Empty | Framing::UntilClose => true,
+            Framing::Length(n) => {
+                let have = (c.cbuf.bytes().len() as u64).min(n) as usize;
+                c.out.extend_from_slice(&c.cbuf.bytes()[..have]);
+                c.cbuf.consume(have);
+                left = n - have as u64;
+                left == 0
+            }
+            Framing::Chunked => {
+                let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(ProxyError::BadBody)?;
+                c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
+                c.cbuf.consume(used);
+                chunked.is_done()
+            }
+        };
+        Ok(Self { whole, left, chunked })
+    }
+}
+
+/// Why one attempt at a backend failed, and what may follow.
+struct Failure {
+    error: ProxyError,
+    /// Whether another backend may take the request.
+    retry: bool,
+    /// Whether the backend caused it (counts towards ejecting it).
+    blame_backend: bool,
+    /// Whether part of the request body is still unread on the client connection.
+    body_unread: bool,
 }
 
 /// How relaying a response failed.
