@@ -10,8 +10,8 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, Addr, Affinity, Backends, Dur, HttpBalancerConfig, PortList, Probability, ProbeInterval, ServeHttpConfig,
-    ServeUdpConfig, UdpBalancerConfig,
+    self, Addr, Affinity, Backends, CheckKind, Dur, HealthCheckConfig, HttpBalancerConfig, PortList, Probability,
+    ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, UdpBalancerConfig,
 };
 
 /// Monitor network performance and load-balance HTTP and UDP, in one binary.
@@ -234,6 +234,34 @@ pub struct BalanceHttpArgs {
     /// No access-log lines
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Health check: http (GET --check-path), tcp (connect) or none
+    #[arg(long, value_enum, default_value = "http", value_name = "KIND")]
+    pub check: CheckKind,
+    /// Path an HTTP health check requests
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    pub check_path: String,
+    /// Statuses that pass an HTTP health check
+    #[arg(long, default_value = "200-399", value_name = "RANGE")]
+    pub check_status: crate::probe::StatusRange,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+/// Timing of active health checks, shared by both balancers.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Time between health checks of a backend (at least 10ms)
+    #[arg(long, default_value = "1s", value_name = "DUR")]
+    pub check_interval: ProbeInterval,
+    /// Time a health check may take (at most the interval)
+    #[arg(long, default_value = "1s", value_name = "DUR")]
+    pub check_timeout: Dur,
+    /// Failed checks in a row that take a backend out of rotation
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub fall: u32,
+    /// Good checks in a row that bring it back
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rise: u32,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +288,17 @@ pub struct BalanceUdpArgs {
     /// No access-log lines
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Health check: ping (the classic UDP ping, or --check-send) or none
+    #[arg(long, value_enum, default_value = "ping", value_name = "KIND")]
+    pub check: CheckKind,
+    /// Send these bytes as the health check instead of the classic ping...
+    #[arg(long, value_name = "TEXT")]
+    pub check_send: Option<String>,
+    /// ...and pass when the reply starts with these (default: any reply)
+    #[arg(long, default_value = "", value_name = "TEXT", requires = "check_send")]
+    pub check_expect: String,
+    #[command(flatten)]
+    pub health: HealthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -312,8 +351,26 @@ impl From<BalanceHttpArgs> for HttpBalancerConfig {
             retries: a.retries,
             eject_after: a.eject_after,
             eject_for: a.eject_for,
+            health: HealthCheckConfig {
+                check: Some(a.check),
+                path: a.check_path,
+                status: StatusSpec(a.check_status),
+                ..a.health.into()
+            },
             workers: a.workers,
             access_log: !a.quiet,
+        }
+    }
+}
+
+impl From<HealthArgs> for HealthCheckConfig {
+    fn from(a: HealthArgs) -> Self {
+        HealthCheckConfig {
+            interval: a.check_interval,
+            timeout: a.check_timeout,
+            fall: a.fall,
+            rise: a.rise,
+            ..HealthCheckConfig::default()
         }
     }
 }
@@ -329,6 +386,12 @@ impl From<BalanceUdpArgs> for UdpBalancerConfig {
             flow_idle_timeout: a.flow_idle_timeout,
             workers: a.workers,
             access_log: !a.quiet,
+            health: HealthCheckConfig {
+                check: Some(a.check),
+                send: a.check_send,
+                expect: a.check_expect,
+                ..a.health.into()
+            },
         }
     }
 }

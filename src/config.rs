@@ -144,6 +144,9 @@ pub struct HttpBalancerConfig {
     /// How long the first ejection lasts (each one in a row lasts longer, up to 5 minutes).
     #[serde(default = "default_eject_for")]
     pub eject_for: Dur,
+    /// Active health checks of the backends (`[balance.http.health]`).
+    #[serde(default)]
+    pub health: HealthCheckConfig,
     /// Threads serving this balancer (default: one per core).
     pub workers: Option<usize>,
     #[serde(default = "yes")]
@@ -171,6 +174,150 @@ pub struct UdpBalancerConfig {
     pub workers: Option<usize>,
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Active health checks of the backends (`[balance.udp.health]`).
+    #[serde(default)]
+    pub health: HealthCheckConfig,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// HTTP balancers: `GET path`, up when the status is in `status`.
+    Http,
+    /// HTTP balancers: a TCP connect.
+    Tcp,
+    /// UDP balancers: the classic ping (`PING <seq> <HH:MM:SS>`, answered upper-cased), or the
+    /// `send`/`expect` exchange when `send` is given.
+    Ping,
+    /// No active checks (passive ejection still applies to HTTP).
+    None,
+}
+
+/// A balancer's active health checks; under `up` with `[monitor]`, the monitor's probes at its
+/// interval do the checking.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http`, `tcp` or `none` for HTTP balancers (default `http`); `ping` or `none` for UDP
+    /// ones (default `ping`).
+    pub check: Option<CheckKind>,
+    #[serde(default = "default_check_interval")]
+    pub interval: ProbeInterval,
+    /// Time a check may take (at most the interval).
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    /// Failed checks in a row that take a backend out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Good checks in a row that bring it back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// HTTP checks: the path requested.
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// HTTP checks: the statuses that pass.
+    #[serde(default = "default_check_status")]
+    pub status: StatusSpec,
+    /// UDP checks: bytes to send instead of the classic ping...
+    pub send: Option<String>,
+    /// ...and what the reply must start with (any reply if empty).
+    #[serde(default)]
+    pub expect: String,
+}
+
+impl Default for HealthCheckConfig {
+    /// Every second, fall 3, rise 2; HTTP: `GET /`, 2xx or 3xx passes; UDP: the classic ping.
+    fn default() -> Self {
+        Self {
+            check: None,
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            fall: default_fall(),
+            rise: default_rise(),
+            path: default_check_path(),
+            status: default_check_status(),
+            send: None,
+            expect: String::new(),
+        }
+    }
+}
+
+impl HealthCheckConfig {
+    /// What the check does for an HTTP (`http`) or UDP balancer.
+    pub fn kind(&self, http: bool) -> CheckKind {
+        self.check.unwrap_or(if http { CheckKind::Http } else { CheckKind::Ping })
+    }
+
+    /// Checks that depend on the kind of balancer (`what` names it in errors).
+    fn check(&self, what: &str, http: bool) -> Result<(), String> {
+        let allowed: &[CheckKind] = if http {
+            &[CheckKind::Http, CheckKind::Tcp, CheckKind::None]
+        } else {
+            &[CheckKind::Ping, CheckKind::None]
+        };
+        if !allowed.contains(&self.kind(http)) {
+            let names = if http { "http, tcp or none" } else { "ping or none" };
+            return Err(format!("{what}: health check must be {names}"));
+        }
+        if self.fall == 0 || self.rise == 0 {
+            return Err(format!("{what}: health fall and rise must be at least 1"));
+        }
+        if self.timeout.0.is_zero() || self.timeout.0 > self.interval.0 {
+            return Err(format!(
+                "{what}: health timeout {} must be longer than 0 and at most the interval {}",
+                self.timeout, self.interval
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(format!("{what}: health path {:?} must start with / and have no spaces", self.path));
+        }
+        Ok(())
+    }
+
+    /// The fall/rise rules of these checks; lost UDP checks are tolerated by measured loss.
+    pub fn rules(&self, udp: bool) -> crate::balance::HealthRules {
+        crate::balance::HealthRules { fall: self.fall, rise: self.rise, tolerate_loss: udp }
+    }
+}
+
+fn default_check_interval() -> ProbeInterval {
+    ProbeInterval(Duration::from_secs(1))
+}
+fn default_check_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_fall() -> u32 {
+    crate::balance::HealthRules::default().fall
+}
+fn default_rise() -> u32 {
+    crate::balance::HealthRules::default().rise
+}
+fn default_check_path() -> String {
+    "/".into()
+}
+fn default_check_status() -> StatusSpec {
+    StatusSpec(crate::probe::StatusRange::OK)
+}
+
+/// HTTP statuses that pass a check: `"200-399"` or `200`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSpec(pub crate::probe::StatusRange);
+
+impl<'de> Deserialize<'de> for StatusSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Code(i64),
+            Spec(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Code(c) => c.to_string(),
+            Raw::Spec(s) => s,
+        };
+        text.parse().map(StatusSpec).map_err(de::Error::custom)
+    }
 }
 
 /// How a UDP balancer maps datagrams to backends.
@@ -308,6 +455,10 @@ impl Config {
             if b.eject_for.0.is_zero() {
                 return Err(format!("balance.http \"{}\": eject_for must be longer than 0s", b.name));
             }
+            b.health.check(&format!("balance.http \"{}\"", b.name), true)?;
+        }
+        for b in &self.balance.udp {
+            b.health.check(&format!("balance.udp \"{}\"", b.name), false)?;
         }
         Ok(())
     }

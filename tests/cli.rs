@@ -38,7 +38,9 @@ fn documented_default_banner(ip: &str) -> String {
          \x20 http backends  {http}\n\
          \x20 udp servers    {udp} (simulated loss 0%)\n\
          \x20 http balancer  \"web\" on {ip}:8000 -> {http} (round-robin)\n\
+         \x20                health: GET / expecting 200-399, fall 3, rise 2, probed by the monitor every 1s\n\
          \x20 udp balancer   \"ping\" on {ip}:8888 -> {udp} (round-robin per datagram)\n\
+         \x20                health: classic ping, fall 3, rise 2, probed by the monitor every 1s\n\
          \x20 monitor        7 targets every 1s\n\
          \x20 metrics        http://{ip}:9100/metrics\n\
          try:\n\

@@ -40,6 +40,8 @@ fn rotation_is_per_datagram_and_continues_across_client_runs() {
         "udp",
         "--listen",
         "127.0.2.1:8888",
+        "--check",
+        "none",
         "--backend",
         "127.0.2.1:2526,127.0.2.1:2527,127.0.2.1:2528",
     ]);
@@ -200,6 +202,8 @@ fn the_flow_table_is_bounded_and_evicts_the_least_recent_client() {
         "udp",
         "--listen",
         "127.0.2.10:8888",
+        "--check",
+        "none",
         "--backend",
         "127.0.2.10:2526",
         "--max-flows",

@@ -7,23 +7,28 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{UsageError, log, say, shutdown_signal};
+use crate::balance::BackendSet;
 use crate::balance::HealthRules;
 use crate::cli::UpArgs;
-use crate::config::{Affinity, Config, MonitorConfig};
+use crate::config::{
+    Affinity, CheckKind, Config, Dur, HealthCheckConfig, HttpBalancerConfig, MonitorConfig, UdpBalancerConfig,
+};
 use crate::health::{HealthFeed, Watched};
 use crate::log::Log;
 use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
 use crate::monitor::report::TargetId;
 use crate::net::DRAIN_TIMEOUT;
-use crate::probe::{ProbeSources, Target};
+use crate::probe::{ProbeSources, Target, UdpExchange};
 use crate::proxy::http::HttpBalancer;
 use crate::proxy::udp::{UdpBalancer, UdpStats};
 use crate::serve::http::HttpServers;
@@ -44,14 +49,98 @@ struct Bound {
     http: Vec<HttpBalancer>,
     udp: Vec<UdpBalancer>,
     monitor: Option<Watch>,
+    /// Monitors that only health-check one balancer's backends (no `[monitor]` probes them).
+    checkers: Vec<(Monitor, HealthFeed)>,
     banner: String,
 }
 
-/// The monitor `up` runs, and the sinks that follow it.
+/// The monitor of `[monitor]`, and the sinks that follow it.
 struct Watch {
     monitor: Monitor,
     metrics: Option<(Exporter, std::net::TcpListener)>,
     health: Option<HealthFeed>,
+}
+
+/// One balancer's active health checks.
+struct Checks {
+    name: String,
+    set: Arc<ArcSwap<BackendSet>>,
+    /// Each backend and the target that checks it.
+    targets: Vec<(SocketAddr, Target)>,
+    rules: HealthRules,
+    interval: Duration,
+    timeout: Duration,
+    /// How the banner describes them.
+    summary: String,
+}
+
+impl Checks {
+    fn http(b: &HttpBalancer, c: &HttpBalancerConfig) -> Option<Self> {
+        let h = &c.health;
+        let (target, summary): (fn(SocketAddr, &HealthCheckConfig) -> Target, String) = match h.kind(true) {
+            CheckKind::Http => {
+                (|a, h| Target::http_check(a, &h.path, h.status.0), format!("GET {} expecting {}", h.path, h.status.0))
+            }
+            CheckKind::Tcp => (|a, _| Target::tcp_backend(a), "tcp connect".into()),
+            _ => return None,
+        };
+        let targets = b.backend_addrs().into_iter().map(|a| (a, target(a, h))).collect();
+        Some(Self::new(b.name(), b.backends(), targets, h, false, summary))
+    }
+
+    fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
+        let h = &c.health;
+        if h.kind(false) != CheckKind::Ping {
+            return None;
+        }
+        let exchange = h
+            .send
+            .as_ref()
+            .map(|send| UdpExchange { send: send.clone().into_bytes(), expect: h.expect.clone().into_bytes() });
+        let summary = if exchange.is_some() { "udp exchange".to_string() } else { "classic ping".to_string() };
+        let targets = b
+            .backend_addrs()
+            .into_iter()
+            .map(|a| (a, Target::Udp { host: a.to_string(), addr: a, exchange: exchange.clone() }))
+            .collect();
+        Some(Self::new(b.name(), b.backends(), targets, h, true, summary))
+    }
+
+    fn new(
+        name: &str,
+        set: Arc<ArcSwap<BackendSet>>,
+        targets: Vec<(SocketAddr, Target)>,
+        h: &HealthCheckConfig,
+        udp: bool,
+        what: String,
+    ) -> Self {
+        let summary = format!("{what}, fall {}, rise {}", h.fall, h.rise);
+        Self {
+            name: name.into(),
+            set,
+            targets,
+            rules: h.rules(udp),
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            summary,
+        }
+    }
+
+    /// A monitor of its own that checks these backends, and the feed that applies the results.
+    fn checker(self, sources: &ProbeSources) -> (Monitor, HealthFeed) {
+        let mut targets = Targets::default();
+        let probes = self.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
+        let plan = MonitorPlan {
+            targets: targets.list,
+            interval: self.interval,
+            timeout: self.timeout,
+            count: None,
+            window: 10,
+            sources: sources.clone(),
+        };
+        let feed = HealthFeed::new(vec![(Watched { name: self.name, set: self.set, probes }, self.rules)]);
+        (Monitor::new(plan), feed)
+    }
 }
 
 /// Binds everything `config` asks for, prints what listens where, and runs it until Ctrl-C or
@@ -100,10 +189,14 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         None => None,
     };
     let mut http = Vec::new();
+    let mut checks = Vec::new();
     for c in &config.balance.http {
         let b = HttpBalancer::bind(c, log.clone())?;
         let at = b.local_addr()?;
         let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.0));
+        let check = Checks::http(&b, c);
+        check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        checks.extend(check);
         tries.insert(0, format!("curl http://{at}/"));
         http.push(b);
     }
@@ -116,15 +209,24 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
             Affinity::Client => "round-robin, pinned per client",
         };
         let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.0));
+        let check = Checks::udp(&b, c);
+        check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        checks.extend(check);
         tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
         udp.push(b);
     }
     if tries.is_empty() {
         return Err(UsageError("nothing to run: the config has no [serve] or [balance] section".into()).into());
     }
+    // Under `[monitor]` with `health` on, its probes are the checks; otherwise each balancer
+    // checks its backends with a monitor of its own.
+    let mut checkers = Vec::new();
+    if !config.monitor.as_ref().is_some_and(|m| m.health) {
+        checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
+    }
     let monitor = match &config.monitor {
         Some(m) => {
-            let w = watch(m, &http, &udp, sources)?;
+            let w = watch(m, &http, &udp, checks, sources)?;
             let _ =
                 writeln!(banner, "  monitor        {} targets every {}", w.monitor.plan().targets.len(), m.interval);
             if let Some(addr) = m.metrics {
@@ -142,7 +244,17 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, banner })
+}
+
+/// The banner's line on a balancer's health checks.
+fn check_line(banner: &mut String, check: Option<&Checks>, monitor: Option<&MonitorConfig>) {
+    let line = match (check, monitor) {
+        (None, _) => "no active health checks (passive ejection only)".to_string(),
+        (Some(c), Some(m)) if m.health => format!("health: {}, probed by the monitor every {}", c.summary, m.interval),
+        (Some(c), _) => format!("health: {}, every {}", c.summary, Dur(c.interval)),
+    };
+    let _ = writeln!(banner, "                 {line}");
 }
 
 /// The targets a monitor plan is built from, each once, with its id.
@@ -159,24 +271,41 @@ impl Targets {
             TargetId(self.list.len() - 1)
         })
     }
+
+    /// Adds `t` unless some target of the same kind already probes `addr`.
+    fn add_unless_checked(&mut self, addr: SocketAddr, t: Target) {
+        if !self.list.iter().any(|x| x.addr() == addr && x.kind() == t.kind()) {
+            self.add(t);
+        }
+    }
 }
 
-/// The monitor over every balancer's backends (HTTP ones by request, UDP ones by the classic
-/// ping) plus the extra targets of `[monitor]`; with `health` on, the probes of a balancer's
-/// backends are its health checks.
-fn watch(m: &MonitorConfig, http: &[HttpBalancer], udp: &[UdpBalancer], sources: ProbeSources) -> Result<Watch> {
+/// The monitor over every balancer's backends plus the extra targets of `[monitor]`. With
+/// `health` on, the backends are probed by their balancer's checks (`checks`) and those probes
+/// decide the rotation; backends without checks (and all of them with `health` off) get the
+/// plain probes: HTTP `GET /`, the classic UDP ping.
+fn watch(
+    m: &MonitorConfig,
+    http: &[HttpBalancer],
+    udp: &[UdpBalancer],
+    checks: Vec<Checks>,
+    sources: ProbeSources,
+) -> Result<Watch> {
     let mut targets = Targets::default();
     let mut watched = Vec::new();
-    // A TCP exchange that gets no answer in time is a hanging backend; a UDP one may be a lost
-    // datagram (see `balance::health`).
-    let http_rules = HealthRules { tolerate_loss: false, ..HealthRules::default() };
+    for c in checks {
+        let probes = c.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
+        watched.push((Watched { name: c.name, set: c.set, probes }, c.rules));
+    }
     for b in http {
-        let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::http_backend(a)))).collect();
-        watched.push((Watched { name: b.name().to_string(), set: b.backends(), probes }, http_rules));
+        for a in b.backend_addrs() {
+            targets.add_unless_checked(a, Target::http_backend(a));
+        }
     }
     for b in udp {
-        let probes = b.backend_addrs().into_iter().map(|a| (a, targets.add(Target::udp_backend(a)))).collect();
-        watched.push((Watched { name: b.name().to_string(), set: b.backends(), probes }, HealthRules::default()));
+        for a in b.backend_addrs() {
+            targets.add_unless_checked(a, Target::udp_backend(a));
+        }
     }
     for t in &m.targets {
         targets.add(t.0.clone());
@@ -193,13 +322,18 @@ fn watch(m: &MonitorConfig, http: &[HttpBalancer], udp: &[UdpBalancer], sources:
         Some(addr) => Some((Exporter::default(), Exporter::bind(addr.0)?)),
         None => None,
     };
-    let health = m.health.then(|| HealthFeed::new(watched));
+    let health = (!watched.is_empty()).then(|| HealthFeed::new(watched));
     Ok(Watch { monitor: Monitor::new(plan), metrics, health })
 }
 
 async fn serve(bound: Bound) -> Result<()> {
     let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    for (checker, feed) in bound.checkers {
+        tokio::spawn(feed.follow(checker.subscribe()));
+        let stop = stop.clone();
+        tasks.spawn(async move { checker.run(stop).await.context("health checks") });
+    }
     if let Some(w) = bound.monitor {
         if let Some((exporter, listener)) = w.metrics {
             tokio::spawn(exporter.clone().follow(w.monitor.subscribe()));

@@ -165,8 +165,11 @@ fn start_probes(
                 async move {
                     match (target, udp) {
                         (Target::Tcp { addr, .. }, _) => tcp::probe(*addr, seq, timeout).await,
-                        (Target::Http { addr, host_header, path, .. }, _) => {
-                            web::probe(*addr, host_header, path, seq, timeout).await
+                        (Target::Http { addr, host_header, path, expect, .. }, _) => {
+                            web::probe(*addr, host_header, path, *expect, seq, timeout).await
+                        }
+                        (Target::Udp { exchange: Some(x), .. }, Some(Ok(p))) => {
+                            p.exchange_bytes(&x.send, &x.expect, seq, timeout).await
                         }
                         (_, Some(Ok(p))) => p.probe(seq, timeout).await,
                         (_, Some(Err(e))) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },

@@ -102,7 +102,9 @@ async fn reach_check(target: Target, timeout: Duration) -> Check {
     let start = Instant::now();
     let sample: Sample = match &target {
         Target::Tcp { addr, .. } => tcp::probe(*addr, 1, timeout).await,
-        Target::Http { addr, host_header, path, .. } => web::probe(*addr, host_header, path, 1, timeout).await,
+        Target::Http { addr, host_header, path, expect, .. } => {
+            web::probe(*addr, host_header, path, *expect, 1, timeout).await
+        }
         Target::Udp { addr, .. } => match UdpProber::connect(*addr).await {
             Ok(p) => p.probe(1, timeout).await,
             Err(e) => Sample { seq: 1, rtt: None, outcome: crate::probe::Outcome::Failed(e.to_string()) },

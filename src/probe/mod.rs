@@ -71,8 +71,10 @@ pub enum Outcome {
     Reply { bytes: usize, ttl: Option<u8> },
     /// A TCP connection was accepted.
     Connected,
-    /// An HTTP response head arrived with this status.
+    /// An HTTP response head arrived with this status, one the probe accepts.
     Http(u16),
+    /// An HTTP response head arrived with a status the probe does not accept.
+    Status(u16),
     /// Nothing came back in time.
     Timeout,
     /// The target said no (connection refused, port or host unreachable) or failed otherwise.
@@ -93,8 +95,8 @@ impl Sample {
     pub fn up(&self) -> bool {
         match self.outcome {
             Outcome::Reply { .. } | Outcome::Connected => true,
-            Outcome::Http(code) => code < 500,
-            Outcome::Timeout | Outcome::Failed(_) => false,
+            Outcome::Http(_) => true,
+            Outcome::Status(_) | Outcome::Timeout | Outcome::Failed(_) => false,
         }
     }
 }
@@ -113,13 +115,79 @@ pub enum ProbeError {
     Resolve(String, String),
 }
 
+/// The HTTP statuses a probe takes for up, e.g. `200-399`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl StatusRange {
+    /// Anything but a server error: what the monitor's `http://` targets accept.
+    pub const NOT_5XX: StatusRange = StatusRange { lo: 100, hi: 499 };
+    /// Success and redirects: what a balancer's health check accepts by default (HAProxy's).
+    pub const OK: StatusRange = StatusRange { lo: 200, hi: 399 };
+
+    pub fn contains(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+impl FromStr for StatusRange {
+    type Err = String;
+    /// `200` or `200-399`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a status or range; write it like 200 or 200-399");
+        let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(bad);
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (code(a)?, code(b)?),
+            None => (code(s)?, code(s)?),
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(StatusRange { lo, hi })
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+    }
+}
+
+/// A UDP exchange other than the classic ping: send these bytes, expect a reply starting with
+/// those (any reply when empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpExchange {
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
 /// A monitored target, parsed from `HOST`, `tcp://HOST:PORT`, `udp://HOST:PORT` or `http://...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Icmp { host: String, ip: IpAddr },
-    Tcp { host: String, addr: SocketAddr },
-    Udp { host: String, addr: SocketAddr },
-    Http { url: String, addr: SocketAddr, host_header: String, path: String },
+    Icmp {
+        host: String,
+        ip: IpAddr,
+    },
+    Tcp {
+        host: String,
+        addr: SocketAddr,
+    },
+    /// The classic UDP ping, or `exchange` when given.
+    Udp {
+        host: String,
+        addr: SocketAddr,
+        exchange: Option<UdpExchange>,
+    },
+    Http {
+        url: String,
+        addr: SocketAddr,
+        host_header: String,
+        path: String,
+        expect: StatusRange,
+    },
 }
 
 impl Target {
@@ -150,14 +218,31 @@ impl Target {
         }
     }
 
-    /// The HTTP health check of a backend: `GET /` with the backend's address as `Host`.
+    /// The HTTP health check of a backend: `GET path` with the backend's address as `Host`,
+    /// up when the status is in `expect`.
+    pub fn http_check(addr: SocketAddr, path: &str, expect: StatusRange) -> Self {
+        Target::Http {
+            url: format!("http://{addr}{path}"),
+            addr,
+            host_header: addr.to_string(),
+            path: path.into(),
+            expect,
+        }
+    }
+
+    /// The HTTP probe of a backend the monitor shows: `GET /`, up unless a 5xx.
     pub fn http_backend(addr: SocketAddr) -> Self {
-        Target::Http { url: format!("http://{addr}/"), addr, host_header: addr.to_string(), path: "/".into() }
+        Self::http_check(addr, "/", StatusRange::NOT_5XX)
     }
 
     /// The classic UDP ping of a backend.
     pub fn udp_backend(addr: SocketAddr) -> Self {
-        Target::Udp { host: addr.to_string(), addr }
+        Target::Udp { host: addr.to_string(), addr, exchange: None }
+    }
+
+    /// A TCP connect check of a backend.
+    pub fn tcp_backend(addr: SocketAddr) -> Self {
+        Target::Tcp { host: addr.to_string(), addr }
     }
 }
 
@@ -198,7 +283,7 @@ impl FromStr for Target {
         if let Some(rest) = s.strip_prefix("tcp://") {
             Ok(Target::Tcp { host: rest.to_string(), addr: need_port(rest, "tcp")? })
         } else if let Some(rest) = s.strip_prefix("udp://") {
-            Ok(Target::Udp { host: rest.to_string(), addr: need_port(rest, "udp")? })
+            Ok(Target::Udp { host: rest.to_string(), addr: need_port(rest, "udp")?, exchange: None })
         } else if let Some(rest) = s.strip_prefix("http://") {
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
@@ -208,7 +293,13 @@ impl FromStr for Target {
                 return Err(format!("'{s}' has no host"));
             }
             let addr = resolve(authority, 80).map_err(|e| e.to_string())?;
-            Ok(Target::Http { url: s.to_string(), addr, host_header: authority.to_string(), path: path.to_string() })
+            Ok(Target::Http {
+                url: s.to_string(),
+                addr,
+                host_header: authority.to_string(),
+                path: path.to_string(),
+                expect: StatusRange::NOT_5XX,
+            })
         } else if s.contains("://") {
             Err(format!("'{s}': unknown scheme; use HOST, tcp://HOST:PORT, udp://HOST:PORT or http://HOST[:PORT]/PATH"))
         } else {
@@ -230,7 +321,10 @@ mod tests {
         assert_eq!(t.kind(), ProbeKind::Tcp);
         assert_eq!(t.to_string(), "tcp://127.0.0.1:80");
         let t: Target = "udp://localhost:8888".parse().unwrap();
-        assert_eq!(t, Target::Udp { host: "localhost:8888".into(), addr: "127.0.0.1:8888".parse().unwrap() });
+        assert_eq!(
+            t,
+            Target::Udp { host: "localhost:8888".into(), addr: "127.0.0.1:8888".parse().unwrap(), exchange: None }
+        );
         let t: Target = "http://127.0.0.1:8000/health?x=1".parse().unwrap();
         match t {
             Target::Http { addr, host_header, path, .. } => {

@@ -52,16 +52,32 @@ impl UdpProber {
     /// (late replies to earlier probes) are skipped.
     pub async fn exchange(&self, msg: &str, seq: u64, timeout: Duration) -> Sample {
         let expected = msg.to_ascii_uppercase();
+        self.exchange_matching(msg.as_bytes(), |r| r == expected.as_bytes(), seq, timeout).await
+    }
+
+    /// Sends `send` and waits up to `timeout` for a reply that starts with `expect` (any reply
+    /// when `expect` is empty).
+    pub async fn exchange_bytes(&self, send: &[u8], expect: &[u8], seq: u64, timeout: Duration) -> Sample {
+        self.exchange_matching(send, |r| r.starts_with(expect), seq, timeout).await
+    }
+
+    async fn exchange_matching(
+        &self,
+        send: &[u8],
+        matches: impl Fn(&[u8]) -> bool,
+        seq: u64,
+        timeout: Duration,
+    ) -> Sample {
         let mut buf = vec![0; 65_536];
         let start = Instant::now();
-        if let Err(e) = self.socket.send(msg.as_bytes()).await {
+        if let Err(e) = self.socket.send(send).await {
             return Sample { seq, rtt: None, outcome: Outcome::Failed(describe(&e)) };
         }
         let deadline = tokio::time::Instant::from_std(start + timeout);
         loop {
             match tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
                 Err(_) => return Sample { seq, rtt: None, outcome: Outcome::Timeout },
-                Ok(Ok(n)) if buf[..n] == *expected.as_bytes() => {
+                Ok(Ok(n)) if matches(&buf[..n]) => {
                     return Sample { seq, rtt: Some(start.elapsed()), outcome: Outcome::Reply { bytes: n, ttl: None } };
                 }
                 Ok(Ok(_)) => {} // a late reply to an earlier probe

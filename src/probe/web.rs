@@ -5,13 +5,21 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Outcome, Sample};
+use super::{Outcome, Sample, StatusRange};
 
 /// The User-Agent of health probes; the lab's HTTP servers do not log requests carrying it.
 pub const USER_AGENT: &str = "netpulse-monitor";
 
-/// GETs `path` from `addr` (plain HTTP/1.1, `Connection: close`) and times the response head.
-pub async fn probe(addr: SocketAddr, host: &str, path: &str, seq: u64, timeout: Duration) -> Sample {
+/// GETs `path` from `addr` (plain HTTP/1.1, `Connection: close`) and times the response head;
+/// a status outside `expect` is [`Outcome::Status`].
+pub async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    expect: StatusRange,
+    seq: u64,
+    timeout: Duration,
+) -> Sample {
     let start = Instant::now();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -39,7 +47,10 @@ pub async fn probe(addr: SocketAddr, host: &str, path: &str, seq: u64, timeout: 
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(code)) => Sample { seq, rtt: Some(start.elapsed()), outcome: Outcome::Http(code) },
+        Ok(Ok(code)) => {
+            let outcome = if expect.contains(code) { Outcome::Http(code) } else { Outcome::Status(code) };
+            Sample { seq, rtt: Some(start.elapsed()), outcome }
+        }
         Ok(Err(e)) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
         Err(_) => Sample { seq, rtt: None, outcome: Outcome::Timeout },
     }
