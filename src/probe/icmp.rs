@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -66,10 +66,10 @@ impl IcmpSocket {
         // Room for a burst of replies when probing many targets.
         let _ = socket.set_recv_buffer_size(4 << 20);
         let _ = socket.set_send_buffer_size(1 << 20);
-        sys::enable_ttl_and_timestamps(socket.as_raw_fd(), v6).map_err(ProbeError::Socket)?;
+        sys::enable_ttl_and_timestamps(socket.as_fd(), v6).map_err(ProbeError::Socket)?;
         if raw && !v6 {
             // Best effort: without it we just read and discard more packets.
-            let _ = sys::only_echo_replies(socket.as_raw_fd());
+            let _ = sys::only_echo_replies(socket.as_fd());
         }
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let cookie = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
@@ -77,8 +77,8 @@ impl IcmpSocket {
         Ok(Self { socket, v6, raw, ident, cookie })
     }
 
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.socket.as_raw_fd()
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// Builds an echo request with `size` payload bytes into `buf`.
@@ -106,7 +106,7 @@ impl IcmpSocket {
     /// Reads one packet without waiting: `Ok(Some)` for one of our echo replies, `Ok(None)`
     /// for anything else, `Err(WouldBlock)` when nothing is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<EchoReply>> {
-        let meta = sys::recv_meta(self.socket.as_raw_fd(), buf)?;
+        let meta = sys::recv_meta(self.socket.as_fd(), buf)?;
         let mut packet = &buf[..meta.len];
         let mut ttl = meta.ttl;
         if self.raw && !self.v6 {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -196,7 +196,7 @@ impl Relay {
     /// Reads a batch from clients and sends each datagram on to its backend.
     fn on_requests(&mut self) -> io::Result<()> {
         self.requests.clear();
-        self.requests.recv(self.socket.as_raw_fd())?;
+        self.requests.recv(self.socket.as_fd())?;
         let set = self.shared.backends.load();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
@@ -245,7 +245,7 @@ impl Relay {
             };
             let before = self.replies.len();
             // An error here is an ICMP report queued on the flow socket: nothing to relay.
-            let got = self.replies.recv(flow.socket.as_raw_fd()).unwrap_or_default();
+            let got = self.replies.recv(flow.socket.as_fd()).unwrap_or_default();
             if got == 0 {
                 return Ok(());
             }
@@ -286,7 +286,7 @@ impl Relay {
         if n == 0 {
             return;
         }
-        let failed = self.replies.send(self.socket.as_raw_fd()) as u64;
+        let failed = self.replies.send(self.socket.as_fd()) as u64;
         self.stats.replies += n - failed;
         self.stats.dropped += failed;
     }
