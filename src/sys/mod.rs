@@ -1,73 +1,19 @@
 //! The system calls netpulse makes beyond std, socket2 and mio. Control messages (TTL / hop
 //! limit, `SO_TIMESTAMPNS`), `ppoll` and interface addresses go through `nix`'s safe wrappers;
-//! hand-written are the epoll wrapper (until mio replaces it), the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
+//! hand-written are only the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
 //! datagrams per system call, no allocation per datagram) and `ICMP_FILTER`, for which `nix` has
 //! no option. Those are the crate's only `unsafe`; each block says why it is sound.
 
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeSpec;
-
-/// A level-triggered epoll instance.
-#[derive(Debug)]
-pub(crate) struct Epoll {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-#[allow(unsafe_code)]
-impl Epoll {
-    pub(crate) fn new(max_events: usize) -> io::Result<Self> {
-        // SAFETY: plain system call; the returned descriptor is checked before it is owned.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let events = vec![libc::epoll_event { events: 0, u64: 0 }; max_events.max(1)];
-        Ok(Self { fd, events })
-    }
-
-    /// Watches `fd` for readability, reporting `token`.
-    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-
-    /// Stops watching `fd`.
-    pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; the event argument is ignored for DEL but must be non-null on old kernels.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-
-    /// Waits up to `timeout_ms` and puts the ready tokens in `ready` (cleared first; reused so
-    /// that waiting allocates nothing).
-    pub(crate) fn wait_into(&mut self, timeout_ms: i32, ready: &mut Vec<u64>) -> io::Result<()> {
-        ready.clear();
-        // SAFETY: the buffer holds `events.len()` writable epoll_event slots.
-        let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
-        }
-        ready.extend(self.events[..n as usize].iter().map(|e| e.u64));
-        Ok(())
-    }
-}
 
 /// A batch of datagram slots for `recvmmsg`/`sendmmsg`, allocated once and reused. Slots must
 /// hold the largest datagram the socket can receive, or the kernel truncates it.
