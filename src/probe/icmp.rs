@@ -2,6 +2,10 @@
 //! across the interval, replies matched by (address, sequence), RTT from the kernel's receive
 //! timestamp. Runs on a thread of its own (the socket calls block).
 //!
+//! The loop is named steps — a `Schedule` of which target is due when, `send_due`, a wait,
+//! `receive_replies`, `settle_timeouts` — over an `EchoNetwork`, so the pacing and the order of
+//! settling are tested without sockets.
+//!
 //! An unprivileged echo socket (`SOCK_DGRAM`, `IPPROTO_ICMP`) is used where
 //! `net.ipv4.ping_group_range` allows it; otherwise a raw socket (root or CAP_NET_RAW).
 
@@ -9,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -66,10 +70,10 @@ impl IcmpSocket {
         // Room for a burst of replies when probing many targets.
         let _ = socket.set_recv_buffer_size(4 << 20);
         let _ = socket.set_send_buffer_size(1 << 20);
-        sys::enable_ttl_and_timestamps(socket.as_raw_fd(), v6).map_err(ProbeError::Socket)?;
+        sys::enable_ttl_and_timestamps(socket.as_fd(), v6).map_err(ProbeError::Socket)?;
         if raw && !v6 {
             // Best effort: without it we just read and discard more packets.
-            let _ = sys::only_echo_replies(socket.as_raw_fd());
+            let _ = sys::only_echo_replies(socket.as_fd());
         }
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let cookie = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
@@ -77,8 +81,8 @@ impl IcmpSocket {
         Ok(Self { socket, v6, raw, ident, cookie })
     }
 
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.socket.as_raw_fd()
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// Builds an echo request with `size` payload bytes into `buf`.
@@ -106,7 +110,7 @@ impl IcmpSocket {
     /// Reads one packet without waiting: `Ok(Some)` for one of our echo replies, `Ok(None)`
     /// for anything else, `Err(WouldBlock)` when nothing is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<EchoReply>> {
-        let meta = sys::recv_meta(self.socket.as_raw_fd(), buf)?;
+        let meta = sys::recv_meta(self.socket.as_fd(), buf)?;
         let mut packet = &buf[..meta.len];
         let mut ttl = meta.ttl;
         if self.raw && !self.v6 {
@@ -167,14 +171,8 @@ pub struct IcmpPlan {
 
 /// Probes due this close together are sent in one wake-up.
 const SLICE: Duration = Duration::from_millis(1);
-
-/// One probe in flight.
-struct Pending {
-    target: usize,
-    seq: u64,
-    sent: Instant,
-    sent_wall: SystemTime,
-}
+/// The longest wait between two looks at `stop()`.
+const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Pings every target of `plan`, spreading the probes evenly over each interval, and calls
 /// `on_sample(target index, sample)` for each reply or timeout. Returns when every target has
@@ -201,95 +199,67 @@ pub fn open_for(targets: &[IpAddr]) -> Result<Sockets, ProbeError> {
 pub fn run_on(
     (v4, v6): Sockets,
     plan: &IcmpPlan,
-    mut stop: impl FnMut() -> bool,
-    mut on_sample: impl FnMut(usize, Sample),
+    stop: impl FnMut() -> bool,
+    on_sample: impl FnMut(usize, Sample),
 ) -> Result<(), ProbeError> {
-    if plan.interval < Duration::from_millis(1) {
-        return Err(ProbeError::Socket(io::Error::new(io::ErrorKind::InvalidInput, "probe interval under 1 ms")));
+    let net = SocketNetwork {
+        v4,
+        v6,
+        size: plan.size,
+        scratch: Vec::with_capacity(plan.size + HEADER),
+        buf: vec![0u8; (plan.size + HEADER + 128).max(2048)],
+        ready: 0,
+    };
+    run_with(net, plan, stop, on_sample)
+}
+
+/// What the probe loop needs from the OS: the ICMP sockets ([`SocketNetwork`]), or a script in
+/// tests.
+trait EchoNetwork {
+    /// Sends echo request `seq` to `to`; `None` when there is no socket for its family.
+    fn send(&mut self, to: IpAddr, seq: u16) -> Option<io::Result<()>>;
+    /// Waits until a reply may be queued, or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()>;
+    /// Hands over every one of our echo replies queued now.
+    fn replies(&mut self, each: &mut dyn FnMut(EchoReply));
+}
+
+/// The real network: one ICMP socket per address family.
+struct SocketNetwork {
+    v4: Option<IcmpSocket>,
+    v6: Option<IcmpSocket>,
+    /// Payload bytes per request.
+    size: usize,
+    scratch: Vec<u8>,
+    buf: Vec<u8>,
+    /// Which sockets the last wait found readable, in (IPv4, IPv6) order of those open.
+    ready: u64,
+}
+
+impl EchoNetwork for SocketNetwork {
+    fn send(&mut self, to: IpAddr, seq: u16) -> Option<io::Result<()>> {
+        let socket = if to.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() };
+        socket.map(|s| s.send(to, seq, self.size, &mut self.scratch))
     }
-    let sockets: Vec<&IcmpSocket> = v4.iter().chain(v6.iter()).collect();
-    let fds: Vec<_> = sockets.iter().map(|s| s.fd()).collect();
 
-    let n = plan.targets.len().max(1) as u32;
-    let start = Instant::now();
-    // (due, target) in a min-heap; target i first goes at start + i/n of the interval.
-    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..plan.targets.len()).map(|i| Reverse((start + plan.interval / n * i as u32, i))).collect();
-    let mut sent = vec![0u64; plan.targets.len()];
-    let mut pending: HashMap<(IpAddr, u16), Pending> = HashMap::new();
-    // Timeouts expire in send order, since the timeout is the same for every probe.
-    let mut expiry: VecDeque<(Instant, IpAddr, u16)> = VecDeque::new();
-    let mut scratch = Vec::with_capacity(plan.size + HEADER);
-    let mut buf = vec![0u8; (plan.size + HEADER + 128).max(2048)];
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.ready = match (&self.v4, &self.v6) {
+            (Some(v4), Some(v6)) => sys::poll_readable(&[v4.fd(), v6.fd()], timeout),
+            (Some(one), None) | (None, Some(one)) => sys::poll_readable(&[one.fd()], timeout),
+            (None, None) => sys::poll_readable(&[], timeout),
+        }?;
+        Ok(())
+    }
 
-    loop {
-        let now = Instant::now();
-        // Probes due within the next slice go out together: still spread over the interval,
-        // but with one wake-up per slice instead of one per probe.
-        let horizon = now + SLICE;
-        while let Some(&Reverse((at, t))) = due.peek() {
-            if at > horizon {
-                break;
-            }
-            due.pop();
-            if plan.count.is_some_and(|c| sent[t] >= c) {
-                continue;
-            }
-            let ip = plan.targets[t];
-            let seq = sent[t] + 1;
-            sent[t] = seq;
-            let wire_seq = seq as u16; // ping's icmp_seq wraps at 65536 too
-            let socket = if ip.is_ipv4() { v4.as_ref() } else { v6.as_ref() };
-            let sent_wall = SystemTime::now();
-            let sent_at = Instant::now();
-            match socket.map(|s| s.send(ip, wire_seq, plan.size, &mut scratch)) {
-                Some(Ok(())) => {
-                    pending.insert((ip, wire_seq), Pending { target: t, seq, sent: sent_at, sent_wall });
-                    expiry.push_back((sent_at + plan.timeout, ip, wire_seq));
-                }
-                Some(Err(e)) => on_sample(t, Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) }),
-                None => {}
-            }
-            // Keep each target on its own grid even after a stall, so that late targets do not
-            // all bunch up in one slice from then on.
-            let late = now.saturating_duration_since(at).as_nanos() / plan.interval.as_nanos().max(1);
-            due.push(Reverse((at + plan.interval * (late.min(u128::from(u32::MAX)) as u32 + 1), t)));
-        }
-        let finished = plan.count.is_some()
-            && pending.is_empty()
-            && due.iter().all(|Reverse((_, t))| plan.count.is_some_and(|c| sent[*t] >= c));
-        if finished || stop() {
-            return Ok(());
-        }
-        let next_due = due.peek().map(|Reverse((at, _))| *at);
-        let next_expiry = expiry.front().map(|e| e.0);
-        let wake = [next_due, next_expiry].into_iter().flatten().min().unwrap_or(now + Duration::from_millis(100));
-        let wait = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-        let ready = sys::poll_readable(&fds, wait).map_err(ProbeError::Socket)?;
-        for (i, socket) in sockets.iter().enumerate() {
+    fn replies(&mut self, each: &mut dyn FnMut(EchoReply)) {
+        let (ready, buf) = (self.ready, &mut self.buf);
+        for (i, socket) in self.v4.iter().chain(self.v6.iter()).enumerate() {
             if ready & (1 << i) == 0 {
                 continue;
             }
             loop {
-                match socket.recv(&mut buf) {
-                    Ok(Some(r)) => {
-                        let Some(p) = pending.remove(&(r.from, r.seq)) else { continue };
-                        // The kernel's receive time decides; without it, our own clock.
-                        let rtt = r
-                            .kernel_time
-                            .and_then(|k| k.duration_since(p.sent_wall).ok())
-                            .unwrap_or_else(|| p.sent.elapsed());
-                        let sample = if rtt <= plan.timeout {
-                            Sample {
-                                seq: p.seq,
-                                rtt: Some(rtt),
-                                outcome: Outcome::Reply { bytes: r.bytes, ttl: r.ttl },
-                            }
-                        } else {
-                            Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout }
-                        };
-                        on_sample(p.target, sample);
-                    }
+                match socket.recv(buf) {
+                    Ok(Some(r)) => each(r),
                     Ok(None) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -298,23 +268,282 @@ pub fn run_on(
                 }
             }
         }
-        // Timeouts are settled after reading, so a reply that was already queued counts.
+    }
+}
+
+/// The probe loop: send what is due, wait, read the replies, then settle the timeouts.
+fn run_with(
+    mut net: impl EchoNetwork,
+    plan: &IcmpPlan,
+    mut stop: impl FnMut() -> bool,
+    mut on_sample: impl FnMut(usize, Sample),
+) -> Result<(), ProbeError> {
+    if plan.interval < Duration::from_millis(1) {
+        return Err(ProbeError::Socket(io::Error::new(io::ErrorKind::InvalidInput, "probe interval under 1 ms")));
+    }
+    let mut schedule = Schedule::new(plan.targets.len(), plan.interval, plan.count, Instant::now());
+    let mut inflight = Inflight::default();
+    loop {
         let now = Instant::now();
-        while let Some(&(at, ip, wire_seq)) = expiry.front() {
-            if at > now {
-                break;
+        send_due(&mut net, plan, &mut schedule, &mut inflight, now, &mut on_sample);
+        let finished = plan.count.is_some() && inflight.is_empty() && schedule.exhausted();
+        if finished || stop() {
+            return Ok(());
+        }
+        let wake = [schedule.next_due(), inflight.next_expiry()].into_iter().flatten().min().unwrap_or(now + MAX_WAIT);
+        net.wait(wake.saturating_duration_since(Instant::now()).min(MAX_WAIT)).map_err(ProbeError::Socket)?;
+        receive_replies(&mut net, plan.timeout, &mut inflight, &mut on_sample);
+        // Timeouts are settled after reading, so a reply that was already queued counts.
+        settle_timeouts(&mut inflight, Instant::now(), &mut on_sample);
+    }
+}
+
+/// Sends every probe due within the next [`SLICE`] of `now`: still spread over the interval,
+/// but with one wake-up per slice instead of one per probe.
+fn send_due(
+    net: &mut impl EchoNetwork,
+    plan: &IcmpPlan,
+    schedule: &mut Schedule,
+    inflight: &mut Inflight,
+    now: Instant,
+    on_sample: &mut impl FnMut(usize, Sample),
+) {
+    while let Some((target, seq)) = schedule.pop_due(now + SLICE, now) {
+        let ip = plan.targets[target];
+        let wire_seq = seq as u16; // ping's icmp_seq wraps at 65536 too
+        let sent_wall = SystemTime::now();
+        let sent = Instant::now();
+        match net.send(ip, wire_seq) {
+            Some(Ok(())) => inflight.add(ip, wire_seq, Pending { target, seq, sent, sent_wall }, plan.timeout),
+            Some(Err(e)) => on_sample(target, Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) }),
+            None => {}
+        }
+    }
+}
+
+/// Matches every queued reply to its probe: a reply, or a timeout if it came too late.
+fn receive_replies(
+    net: &mut impl EchoNetwork,
+    timeout: Duration,
+    inflight: &mut Inflight,
+    on_sample: &mut impl FnMut(usize, Sample),
+) {
+    net.replies(&mut |r| {
+        let Some(p) = inflight.answer(r.from, r.seq) else { return };
+        // The kernel's receive time decides; without it, our own clock.
+        let rtt = r.kernel_time.and_then(|k| k.duration_since(p.sent_wall).ok()).unwrap_or_else(|| p.sent.elapsed());
+        let sample = if rtt <= timeout {
+            Sample { seq: p.seq, rtt: Some(rtt), outcome: Outcome::Reply { bytes: r.bytes, ttl: r.ttl } }
+        } else {
+            Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout }
+        };
+        on_sample(p.target, sample);
+    });
+}
+
+/// Reports a timeout for every probe still unanswered at its deadline.
+fn settle_timeouts(inflight: &mut Inflight, now: Instant, on_sample: &mut impl FnMut(usize, Sample)) {
+    while let Some(p) = inflight.pop_expired(now) {
+        on_sample(p.target, Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout });
+    }
+}
+
+/// Which target is due when: target `i` of `n` first goes at `start + i/n` of the interval,
+/// then once per interval on its own grid.
+struct Schedule {
+    /// (due, target), soonest first.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Probes sent per target.
+    sent: Vec<u64>,
+    interval: Duration,
+    count: Option<u64>,
+}
+
+impl Schedule {
+    fn new(targets: usize, interval: Duration, count: Option<u64>, start: Instant) -> Self {
+        let n = targets.max(1) as u32;
+        let due = (0..targets).map(|i| Reverse((start + interval / n * i as u32, i))).collect();
+        Self { due, sent: vec![0; targets], interval, count }
+    }
+
+    /// The next target due by `horizon` with the sequence number of its probe (from 1), moved
+    /// on to its next turn; targets that have had `count` probes leave the schedule. `now`
+    /// keeps a target on its own grid after a stall, so that late targets do not all bunch up
+    /// in one slice from then on.
+    fn pop_due(&mut self, horizon: Instant, now: Instant) -> Option<(usize, u64)> {
+        while let Some(&Reverse((at, t))) = self.due.peek() {
+            if at > horizon {
+                return None;
             }
-            expiry.pop_front();
-            if let Some(p) = pending.remove(&(ip, wire_seq)) {
-                on_sample(p.target, Sample { seq: p.seq, rtt: None, outcome: Outcome::Timeout });
+            self.due.pop();
+            if self.count.is_some_and(|c| self.sent[t] >= c) {
+                continue;
+            }
+            self.sent[t] += 1;
+            let late = now.saturating_duration_since(at).as_nanos() / self.interval.as_nanos().max(1);
+            self.due.push(Reverse((at + self.interval * (late.min(u128::from(u32::MAX)) as u32 + 1), t)));
+            return Some((t, self.sent[t]));
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Whether every target still scheduled has had `count` probes.
+    fn exhausted(&self) -> bool {
+        self.due.iter().all(|Reverse((_, t))| self.count.is_some_and(|c| self.sent[*t] >= c))
+    }
+}
+
+/// One probe in flight.
+struct Pending {
+    target: usize,
+    seq: u64,
+    sent: Instant,
+    sent_wall: SystemTime,
+}
+
+/// The probes awaiting a reply, by (address, wire sequence), with their deadlines.
+#[derive(Default)]
+struct Inflight {
+    pending: HashMap<(IpAddr, u16), Pending>,
+    /// Deadlines in send order, which is deadline order since every probe has the same timeout.
+    expiry: VecDeque<(Instant, IpAddr, u16)>,
+}
+
+impl Inflight {
+    fn add(&mut self, ip: IpAddr, wire_seq: u16, p: Pending, timeout: Duration) {
+        self.expiry.push_back((p.sent + timeout, ip, wire_seq));
+        self.pending.insert((ip, wire_seq), p);
+    }
+
+    /// The probe a reply answers, if it is still waiting.
+    fn answer(&mut self, from: IpAddr, wire_seq: u16) -> Option<Pending> {
+        self.pending.remove(&(from, wire_seq))
+    }
+
+    /// A probe whose deadline has passed by `now` and that is still unanswered.
+    fn pop_expired(&mut self, now: Instant) -> Option<Pending> {
+        while let Some(&(at, ip, wire_seq)) = self.expiry.front() {
+            if at > now {
+                return None;
+            }
+            self.expiry.pop_front();
+            if let Some(p) = self.pending.remove(&(ip, wire_seq)) {
+                return Some(p);
             }
         }
+        None
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.front().map(|e| e.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ten_thousand_targets_are_spread_evenly_over_one_second_without_bursts() {
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        let mut schedule = Schedule::new(10_000, second, None, t0);
+        let mut seen = vec![0u32; 10_000];
+        let mut per_slice = Vec::new();
+        // The probe loop's view: one wake-up per millisecond slice, for two intervals.
+        for ms in 0..2000 {
+            let now = t0 + SLICE * ms;
+            let due: Vec<(usize, u64)> = std::iter::from_fn(|| schedule.pop_due(now + SLICE, now)).collect();
+            for &(t, seq) in &due {
+                seen[t] += 1;
+                assert_eq!(u64::from(seen[t]), seq, "each target counts its own probes");
+            }
+            per_slice.push(due.len());
+        }
+        // Every target twice; the last slice (ending at exactly 2 s) also takes target 0's third.
+        assert_eq!(seen[0], 3);
+        assert!(seen[1..].iter().all(|&n| n == 2));
+        // 10 probes per millisecond, 100 µs apart; only the first slice, which starts with a
+        // probe due at its very beginning, takes one more.
+        assert_eq!(per_slice[0], 11);
+        assert!(per_slice[1..].iter().all(|&n| n == 10), "{per_slice:?}");
+    }
+
+    #[test]
+    fn after_a_stall_targets_keep_their_own_place_in_the_interval() {
+        let (t0, interval) = (Instant::now(), Duration::from_millis(100));
+        let mut schedule = Schedule::new(4, interval, Some(3), t0);
+        // Woken 2.5 intervals late: the four overdue probes go now...
+        let late = t0 + Duration::from_millis(250);
+        let burst: Vec<(usize, u64)> = std::iter::from_fn(|| schedule.pop_due(late + SLICE, late)).collect();
+        assert_eq!(burst, vec![(0, 1), (1, 1), (2, 1), (3, 1)]);
+        // ...and the next ones are 25 ms apart again, each target at its own offset in the
+        // interval (target 3, due at 75 ms, comes first: 275 ms is its first turn after 250).
+        let next: Vec<Instant> = std::iter::from_fn(|| {
+            let at = schedule.next_due()?;
+            schedule.pop_due(at, at).map(|_| at)
+        })
+        .take(4)
+        .collect();
+        let offsets: Vec<u128> = next.iter().map(|at| at.duration_since(t0).as_millis()).collect();
+        assert_eq!(offsets, vec![275, 300, 325, 350]);
+        assert!(!schedule.exhausted());
+    }
+
+    /// A network whose replies arrive while the prober is stalled past their deadline.
+    struct StalledNetwork {
+        stall: Duration,
+        sent: Vec<(IpAddr, u16, SystemTime)>,
+        queued: Vec<EchoReply>,
+    }
+
+    impl EchoNetwork for StalledNetwork {
+        fn send(&mut self, to: IpAddr, seq: u16) -> Option<io::Result<()>> {
+            self.sent.push((to, seq, SystemTime::now()));
+            Some(Ok(()))
+        }
+
+        fn wait(&mut self, _timeout: Duration) -> io::Result<()> {
+            std::thread::sleep(self.stall);
+            // The kernel received each reply 2 ms after its request; it has waited since.
+            for &(from, seq, at) in &self.sent {
+                let kernel_time = Some(at + Duration::from_millis(2));
+                self.queued.push(EchoReply { from, seq, bytes: 64, ttl: Some(64), kernel_time });
+            }
+            self.sent.clear();
+            Ok(())
+        }
+
+        fn replies(&mut self, each: &mut dyn FnMut(EchoReply)) {
+            self.queued.drain(..).for_each(each);
+        }
+    }
+
+    #[test]
+    fn a_reply_queued_before_its_deadline_counts_even_when_read_after_it() {
+        let plan = IcmpPlan {
+            targets: vec!["127.0.44.5".parse().unwrap()],
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(10),
+            size: 56,
+            count: Some(1),
+        };
+        let net = StalledNetwork { stall: Duration::from_millis(30), sent: Vec::new(), queued: Vec::new() };
+        let mut got = Vec::new();
+        run_with(net, &plan, || false, |t, s| got.push((t, s))).unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (target, sample) = &got[0];
+        assert_eq!((*target, sample.seq), (0, 1));
+        assert!(matches!(sample.outcome, Outcome::Reply { bytes: 64, ttl: Some(64) }), "{sample:?}");
+        assert!(sample.rtt.is_some_and(|rtt| rtt >= Duration::from_millis(2) && rtt < Duration::from_millis(10)));
+    }
 
     #[test]
     fn checksum_matches_rfc1071_examples() {

@@ -1,20 +1,24 @@
-//! The UDP balancer: one event loop on a thread of its own, batching with `recvmmsg` on the
-//! listening socket and `sendmmsg` for the replies, with a bounded table of client flows.
+//! The UDP balancer: one `mio` event loop per worker thread, batching with `recvmmsg` on the
+//! listening socket and `sendmmsg` for the replies, with an O(1) LRU table of client flows.
 //!
 //! Each client address gets a flow: an upstream socket of its own, so a backend's reply — which
 //! arrives on that socket — can be sent back to exactly that client. Datagrams rotate over the
 //! backends one by one (or stay with one backend per client under `affinity = "client"`). No
 //! datagram allocates or takes a lock; a silent backend costs a table entry, never a wait.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use hashlink::LinkedHashMap;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
 
 use crate::balance::{BackendSet, Picker};
 use crate::clock::UtcTime;
@@ -23,7 +27,7 @@ use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
-use crate::sys::{Batch, Epoll};
+use crate::sys::Batch;
 
 /// Datagrams moved per system call at most.
 const BATCH: usize = 32;
@@ -31,8 +35,8 @@ const BATCH: usize = 32;
 const SLOT: usize = 65_536;
 /// How often idle flows are swept and the stop signal is checked.
 const TICK: Duration = Duration::from_millis(100);
-/// The epoll token of the listening socket; flow `i` is `i + 1`.
-const LISTENER: u64 = 0;
+/// The mio token of the listening socket; flow token `i` is `Token(i + 1)`.
+const LISTENER: Token = Token(0);
 
 /// A bound, ready-to-run UDP balancer.
 pub struct UdpBalancer {
@@ -87,12 +91,11 @@ impl std::fmt::Display for UdpStats {
     }
 }
 
+/// One client's upstream side.
 struct Flow {
-    client: SocketAddr,
     socket: UdpSocket,
     /// Where this client's datagrams last went (kept under client affinity).
     backend: Option<SocketAddr>,
-    last_seen: Instant,
 }
 
 impl UdpBalancer {
@@ -158,10 +161,8 @@ impl UdpBalancer {
 struct Relay {
     shared: Arc<Shared>,
     socket: UdpSocket,
-    epoll: Epoll,
-    flows: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    by_client: HashMap<SocketAddr, usize>,
+    poll: Poll,
+    flows: FlowTable<Flow>,
     requests: Batch,
     replies: Batch,
     stats: UdpStats,
@@ -170,14 +171,12 @@ struct Relay {
 
 impl Relay {
     fn new(shared: Arc<Shared>, socket: UdpSocket) -> io::Result<Self> {
-        let epoll = Epoll::new(256)?;
-        epoll.add(socket.as_raw_fd(), LISTENER)?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), LISTENER, Interest::READABLE)?;
         Ok(Self {
-            epoll,
+            poll,
             socket,
-            flows: Vec::new(),
-            free: Vec::new(),
-            by_client: HashMap::new(),
+            flows: FlowTable::new(),
             requests: Batch::new(BATCH, SLOT),
             replies: Batch::new(BATCH, SLOT),
             stats: UdpStats::default(),
@@ -187,18 +186,27 @@ impl Relay {
     }
 
     fn run(mut self, shutdown: CancellationToken) -> io::Result<UdpStats> {
-        let mut ready = Vec::with_capacity(256);
+        let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
-        let tick_ms = TICK.as_millis() as i32;
+        // mio is edge-triggered: a listener whose batch came back full may hold more datagrams
+        // without a new event, so it is read again on the next turn, after the others had theirs.
+        let mut more_requests = false;
         while !shutdown.is_cancelled() {
-            self.epoll.wait_into(tick_ms, &mut ready)?;
+            let wait = if more_requests { Duration::ZERO } else { TICK };
+            match self.poll.poll(&mut events, Some(wait)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+                r => r?,
+            }
             self.now = Instant::now();
-            for &token in &ready {
-                if token == LISTENER {
-                    self.on_requests()?;
-                } else {
-                    self.on_replies((token - 1) as usize)?;
+            let mut read_requests = std::mem::take(&mut more_requests);
+            for event in &events {
+                match event.token() {
+                    LISTENER => read_requests = true,
+                    Token(t) => self.on_replies(t - 1)?,
                 }
+            }
+            if read_requests {
+                more_requests = self.on_requests()?;
             }
             self.flush_replies();
             if self.now.duration_since(last_sweep) >= TICK {
@@ -209,20 +217,24 @@ impl Relay {
         Ok(self.stats)
     }
 
-    /// Reads a batch from clients and sends each datagram on to its backend.
-    fn on_requests(&mut self) -> io::Result<()> {
+    /// Reads a batch from clients and sends each datagram on to its backend. Returns whether
+    /// the batch was full (more may be queued).
+    fn on_requests(&mut self) -> io::Result<bool> {
         self.requests.clear();
-        self.requests.recv(self.socket.as_raw_fd())?;
+        self.requests.recv(self.socket.as_fd())?;
         let set = self.shared.backends.load();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
             };
-            let slot = self.flow_for(client, &set)?;
-            let Some(flow) = self.flows[slot].as_mut() else {
-                continue;
+            let flow = match self.flows.touch(&client, self.now) {
+                Some(flow) => flow,
+                None => {
+                    self.open_flow(client, &set)?;
+                    let Some(flow) = self.flows.touch(&client, self.now) else { continue };
+                    flow
+                }
             };
-            flow.last_seen = self.now;
             let backend = self.shared.picker.pick(&set, flow.backend, self.now);
             if self.shared.affinity == Affinity::Client {
                 flow.backend = backend;
@@ -247,26 +259,27 @@ impl Relay {
                 ));
             }
         }
-        Ok(())
+        Ok(self.requests.is_full())
     }
 
-    /// Reads what backends sent to flow `slot` and queues it for the flow's client.
-    fn on_replies(&mut self, slot: usize) -> io::Result<()> {
+    /// Reads everything backends sent to flow `token` and queues it for the flow's client.
+    fn on_replies(&mut self, token: usize) -> io::Result<()> {
         loop {
             if self.replies.is_full() {
                 self.flush_replies();
             }
-            let Some(flow) = self.flows.get_mut(slot).and_then(Option::as_mut) else {
+            let Some((client, flow)) = self.flows.by_token(token) else {
                 return Ok(());
             };
             let before = self.replies.len();
-            // An error here is an ICMP report queued on the flow socket: nothing to relay.
-            let got = self.replies.recv(flow.socket.as_raw_fd()).unwrap_or_default();
+            // An error here is an ICMP report queued on the flow socket: nothing to relay. Flow
+            // sockets are unconnected, so a short batch means the queue is empty (no datagram
+            // waits behind an error), which edge-triggered readiness needs.
+            let got = self.replies.recv(flow.socket.as_fd()).unwrap_or_default();
             if got == 0 {
                 return Ok(());
             }
-            flow.last_seen = self.now;
-            let client = flow.client;
+            self.flows.touch(&client, self.now);
             let set = self.shared.backends.load();
             let mut i = before;
             while i < self.replies.len() {
@@ -302,26 +315,16 @@ impl Relay {
         if n == 0 {
             return;
         }
-        let failed = self.replies.send(self.socket.as_raw_fd()) as u64;
+        let failed = self.replies.send(self.socket.as_fd()) as u64;
         self.stats.replies += n - failed;
         self.stats.dropped += failed;
     }
 
-    /// The flow of `client`, opened (evicting the least recently used one if full) if new.
-    fn flow_for(&mut self, client: SocketAddr, set: &BackendSet) -> io::Result<usize> {
-        if let Some(&slot) = self.by_client.get(&client) {
-            return Ok(slot);
-        }
-        if self.by_client.len() >= self.shared.max_flows {
-            let oldest = self
-                .flows
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| f.as_ref().map(|f| (i, f.last_seen)))
-                .min_by_key(|&(_, seen)| seen)
-                .map(|(i, _)| i);
-            if let Some(slot) = oldest {
-                self.close_flow(slot);
+    /// Opens a flow for a new `client`, first evicting the least recently used one if full.
+    fn open_flow(&mut self, client: SocketAddr, set: &BackendSet) -> io::Result<()> {
+        if self.flows.len() >= self.shared.max_flows {
+            if let Some(flow) = self.flows.pop_lru() {
+                self.close_flow(flow);
                 self.stats.flows_evicted += 1;
             }
         }
@@ -329,36 +332,271 @@ impl Relay {
         let any = if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
         let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
         socket.set_nonblocking(true)?;
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.flows.push(None);
-            self.flows.len() - 1
-        });
-        self.epoll.add(socket.as_raw_fd(), slot as u64 + 1)?;
-        self.flows[slot] = Some(Flow { client, socket, backend: None, last_seen: self.now });
-        self.by_client.insert(client, slot);
+        let token = Token(self.flows.next_token() + 1);
+        self.poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), token, Interest::READABLE)?;
         self.stats.flows_opened += 1;
-        Ok(slot)
+        self.flows.insert(client, Flow { socket, backend: None }, self.now);
+        Ok(())
     }
 
-    fn close_flow(&mut self, slot: usize) {
-        if let Some(flow) = self.flows[slot].take() {
-            let _ = self.epoll.delete(flow.socket.as_raw_fd());
-            self.by_client.remove(&flow.client);
-            self.free.push(slot);
-        }
+    /// Stops watching a flow's socket; dropping the flow closes it, so a late reply to it
+    /// reaches nobody.
+    fn close_flow(&self, flow: Flow) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&flow.socket.as_raw_fd()));
     }
 
+    /// Closes the flows idle for the idle timeout: the front of the table, up to the first
+    /// one that is not.
     fn sweep_idle(&mut self) {
-        let idle = self.shared.idle_timeout;
-        let now = self.now;
-        let expired: Vec<usize> = self
-            .flows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| f.as_ref().filter(|f| now.duration_since(f.last_seen) >= idle).map(|_| i))
-            .collect();
-        for slot in expired {
-            self.close_flow(slot);
+        while let Some(flow) = self.flows.pop_idle(self.now, self.shared.idle_timeout) {
+            self.close_flow(flow);
         }
+    }
+}
+
+/// Client flows in least-recently-used order (the front has been idle longest), each with the
+/// token its socket is watched under. Every operation is O(1).
+struct FlowTable<F> {
+    /// Insertion order is use order: a flow moves to the back on every datagram in or out.
+    by_client: LinkedHashMap<SocketAddr, Entry<F>, RandomState>,
+    /// Token -> client, so an event on a flow's socket finds its flow.
+    clients: Slab<SocketAddr>,
+}
+
+struct Entry<F> {
+    token: usize,
+    last_seen: Instant,
+    flow: F,
+}
+
+impl<F> FlowTable<F> {
+    fn new() -> Self {
+        Self { by_client: LinkedHashMap::with_hasher(RandomState::new()), clients: Slab::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// The flow of `client`, marked as used at `now` (moved to the back).
+    fn touch(&mut self, client: &SocketAddr, now: Instant) -> Option<&mut F> {
+        let entry = self.by_client.to_back(client)?;
+        entry.last_seen = now;
+        Some(&mut entry.flow)
+    }
+
+    /// The client and flow watched under `token`, leaving its place in the order alone.
+    fn by_token(&mut self, token: usize) -> Option<(SocketAddr, &mut F)> {
+        let client = *self.clients.get(token)?;
+        let entry = self.by_client.get_mut(&client)?;
+        Some((client, &mut entry.flow))
+    }
+
+    /// The token the next [`FlowTable::insert`] will give its flow.
+    fn next_token(&self) -> usize {
+        self.clients.vacant_key()
+    }
+
+    /// Adds the flow of a new `client` at the back, under [`FlowTable::next_token`].
+    fn insert(&mut self, client: SocketAddr, flow: F, now: Instant) {
+        let token = self.clients.insert(client);
+        if let Some(old) = self.by_client.insert(client, Entry { token, last_seen: now, flow }) {
+            // Callers insert only clients without a flow; keep the table consistent regardless.
+            self.clients.try_remove(old.token);
+        }
+    }
+
+    /// Removes the least recently used flow.
+    fn pop_lru(&mut self) -> Option<F> {
+        let (_, entry) = self.by_client.pop_front()?;
+        self.clients.try_remove(entry.token);
+        Some(entry.flow)
+    }
+
+    /// Removes the least recently used flow if it has been idle for `idle` at `now`.
+    fn pop_idle(&mut self, now: Instant, idle: Duration) -> Option<F> {
+        let (_, oldest) = self.by_client.front()?;
+        if now.duration_since(oldest.last_seen) < idle {
+            return None;
+        }
+        self.pop_lru()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addr, Backends, Dur};
+
+    fn client(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 44, 1], port))
+    }
+
+    #[test]
+    fn the_table_evicts_the_least_recently_used_flow_and_reuses_its_token() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new();
+        for port in 1..=3 {
+            assert_eq!(table.next_token(), usize::from(port) - 1);
+            table.insert(client(port), port, t0);
+        }
+        // Client 1 sends again: client 2 is now the least recently used.
+        assert_eq!(table.touch(&client(1), t0), Some(&mut 1));
+        assert_eq!(table.pop_lru(), Some(2));
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.by_token(1), None, "the evicted flow's token finds nothing");
+        assert_eq!(table.next_token(), 1, "and goes to the next flow");
+        table.insert(client(4), 4, t0);
+        assert_eq!(table.by_token(1), Some((client(4), &mut 4)));
+        assert_eq!(
+            [table.pop_lru(), table.pop_lru(), table.pop_lru(), table.pop_lru()],
+            [Some(3), Some(1), Some(4), None]
+        );
+    }
+
+    #[test]
+    fn a_reply_read_by_token_does_not_reorder_until_touched() {
+        let t0 = Instant::now();
+        let mut table = FlowTable::new();
+        table.insert(client(1), 1, t0);
+        table.insert(client(2), 2, t0);
+        assert_eq!(table.by_token(0), Some((client(1), &mut 1)));
+        assert_eq!(table.by_client.front().map(|(c, _)| *c), Some(client(1)));
+        table.touch(&client(1), t0);
+        assert_eq!(table.by_client.front().map(|(c, _)| *c), Some(client(2)));
+    }
+
+    #[test]
+    fn the_idle_sweep_stops_at_the_first_flow_still_in_use() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(30);
+        let mut table = FlowTable::new();
+        for port in 1..=4 {
+            table.insert(client(port), port, t0 + Duration::from_secs(u64::from(port)));
+        }
+        // Client 1 was used last, so it is at the back although it was opened first.
+        table.touch(&client(1), t0 + Duration::from_secs(20));
+        let now = t0 + Duration::from_secs(33);
+        let swept: Vec<u16> = std::iter::from_fn(|| table.pop_idle(now, idle)).collect();
+        assert_eq!(swept, vec![2, 3], "idle for 31 and 30 s");
+        assert_eq!(table.len(), 2);
+        let later = t0 + Duration::from_secs(40);
+        assert_eq!(table.pop_idle(later, idle), Some(4));
+        assert_eq!(table.pop_idle(later, idle), None, "client 1 was used 20 s before");
+    }
+
+    /// A balancer with one worker in this process, in front of `backend`.
+    fn balancer(
+        ip: &str,
+        backend: &UdpSocket,
+        max_flows: usize,
+    ) -> (SocketAddr, CancellationToken, Vec<thread::JoinHandle<io::Result<UdpStats>>>) {
+        let config = UdpBalancerConfig {
+            name: "test".into(),
+            listen: Addr(format!("{ip}:0").parse().unwrap()),
+            backends: Backends(vec![backend.local_addr().unwrap()]),
+            affinity: Affinity::default(),
+            max_flows,
+            flow_idle_timeout: Dur(Duration::from_secs(60)),
+            workers: Some(1),
+            access_log: false,
+            health: crate::config::HealthCheckConfig::default(),
+        };
+        let lb = UdpBalancer::bind(&config, Log::disabled()).unwrap();
+        let addr = lb.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let workers = lb.spawn(stop.clone()).unwrap();
+        (addr, stop, workers)
+    }
+
+    fn socket(ip: &str) -> UdpSocket {
+        let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// What `s` receives within `wait`, if anything.
+    fn recv_within(s: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    }
+
+    fn stop(stop: CancellationToken, workers: Vec<thread::JoinHandle<io::Result<UdpStats>>>) -> UdpStats {
+        stop.cancel();
+        workers.into_iter().map(|w| w.join().unwrap().unwrap()).next().unwrap()
+    }
+
+    #[test]
+    fn an_evicted_clients_late_reply_reaches_nobody() {
+        let ip = "127.0.44.2";
+        let backend = socket(ip);
+        let (lb, token, workers) = balancer(ip, &backend, 1);
+        let (a, b) = (socket(ip), socket(ip));
+        let mut buf = [0u8; 64];
+        a.send_to(b"from a", lb).unwrap();
+        let (_, flow_a) = backend.recv_from(&mut buf).unwrap();
+        // A second client with room for one flow: client a's flow is evicted and its socket closed.
+        b.send_to(b"from b", lb).unwrap();
+        let (_, flow_b) = backend.recv_from(&mut buf).unwrap();
+        assert_ne!(flow_a, flow_b, "a new flow has a socket of its own");
+        backend.send_to(b"late for a", flow_a).unwrap();
+        backend.send_to(b"for b", flow_b).unwrap();
+        assert_eq!(recv_within(&b, Duration::from_secs(2)).as_deref(), Some(&b"for b"[..]));
+        assert_eq!(recv_within(&b, Duration::from_millis(200)), None, "b gets only its own reply");
+        assert_eq!(recv_within(&a, Duration::from_millis(200)), None, "the evicted client gets nothing");
+        let stats = stop(token, workers);
+        assert_eq!((stats.flows_opened, stats.flows_evicted, stats.replies), (2, 1, 1), "{stats}");
+    }
+
+    #[test]
+    fn a_reply_keeps_a_flow_as_recent_as_a_request_does() {
+        let ip = "127.0.44.3";
+        let backend = socket(ip);
+        let (lb, token, workers) = balancer(ip, &backend, 2);
+        let (a, b, c) = (socket(ip), socket(ip), socket(ip));
+        let mut buf = [0u8; 64];
+        let mut flow_of = |s: &UdpSocket| {
+            s.send_to(b"ping", lb).unwrap();
+            backend.recv_from(&mut buf).unwrap().1
+        };
+        let flow_a = flow_of(&a);
+        let flow_b = flow_of(&b);
+        // a's reply is the last datagram through the table, so b is now the least recent...
+        backend.send_to(b"PING", flow_a).unwrap();
+        assert_eq!(recv_within(&a, Duration::from_secs(2)).as_deref(), Some(&b"PING"[..]));
+        // ...and is the one c evicts.
+        flow_of(&c);
+        assert_eq!(flow_of(&a), flow_a, "a keeps its flow");
+        assert_ne!(flow_of(&b), flow_b, "b had to open a new one");
+        let stats = stop(token, workers);
+        assert_eq!((stats.flows_opened, stats.flows_evicted), (4, 2), "{stats}");
+    }
+
+    #[test]
+    fn a_burst_several_batches_long_is_relayed_whole_both_ways() {
+        // Readiness is edge-triggered: what is left after a full batch must still be read
+        // although no further datagram arrives to announce it.
+        let ip = "127.0.44.4";
+        let backend = socket(ip);
+        let (lb, token, workers) = balancer(ip, &backend, 4);
+        let c = socket(ip);
+        let burst = 5 * BATCH + 3;
+        for i in 0..burst {
+            c.send_to(format!("ping {i}").as_bytes(), lb).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut flow = None;
+        for _ in 0..burst {
+            flow = Some(backend.recv_from(&mut buf).unwrap().1);
+        }
+        let flow = flow.unwrap();
+        for i in 0..burst {
+            backend.send_to(format!("PING {i}").as_bytes(), flow).unwrap();
+        }
+        let replies = std::iter::from_fn(|| recv_within(&c, Duration::from_millis(500))).count();
+        assert_eq!(replies, burst);
+        let stats = stop(token, workers);
+        assert_eq!((stats.requests, stats.replies, stats.dropped), (burst as u64, burst as u64, 0), "{stats}");
     }
 }

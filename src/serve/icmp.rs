@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -33,7 +33,7 @@ pub fn open() -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
     s.set_nonblocking(true)?;
     // The delay counts from the kernel's receive time, not from when this thread woke up.
-    sys::enable_ttl_and_timestamps(s.as_raw_fd(), false)?;
+    sys::enable_ttl_and_timestamps(s.as_fd(), false)?;
     Ok(s)
 }
 
@@ -50,11 +50,11 @@ pub fn serve(socket: Socket, faults: EchoFaults, log: Log, shutdown: Cancellatio
             }
         }
         let wait = queue.front().map_or(Duration::from_millis(100), |(due, _, _)| due.saturating_duration_since(now));
-        if sys::poll_readable(&[socket.as_raw_fd()], wait.min(Duration::from_millis(100)))? == 0 {
+        if sys::poll_readable(&[socket.as_fd()], wait.min(Duration::from_millis(100)))? == 0 {
             continue;
         }
         loop {
-            let meta = match sys::recv_meta(socket.as_raw_fd(), &mut buf) {
+            let meta = match sys::recv_meta(socket.as_fd(), &mut buf) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -124,7 +124,7 @@ fn serve(
         }
         // ppoll keeps sub-millisecond timing; SO_RCVTIMEO would round waits to the kernel tick.
         let wait = delayed.front().map_or(POLL, |(due, _, _)| due.saturating_duration_since(now).min(POLL));
-        if crate::sys::poll_readable(&[socket.as_raw_fd()], wait)? == 0 {
+        if crate::sys::poll_readable(&[socket.as_fd()], wait)? == 0 {
             continue;
         }
         let (n, peer) = match socket.recv_from(&mut buf) {

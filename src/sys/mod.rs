@@ -1,65 +1,19 @@
-//! Thin wrappers over the Linux system calls the UDP data path batches with: `epoll`,
-//! `recvmmsg` and `sendmmsg`. This is the only module allowed `unsafe`; each block says why it
-//! is sound.
-#![allow(unsafe_code)]
+//! The system calls netpulse makes beyond std, socket2 and mio. Control messages (TTL / hop
+//! limit, `SO_TIMESTAMPNS`), `ppoll` and interface addresses go through `nix`'s safe wrappers;
+//! hand-written are only the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
+//! datagrams per system call, no allocation per datagram) and `ICMP_FILTER`, for which `nix` has
+//! no option. Those are the crate's only `unsafe`; each block says why it is sound.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A level-triggered epoll instance.
-#[derive(Debug)]
-pub(crate) struct Epoll {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Epoll {
-    pub(crate) fn new(max_events: usize) -> io::Result<Self> {
-        // SAFETY: plain system call; the returned descriptor is checked before it is owned.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let events = vec![libc::epoll_event { events: 0, u64: 0 }; max_events.max(1)];
-        Ok(Self { fd, events })
-    }
-
-    /// Watches `fd` for readability, reporting `token`.
-    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-
-    /// Stops watching `fd`.
-    pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; the event argument is ignored for DEL but must be non-null on old kernels.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-
-    /// Waits up to `timeout_ms` and puts the ready tokens in `ready` (cleared first; reused so
-    /// that waiting allocates nothing).
-    pub(crate) fn wait_into(&mut self, timeout_ms: i32, ready: &mut Vec<u64>) -> io::Result<()> {
-        ready.clear();
-        // SAFETY: the buffer holds `events.len()` writable epoll_event slots.
-        let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
-        }
-        ready.extend(self.events[..n as usize].iter().map(|e| e.u64));
-        Ok(())
-    }
-}
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
 
 /// A batch of datagram slots for `recvmmsg`/`sendmmsg`, allocated once and reused. Slots must
 /// hold the largest datagram the socket can receive, or the kernel truncates it.
@@ -78,8 +32,10 @@ pub(crate) struct Batch {
 
 // SAFETY: the raw pointers inside point only into the batch's own heap buffers, which move
 // with it; nothing is shared with another thread.
+#[allow(unsafe_code)]
 unsafe impl Send for Batch {}
 
+#[allow(unsafe_code)]
 impl Batch {
     /// `slots` datagrams of up to `slot` bytes each.
     pub(crate) fn new(slots: usize, slot: usize) -> Self {
@@ -126,7 +82,7 @@ impl Batch {
 
     /// Receives as many datagrams as are queued on `fd` (without waiting) into the free slots.
     /// Returns how many arrived; `Ok(0)` when none were waiting.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         let start = self.filled;
         let want = self.capacity() - start;
         if want == 0 {
@@ -139,7 +95,13 @@ impl Batch {
         // SAFETY: headers `start..capacity` point at valid iovecs and address slots owned by
         // `self`; the kernel writes at most `iov_len` bytes and `msg_namelen` address bytes.
         let n = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr().add(start), want as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr().add(start),
+                want as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -189,7 +151,7 @@ impl Batch {
     /// Sends every datagram held to its address on `fd` with as few `sendmmsg` calls as the
     /// kernel allows, then empties the batch. Returns how many could not be sent (a full socket
     /// buffer or a per-datagram error drops that datagram, as UDP does).
-    pub(crate) fn send(&mut self, fd: RawFd) -> usize {
+    pub(crate) fn send(&mut self, fd: BorrowedFd<'_>) -> usize {
         let total = self.filled;
         let mut at = 0;
         let mut failed = 0;
@@ -199,8 +161,9 @@ impl Batch {
         while at < total {
             // SAFETY: headers `at..total` point at valid iovecs (lengths set above) and
             // addresses (set by `set_addr` or `recv`) owned by `self`.
-            let n =
-                unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr().add(at), (total - at) as u32, libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::sendmmsg(fd.as_raw_fd(), self.hdrs.as_mut_ptr().add(at), (total - at) as u32, libc::MSG_DONTWAIT)
+            };
             if n > 0 {
                 at += n as usize;
                 continue;
@@ -224,6 +187,7 @@ impl Batch {
 }
 
 /// Writes `addr` into `storage`; returns the address length.
+#[allow(unsafe_code)]
 fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> u32 {
     match addr {
         SocketAddr::V4(a) => {
@@ -253,6 +217,7 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> u32 {
 }
 
 /// Reads an IPv4 or IPv6 address out of `storage`.
+#[allow(unsafe_code)]
 fn from_storage(storage: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
@@ -276,12 +241,124 @@ fn from_storage(storage: &libc::sockaddr_storage, len: u32) -> Option<SocketAddr
     }
 }
 
+/// What `recv_meta` learned about one received packet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvMeta {
+    pub len: usize,
+    pub from: Option<SocketAddr>,
+    /// IPv4 TTL or IPv6 hop limit, when the socket asked for it.
+    pub ttl: Option<u8>,
+    /// The kernel's receive time (`SO_TIMESTAMPNS`), when the socket asked for it.
+    pub kernel_time: Option<SystemTime>,
+}
+
+/// On a raw IPv4 ICMP socket, has the kernel deliver only echo replies (not every ICMP packet
+/// the host receives, which on loopback includes our own requests). Hand-written: neither `nix`
+/// nor `socket2` has an `ICMP_FILTER` option.
+#[allow(unsafe_code)]
+pub(crate) fn only_echo_replies(fd: BorrowedFd<'_>) -> io::Result<()> {
+    const ICMP_FILTER: i32 = 1;
+    // The filter is a bitmask of ICMP types to drop: all but type 0.
+    let blocked: u32 = !1;
+    // SAFETY: passes a pointer to a live u32 and its exact size, on a descriptor borrowed for
+    // the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_RAW,
+            ICMP_FILTER,
+            (&blocked as *const u32).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Asks the kernel to report each packet's TTL (hop limit) and receive timestamp.
+pub(crate) fn enable_ttl_and_timestamps(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true)?;
+    } else {
+        setsockopt(&fd, sockopt::Ipv4RecvTtl, &true)?;
+    }
+    setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
+    Ok(())
+}
+
+/// Room for the control messages `recv_meta` asks for (a TTL and a timespec need 48 bytes),
+/// aligned for `cmsghdr` as the kernel and `nix` expect.
+#[repr(C, align(8))]
+struct ControlBuf([u8; 128]);
+
+/// `recvmsg` without waiting, with the TTL and kernel timestamp control messages decoded.
+pub(crate) fn recv_meta(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    let mut control = ControlBuf([0; 128]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(fd.as_raw_fd(), &mut iov, Some(&mut control.0), MsgFlags::MSG_DONTWAIT)?;
+    let mut meta = RecvMeta { len: msg.bytes, from: msg.address.and_then(socket_addr), ttl: None, kernel_time: None };
+    // A truncated control buffer (it is sized for what we ask) is read as "no metadata".
+    for c in msg.cmsgs().into_iter().flatten() {
+        match c {
+            ControlMessageOwned::Ipv4Ttl(v) | ControlMessageOwned::Ipv6HopLimit(v) => meta.ttl = u8::try_from(v).ok(),
+            ControlMessageOwned::ScmTimestampns(ts) => meta.kernel_time = system_time(ts),
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+/// A kernel timestamp as wall-clock time; `None` before the epoch or out of range.
+fn system_time(ts: TimeSpec) -> Option<SystemTime> {
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(ts.tv_sec()), u32::try_from(ts.tv_nsec())) else {
+        return None;
+    };
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos.min(999_999_999)))
+}
+
+/// An IPv4 or IPv6 socket address out of `nix`'s storage.
+fn socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
+    match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+        (Some(v4), _) => Some(SocketAddr::V4(SocketAddrV4::from(*v4))),
+        (_, Some(v6)) => Some(SocketAddr::V6(SocketAddrV6::from(*v6))),
+        _ => None,
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; bit `i` of the result is set when
+/// `fds[i]` is readable (or has an error or hang-up to report).
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<u64> {
+    let mut p: Vec<PollFd<'_>> = fds.iter().map(|&fd| PollFd::new(fd, PollFlags::POLLIN)).collect();
+    // ppoll takes nanoseconds, so probes and delayed replies keep sub-millisecond timing
+    // (poll's milliseconds would not).
+    let ts = TimeSpec::from_duration(timeout.min(Duration::from_secs(i32::MAX as u64)));
+    match ppoll(&mut p, Some(ts), None) {
+        Ok(_) => {}
+        Err(Errno::EINTR) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    // Any returned event counts, as with raw revents != 0 (`None` means flags nix does not know).
+    Ok(p.iter().enumerate().filter(|(_, p)| p.any().unwrap_or(true)).fold(0, |m, (i, _)| m | 1 << i))
+}
+
+/// Every (interface name, address) pair the OS reports (`getifaddrs`).
+pub(crate) fn interface_addrs() -> io::Result<Vec<(String, IpAddr)>> {
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let ip = ifa.address.and_then(socket_addr)?.ip();
+            Some((ifa.interface_name, ip))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+    use std::time::Instant;
 
     #[test]
+    #[allow(unsafe_code)]
     fn addresses_round_trip_through_storage() {
         for a in ["127.0.0.1:8888", "[::1]:2526", "[fe80::1%2]:53"] {
             let addr: SocketAddr = a.parse().unwrap();
@@ -303,7 +380,7 @@ mod tests {
         let mut batch = Batch::new(8, 2048);
         let mut got = 0;
         while got < 5 {
-            got += batch.recv(server.as_raw_fd()).unwrap();
+            got += batch.recv(server.as_fd()).unwrap();
         }
         assert_eq!(batch.len(), 5);
         for i in 0..5 {
@@ -313,164 +390,47 @@ mod tests {
         batch.swap_remove(1);
         assert_eq!(batch.len(), 4);
         assert_eq!(batch.payload(1), &[4u8; 104][..]);
-        assert_eq!(batch.send(server.as_raw_fd()), 0);
+        assert_eq!(batch.send(server.as_fd()), 0);
         let mut buf = [0u8; 2048];
         let mut lens: Vec<usize> = (0..4).map(|_| client.recv(&mut buf).unwrap()).collect();
         lens.sort_unstable();
         assert_eq!(lens, vec![100, 102, 103, 104]);
     }
-}
 
-/// What `recv_meta` learned about one received packet.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RecvMeta {
-    pub len: usize,
-    pub from: Option<SocketAddr>,
-    /// IPv4 TTL or IPv6 hop limit, when the socket asked for it.
-    pub ttl: Option<u8>,
-    /// The kernel's receive time (`SO_TIMESTAMPNS`), when the socket asked for it.
-    pub kernel_time: Option<std::time::SystemTime>,
-}
-
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live i32 and its exact size.
-    let r = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// On a raw IPv4 ICMP socket, has the kernel deliver only echo replies (not every ICMP packet
-/// the host receives, which on loopback includes our own requests).
-pub(crate) fn only_echo_replies(fd: RawFd) -> io::Result<()> {
-    const ICMP_FILTER: i32 = 1;
-    // The filter is a bitmask of ICMP types to drop: all but type 0.
-    let blocked: u32 = !1;
-    // SAFETY: passes a pointer to a live u32 and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_RAW,
-            ICMP_FILTER,
-            (&blocked as *const u32).cast(),
-            size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Asks the kernel to report each packet's TTL (hop limit) and receive timestamp.
-pub(crate) fn enable_ttl_and_timestamps(fd: RawFd, v6: bool) -> io::Result<()> {
-    if v6 {
-        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
-    } else {
-        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+    #[test]
+    fn recv_meta_reports_sender_ttl_and_kernel_time() {
+        let server = UdpSocket::bind("127.0.44.9:0").unwrap();
+        let client = UdpSocket::bind("127.0.44.9:0").unwrap();
+        enable_ttl_and_timestamps(server.as_fd(), false).unwrap();
+        let mut buf = [0u8; 64];
+        let nothing = recv_meta(server.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+        let before = SystemTime::now();
+        client.send_to(b"hello", server.local_addr().unwrap()).unwrap();
+        assert_eq!(poll_readable(&[server.as_fd()], Duration::from_secs(2)).unwrap(), 1);
+        let meta = recv_meta(server.as_fd(), &mut buf).unwrap();
+        assert_eq!((meta.len, &buf[..5]), (5, &b"hello"[..]));
+        assert_eq!(meta.from, Some(client.local_addr().unwrap()));
+        assert_eq!(meta.ttl, Some(64), "the default TTL, unchanged on loopback");
+        let kernel = meta.kernel_time.unwrap();
+        assert!(kernel >= before - Duration::from_millis(1) && kernel <= SystemTime::now());
     }
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
-}
 
-/// `recvmsg` without waiting, with the TTL and kernel timestamp control messages decoded.
-pub(crate) fn recv_meta(fd: RawFd, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    // SAFETY: all-zero is a valid sockaddr_storage, msghdr and iovec.
-    let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let mut control = [0u64; 16]; // 128 bytes, aligned for cmsghdr
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: every pointer in `msg` refers to a live local buffer of the stated size.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    #[test]
+    fn poll_readable_says_which_socket_and_waits_below_a_millisecond() {
+        let a = UdpSocket::bind("127.0.44.9:0").unwrap();
+        let b = UdpSocket::bind("127.0.44.9:0").unwrap();
+        let started = Instant::now();
+        assert_eq!(poll_readable(&[a.as_fd(), b.as_fd()], Duration::from_micros(300)).unwrap(), 0);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_micros(300) && waited < Duration::from_millis(20), "{waited:?}");
+        a.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(poll_readable(&[a.as_fd(), b.as_fd()], Duration::from_secs(2)).unwrap(), 0b10);
     }
-    let mut meta =
-        RecvMeta { len: n as usize, from: from_storage(&addr, msg.msg_namelen), ttl: None, kernel_time: None };
-    // SAFETY: CMSG_* walk the control buffer the kernel filled, bounded by msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let (level, kind, data) = ((*c).cmsg_level, (*c).cmsg_type, libc::CMSG_DATA(c));
-            let fits = |n: usize| (*c).cmsg_len as usize >= libc::CMSG_LEN(n as u32) as usize;
-            if ((level == libc::IPPROTO_IP && kind == libc::IP_TTL)
-                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT))
-                && fits(size_of::<i32>())
-            {
-                let v: i32 = std::ptr::read_unaligned(data.cast());
-                meta.ttl = u8::try_from(v).ok();
-            } else if level == libc::SOL_SOCKET && kind == libc::SO_TIMESTAMPNS && fits(size_of::<libc::timespec>()) {
-                let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
-                if let (Ok(secs), Ok(nanos)) = (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
-                    meta.kernel_time =
-                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos.min(999_999_999)));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(meta)
-}
 
-/// Waits until one of `fds` is readable or `timeout` passes; bit `i` of the result is set when
-/// `fds[i]` is readable.
-pub(crate) fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> io::Result<u64> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // ppoll takes nanoseconds, so probes and delayed replies keep sub-millisecond timing.
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `p` holds `p.len()` valid pollfd entries; `ts` lives across the call; no sigmask.
-    let r = unsafe { libc::ppoll(p.as_mut_ptr(), p.len() as libc::nfds_t, &ts, std::ptr::null()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    #[test]
+    fn interface_addrs_include_loopback() {
+        let addrs = interface_addrs().unwrap();
+        assert!(addrs.contains(&("lo".to_string(), IpAddr::V4(Ipv4Addr::LOCALHOST))), "{addrs:?}");
     }
-    Ok(p.iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
-}
-
-/// Every (interface name, address) pair the OS reports (`getifaddrs`).
-pub(crate) fn interface_addrs() -> io::Result<Vec<(String, std::net::IpAddr)>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; its name is a
-        // NUL-terminated string and its address, when non-null, a sockaddr of the stated family.
-        unsafe {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() {
-                let family = i32::from((*ifa.ifa_addr).sa_family);
-                let len = match family {
-                    libc::AF_INET => size_of::<libc::sockaddr_in>(),
-                    libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
-                    _ => 0,
-                };
-                if len > 0 {
-                    let mut storage: libc::sockaddr_storage = zeroed();
-                    std::ptr::copy_nonoverlapping(
-                        ifa.ifa_addr.cast::<u8>(),
-                        (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-                        len,
-                    );
-                    if let Some(addr) = from_storage(&storage, len as u32) {
-                        let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-                        out.push((name, addr.ip()));
-                    }
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
 }
