@@ -937,4 +937,244 @@ mod tests {
             assert_eq!(feed_all(bad.as_bytes()), Err(why), "{bad:?}");
         }
     }
+
+    /// Section 7: however the input is split, the parsers decide the same; what the proxy
+    /// writes re-parses with the same framing.
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// Bytes from a grammar, with `splice` (position, junk) inserted, or wholly random.
+        fn with_noise(grammar: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+            let spliced = (grammar.clone(), any::<Index>(), vec(any::<u8>(), 1..4)).prop_map(|(mut b, at, junk)| {
+                let at = at.index(b.len() + 1);
+                b.splice(at..at, junk);
+                b
+            });
+            prop_oneof![6 => grammar, 2 => spliced, 1 => vec(any::<u8>(), 0..64)]
+        }
+
+        fn header() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "(a\\.test|127\\.0\\.6\\.1:80|\\[::1\\]|a b|\\[::1)".prop_map(|v| format!("Host: {v}")),
+                (0u64..40).prop_map(|n| format!("Content-Length: {n}")),
+                "(chunked|Chunked|gzip|chunked, gzip|, chunked|chunked,|)"
+                    .prop_map(|v| format!("Transfer-Encoding: {v}")),
+                "(close|keep-alive|Keep-Alive, X-A|X-A)".prop_map(|v| format!("Connection: {v}")),
+                Just("Expect: 100-continue".to_string()),
+                "[a-zA-Z0-9 ,;=\"]{0,10}".prop_map(|v| format!("X-A: {v}")),
+            ]
+        }
+
+        /// A request: method, target (origin, absolute or `*`), version, a few fields, and
+        /// maybe the first bytes of a body.
+        fn request() -> impl Strategy<Value = Vec<u8>> {
+            let method = prop_oneof![Just("GET"), Just("HEAD"), Just("POST"), Just("PUT"), Just("OPTIONS")];
+            let target = prop_oneof![
+                "/[a-z0-9/?=&%.\"-]{0,12}",
+                "(http|HTTP|https)://(a\\.test|127\\.0\\.6\\.1:8080|\\[::1\\])([/?][a-z0-9?=]{0,8})?",
+                Just("*".to_string()),
+            ];
+            let version = prop_oneof![Just("1.0"), Just("1.1"), Just("1.2")];
+            let grammar = (method, target, version, vec(header(), 0..6), vec(any::<u8>(), 0..8)).prop_map(
+                |(m, t, v, fields, body)| {
+                    let mut head = format!("{m} {t} HTTP/{v}\r\n");
+                    for f in fields {
+                        head.push_str(&f);
+                        head.push_str("\r\n");
+                    }
+                    let mut bytes = (head + "\r\n").into_bytes();
+                    bytes.extend(body);
+                    bytes
+                },
+            );
+            with_noise(grammar.boxed())
+        }
+
+        fn response() -> impl Strategy<Value = Vec<u8>> {
+            let status = prop_oneof!["[0-9]{3}", Just("000".to_string()), Just("204".into()), Just("304".into())];
+            let fields = vec(header().prop_filter("no Host", |h| !h.starts_with("Host")), 0..5);
+            let grammar = (prop_oneof![Just("1.0"), Just("1.1")], status, "[A-Za-z ]{0,8}", fields).prop_map(
+                |(v, status, reason, fields)| {
+                    let mut head = format!("HTTP/{v} {status} {reason}\r\n");
+                    for f in fields {
+                        head.push_str(&f);
+                        head.push_str("\r\n");
+                    }
+                    (head + "\r\n").into_bytes()
+                },
+            );
+            with_noise(grammar.boxed())
+        }
+
+        /// Where to cut the input: up to five points, in order.
+        fn cuts(len: usize, at: &[Index]) -> Vec<usize> {
+            let mut cuts: Vec<usize> = at.iter().map(|i| i.index(len + 1)).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            cuts
+        }
+
+        /// Re-parses a growing buffer as the proxy does after each read, until it decides.
+        fn incrementally<T: PartialEq>(input: &[u8], cuts: &[usize], parse: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
+            cuts.iter().chain([&input.len()]).find_map(|&end| parse(&input[..end]))
+        }
+
+        /// A request parse as something comparable; `None` while incomplete.
+        fn decide_request(buf: &[u8]) -> Option<String> {
+            let mut out = Vec::new();
+            match parse_request(buf, IP, true, &mut out) {
+                Ok(None) => None,
+                Ok(Some(h)) => Some(format!("{h:?} {:?}", String::from_utf8_lossy(&out))),
+                Err(e) => Some(format!("{e:?}")),
+            }
+        }
+
+        fn decide_response(buf: &[u8], was_head: bool, chunked_ok: bool) -> Option<String> {
+            let mut out = Vec::new();
+            match parse_response(buf, was_head, chunked_ok, &mut out) {
+                Ok(None) => None,
+                Ok(Some(h)) => Some(format!("{h:?} {:?}", String::from_utf8_lossy(&out))),
+                Err(e) => Some(format!("{e:?}")),
+            }
+        }
+
+        /// A chunked body from the grammar (with valid or arbitrary extensions and trailers),
+        /// the payload it carries, and whether every piece was drawn from the valid ones.
+        fn chunked() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, bool)> {
+            let ext = prop_oneof![
+                3 => prop_oneof![Just(""), Just(";a"), Just(";a=b"), Just(" ;a = \"x\\\" y\""), Just(";a;b=c")]
+                    .prop_map(|e| (e.to_string(), true)),
+                1 => "[ -~]{0,6}".prop_map(|e| (e, false)),
+            ];
+            let chunk = (vec(any::<u8>(), 1..24), ext, any::<bool>());
+            let trailer = prop_oneof![
+                3 => prop_oneof![Just("X-T: v"), Just("Empty:"), Just("X-U: a b\t c")].prop_map(|t| (t.to_string(), true)),
+                1 => "[ -~]{0,8}".prop_map(|t| (t, false)),
+            ];
+            (vec(chunk, 0..4), vec(trailer, 0..3)).prop_map(|(chunks, trailers)| {
+                let (mut body, mut data, mut valid) = (Vec::new(), Vec::new(), true);
+                for (bytes, (ext, ext_ok), upper) in chunks {
+                    let size = if upper { format!("{:X}", bytes.len()) } else { format!("{:x}", bytes.len()) };
+                    body.extend(format!("{size}{ext}\r\n").into_bytes());
+                    body.extend(&bytes);
+                    body.extend(b"\r\n");
+                    data.extend(bytes);
+                    valid &= ext_ok;
+                }
+                body.extend(b"0\r\n");
+                for (t, ok) in trailers {
+                    body.extend(format!("{t}\r\n").into_bytes());
+                    valid &= ok;
+                }
+                body.extend(b"\r\n");
+                (body, data, valid)
+            })
+        }
+
+        /// Feeds `input` to one decoder in pieces, as the proxy does: (bytes of the body, its
+        /// payload, whether it ended).
+        fn dechunk_in_pieces(input: &[u8], cuts: &[usize]) -> Result<(usize, Vec<u8>, bool), &'static str> {
+            let mut c = Chunked::default();
+            let (mut used, mut data, mut from) = (0, Vec::new(), 0);
+            for &to in cuts.iter().chain([&input.len()]) {
+                if c.is_done() {
+                    break;
+                }
+                let piece = &input[from..to];
+                used += c.feed(piece, |r| data.extend_from_slice(&piece[r]))?;
+                from = to;
+            }
+            Ok((used, data, c.is_done()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_request_head_parses_the_same_however_it_is_split(input in request(), at in vec(any::<Index>(), 1..6)) {
+                let cuts = cuts(input.len(), &at);
+                prop_assert_eq!(incrementally(&input, &cuts, decide_request), decide_request(&input));
+            }
+
+            #[test]
+            fn a_response_head_parses_the_same_however_it_is_split(
+                input in response(),
+                at in vec(any::<Index>(), 1..6),
+                was_head: bool,
+                chunked_ok: bool,
+            ) {
+                let cuts = cuts(input.len(), &at);
+                let decide = |b: &[u8]| decide_response(b, was_head, chunked_ok);
+                prop_assert_eq!(incrementally(&input, &cuts, decide), decide(&input));
+            }
+
+            #[test]
+            fn a_forwarded_request_head_reparses_with_the_same_method_target_and_framing(input in request()) {
+                let mut out = Vec::new();
+                let Ok(Some(head)) = parse_request(&input, IP, true, &mut out) else { return Ok(()) };
+                // What `http.rs` adds: the backend's address when the client sent no Host, the blank line.
+                if !head.has_host {
+                    out.extend_from_slice(b"Host: 127.0.6.1:8001\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                let mut again = Vec::new();
+                let forwarded = parse_request(&out, IP, true, &mut again);
+                let Ok(Some(forwarded)) = forwarded else {
+                    return Err(TestCaseError::fail(format!("{forwarded:?} for {:?}", String::from_utf8_lossy(&out))));
+                };
+                prop_assert_eq!(forwarded.len, out.len());
+                prop_assert_eq!(forwarded.framing, head.framing);
+                prop_assert_eq!((forwarded.is_head, forwarded.idempotent), (head.is_head, head.idempotent));
+                // The method, and the target in origin form (an absolute-form one's path).
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut original = httparse::Request::new(&mut fields);
+                let lowered = lower_minor_version(&input);
+                original.parse(lowered.as_deref().unwrap_or(&input)).expect("it parsed before");
+                let (method, target) = (original.method.unwrap_or(""), original.path.unwrap_or(""));
+                let origin = absolute_form(target).ok().flatten().map_or(Cow::Borrowed(target), |(_, o)| o);
+                prop_assert_eq!(forwarded.line, log_line(method, &origin));
+                // Connection fields are hop-by-hop: towards the backend the exchange is always
+                // HTTP/1.1 keep-alive (pooled), whatever the client asked for its own connection.
+                prop_assert!(forwarded.keep_alive && !forwarded.http10 && forwarded.has_host);
+            }
+
+            #[test]
+            fn a_forwarded_response_head_reparses_with_the_same_status_and_framing(input in response(), was_head: bool) {
+                let mut out = Vec::new();
+                let Ok(Some(head)) = parse_response(&input, was_head, true, &mut out) else { return Ok(()) };
+                out.extend_from_slice(b"\r\n");
+                let forwarded = parse_response(&out, was_head, true, &mut Vec::new());
+                let Ok(Some(forwarded)) = forwarded else {
+                    return Err(TestCaseError::fail(format!("{forwarded:?} for {:?}", String::from_utf8_lossy(&out))));
+                };
+                prop_assert_eq!((forwarded.len, forwarded.status, forwarded.framing), (out.len(), head.status, head.framing));
+            }
+
+            #[test]
+            fn a_chunked_body_decodes_the_same_however_it_is_split(
+                (body, data, valid) in chunked(),
+                tail in vec(any::<u8>(), 0..6),
+                at in vec(any::<Index>(), 1..6),
+            ) {
+                let mut input = body.clone();
+                input.extend(&tail);
+                let whole = dechunk_in_pieces(&input, &[]);
+                prop_assert_eq!(dechunk_in_pieces(&input, &cuts(input.len(), &at)), whole.clone());
+                if valid {
+                    prop_assert_eq!(whole, Ok((body.len(), data, true)));
+                }
+            }
+
+            #[test]
+            fn random_bytes_decode_the_same_however_they_are_split(
+                input in vec(any::<u8>(), 0..48),
+                at in vec(any::<Index>(), 1..6),
+            ) {
+                prop_assert_eq!(dechunk_in_pieces(&input, &cuts(input.len(), &at)), dechunk_in_pieces(&input, &[]));
+            }
+        }
+    }
 }
