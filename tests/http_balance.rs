@@ -386,3 +386,115 @@ fn under_up_the_monitor_takes_a_dead_backend_out_of_rotation_and_back() {
     let seen = ports(4);
     assert!(seen.contains(&8001) && seen.contains(&8002), "{seen:?}");
 }
+
+// Stricter HTTP at the edges nginx and HAProxy guard: each case through a running balancer.
+
+/// A balancer on `ip:8000` in front of one backend on `ip:8001`.
+fn balancer_on(ip: &str, quiet: bool) -> Proc {
+    let (listen, backend) = (format!("{ip}:8000"), format!("{ip}:8001"));
+    let mut args = vec!["balance", "http", "--listen", &listen, "--backend", &backend];
+    if quiet {
+        args.push("--quiet");
+    }
+    Proc::up(&args)
+}
+
+/// Sends `request` on a fresh connection and reads until the balancer closes it.
+fn exchange_until_close(front: &str, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(front).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn a_request_with_two_host_headers_none_on_http11_or_one_with_spaces_gets_400() {
+    echo_backend("127.0.6.1:8001");
+    let _lb = balancer_on("127.0.6.1", true);
+    let front = addr("127.0.6.1:8000");
+    for (request, why) in [
+        (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..], "more than one Host field"),
+        (b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", "HTTP/1.1 request without a Host field"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "invalid Host field"),
+    ] {
+        let r = Http::connect(front).raw(request);
+        assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(request));
+        assert!(r.body.contains(why), "{r:?}");
+    }
+    // HTTP/1.0 may leave Host out: the backend's address is sent for it, as before.
+    let all = exchange_until_close("127.0.6.1:8000", b"GET /old HTTP/1.0\r\n\r\n");
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.contains("\r\n\r\nGET /old HTTP/1.1\n") && all.contains("\nHost: 127.0.6.1:8001\n"), "{all}");
+}
+
+#[test]
+fn an_absolute_form_target_reaches_the_backend_in_origin_form_with_the_uris_host() {
+    echo_backend("127.0.6.2:8001");
+    let _lb = balancer_on("127.0.6.2", true);
+    let r = Http::connect(addr("127.0.6.2:8000"))
+        .raw(b"GET http://example.test/x?y=1 HTTP/1.1\r\nHost: other.test\r\nAccept: */*\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with("GET /x?y=1 HTTP/1.1\nHost: example.test\n"), "{}", r.body);
+    assert!(!r.body.contains("other.test"), "the URI's authority replaces Host: {}", r.body);
+}
+
+#[test]
+fn a_chunk_extension_off_the_grammar_or_a_malformed_trailer_gets_400() {
+    echo_backend("127.0.6.3:8001");
+    let _lb = balancer_on("127.0.6.3", true);
+    let front = addr("127.0.6.3:8000");
+    let head = "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for body in ["5 xyz\r\nhello\r\n0\r\n\r\n", "5 6\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n0\r\nNo colon here\r\n\r\n"]
+    {
+        let r = Http::connect(front).raw(format!("{head}{body}").as_bytes());
+        assert_eq!(r.status, 400, "{body:?}: {r:?}");
+        assert!(r.body.contains("malformed request body"), "{r:?}");
+    }
+    // Extensions by the grammar pass.
+    let r = Http::connect(front).raw(format!("{head}5;name=value\r\nhello\r\n0\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("body-bytes: 5\n"), "{}", r.body);
+}
+
+#[test]
+fn transfer_encoding_with_an_empty_element_gets_400() {
+    echo_backend("127.0.6.4:8001");
+    let _lb = balancer_on("127.0.6.4", true);
+    for te in [", chunked", "chunked,", "", "gzip"] {
+        let request = format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+        let r = Http::connect(addr("127.0.6.4:8000")).raw(request.as_bytes());
+        assert_eq!(r.status, 400, "{te:?}: {r:?}");
+    }
+}
+
+#[test]
+fn a_backend_status_000_reaches_the_client_as_three_digits() {
+    scripted_backend("127.0.6.5:8001", |_| (b"HTTP/1.1 000 Odd\r\nContent-Length: 2\r\n\r\nok".to_vec(), false));
+    let _lb = balancer_on("127.0.6.5", true);
+    let all = exchange_until_close("127.0.6.5:8000", b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert!(all.starts_with("HTTP/1.1 000 Odd\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\nok"), "{all}");
+}
+
+#[test]
+fn an_http_1_2_request_is_served_as_http_1_1() {
+    echo_backend("127.0.6.6:8001");
+    let _lb = balancer_on("127.0.6.6", true);
+    let mut c = Http::connect(addr("127.0.6.6:8000"));
+    let r = c.raw(b"GET /v HTTP/1.2\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with("GET /v HTTP/1.1\n"), "{}", r.body);
+    // Persistent by default, as HTTP/1.1 is.
+    assert_eq!(c.get("/again").status, 200);
+}
+
+#[test]
+fn a_quote_in_the_request_target_is_escaped_in_the_access_log() {
+    let _backend = Proc::up(&["serve", "http", "--bind", "127.0.6.7", "--ports", "8001", "--quiet"]);
+    let lb = balancer_on("127.0.6.7", false);
+    let r = Http::connect(addr("127.0.6.7:8000")).raw(b"GET /a\"b HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    lb.wait_for(r#" "GET /a\x22b" -> 127.0.6.7:8001 200 "#, Duration::from_secs(2));
+}

@@ -272,6 +272,17 @@ pub fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, ProbeError> 
     addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied().ok_or_else(|| fail("no address".into()))
 }
 
+/// Whether the brackets of an authority are those of `[IPv6]` or `[IPv6]:PORT`: opened first,
+/// closed once, followed by nothing or a port (`http://[::1` is not an address).
+fn brackets_close(authority: &str) -> bool {
+    match authority.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(ip, after)| !ip.contains(['[', ']']) && (after.is_empty() || after.starts_with(':'))),
+        None => !authority.contains(['[', ']']),
+    }
+}
+
 impl FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -285,12 +296,23 @@ impl FromStr for Target {
         } else if let Some(rest) = s.strip_prefix("udp://") {
             Ok(Target::Udp { host: rest.to_string(), addr: need_port(rest, "udp")?, exchange: None })
         } else if let Some(rest) = s.strip_prefix("http://") {
+            // The URL goes into a request line as written: a space or a line break there would
+            // end the line early and make the rest a header or a second request.
+            if let Some(c) = rest.chars().find(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "'{}' contains {c:?}; percent-encode spaces and control characters",
+                    s.escape_debug()
+                ));
+            }
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
             if authority.is_empty() {
                 return Err(format!("'{s}' has no host"));
+            }
+            if !brackets_close(authority) {
+                return Err(format!("'{s}' has a malformed host '{authority}': write an IPv6 address as [ADDR]:PORT"));
             }
             let addr = resolve(authority, 80).map_err(|e| e.to_string())?;
             Ok(Target::Http {
@@ -338,5 +360,36 @@ mod tests {
         assert!("tcp://127.0.0.1".parse::<Target>().unwrap_err().contains("needs a port"));
         assert!("ftp://x".parse::<Target>().unwrap_err().contains("unknown scheme"));
         assert!("no-such-host.invalid".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn an_http_target_with_a_space_or_line_break_in_its_url_is_refused_at_parse_time() {
+        for bad in [
+            "http://127.0.6.1:8000/a b",
+            "http://127.0.6.1:8000/a\r\nX-Injected: 1",
+            "http://127.0.6.1:8000/a\nb",
+            "http://127.0.6.1:8000/a\tb",
+            "http://127.0.6.1:8000/a\u{0}",
+            "http://127.0.6.1 :8000/",
+        ] {
+            let err = bad.parse::<Target>().unwrap_err();
+            assert!(err.contains("percent-encode"), "{bad:?}: {err}");
+            assert!(!err.contains(['\r', '\n']), "the message stays on one line: {err:?}");
+        }
+        let t: Target = "http://127.0.6.1:8000/a%20b".parse().unwrap();
+        assert!(matches!(t, Target::Http { path, .. } if path == "/a%20b"));
+    }
+
+    #[test]
+    fn an_http_target_with_an_unclosed_bracket_is_refused_at_parse_time() {
+        for bad in
+            ["http://[::1", "http://[::1/x", "http://[::1:80/", "http://::1]/", "http://[::1]x/", "http://[[::1]]/"]
+        {
+            let err = bad.parse::<Target>().unwrap_err();
+            assert!(err.contains("malformed host"), "{bad:?}: {err}");
+        }
+        for good in ["http://[::1]", "http://[::1]:8080/x"] {
+            assert_eq!(good.parse::<Target>().unwrap().kind(), ProbeKind::Http, "{good}");
+        }
     }
 }
