@@ -135,7 +135,11 @@ fn in_flight_requests_finish_when_stopping() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n");
         }
     });
-    let path = temp_config("drain", "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\n");
+    // (No health checks: their requests would queue at this one-at-a-time backend.)
+    let path = temp_config(
+        "drain",
+        "[[balance.http]]\nlisten = \"127.0.3.1:8000\"\nbackends = [\"127.0.3.1:8001\"]\nhealth = { check = \"none\" }\n",
+    );
     let mut up = Proc::up(&["up", "--config", path.to_str().unwrap()]);
     let client = thread::spawn(|| get(addr("127.0.3.1:8000"), "/"));
     arrival.recv_timeout(QUICK).expect("the request reaches the backend");

@@ -317,7 +317,7 @@ impl Proxy {
             if self.log.enabled() {
                 let to = outcome.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
                 self.log.line(format!(
-                    "{} http {} {peer} \"{}\" -> {to} {} {:.3}ms",
+                    "{} http {} {peer} \"{}\" -> {to} {:03} {:.3}ms",
                     UtcTime::now().rfc3339(),
                     self.name,
                     head.line,
