@@ -213,7 +213,10 @@ pub struct BalanceHttpArgs {
     /// Time for a backend to start its response before answering 504
     #[arg(long, default_value_t = config::default_http_timeout(), value_name = "DUR")]
     pub timeout: Dur,
-    /// Client connections served at once
+    /// Time for a client's whole request head to arrive before answering 408
+    #[arg(long, default_value_t = config::default_head_timeout(), value_name = "DUR")]
+    pub head_timeout: Dur,
+    /// Client connections served at once (split between the workers)
     #[arg(long, default_value_t = config::default_max_connections(), value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_connections: usize,
@@ -346,6 +349,7 @@ impl From<BalanceHttpArgs> for HttpBalancerConfig {
             backends: Backends(a.backends.iter().map(|b| b.0).collect()),
             connect_timeout: a.connect_timeout,
             timeout: a.timeout,
+            head_timeout: a.head_timeout,
             max_connections: a.max_connections,
             pool_max_idle: config::default_pool_idle(),
             retries: a.retries,

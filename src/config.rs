@@ -129,6 +129,10 @@ pub struct HttpBalancerConfig {
     /// Time allowed for a backend to start its response (504 when exceeded).
     #[serde(default = "default_http_timeout")]
     pub timeout: Dur,
+    /// Time for a client's whole request head to arrive, from its first byte (408 when
+    /// exceeded), however slowly it trickles in.
+    #[serde(default = "default_head_timeout")]
+    pub head_timeout: Dur,
     /// Client connections served at once; further clients wait to be accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -359,6 +363,10 @@ pub fn default_max_connections() -> usize {
 pub fn default_pool_idle() -> usize {
     256
 }
+/// Default time for a whole request head (nginx's and HAProxy's usual 30 s).
+pub fn default_head_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
 /// Default retries of a failed HTTP request on other backends.
 pub fn default_retries() -> u32 {
     2
@@ -451,6 +459,9 @@ impl Config {
             }
             if b.retries > 16 {
                 return Err(format!("balance.http \"{}\": retries must be from 0 to 16", b.name));
+            }
+            if b.head_timeout.0.is_zero() {
+                return Err(format!("balance.http \"{}\": head_timeout must be longer than 0s", b.name));
             }
             if b.eject_for.0.is_zero() {
                 return Err(format!("balance.http \"{}\": eject_for must be longer than 0s", b.name));

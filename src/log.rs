@@ -75,3 +75,27 @@ fn write_lines(rx: Receiver<String>, dropped: Arc<AtomicU64>) {
         }
     }
 }
+
+/// A warning that may repeat at a high rate (a full descriptor table hit by every datagram):
+/// logged at most once per [`Throttled::EVERY`], with how many were held back since.
+#[derive(Debug, Default)]
+pub struct Throttled {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttled {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Logs `message()` as a warning unless one was logged less than a second before `now`.
+    pub fn warn(&mut self, now: std::time::Instant, message: impl FnOnce() -> String) {
+        if self.last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        let held = std::mem::take(&mut self.held_back);
+        let more = if held > 0 { format!(" ({held} more like it since the last warning)") } else { String::new() };
+        tracing::warn!("{}{more}", message());
+        self.last = Some(now);
+    }
+}

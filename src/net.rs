@@ -105,12 +105,14 @@ fn bind_udp_with(addr: SocketAddr, owner: &str, reuse_port: bool) -> Result<std:
 }
 
 /// Waits for the next client while fewer than the permitted connections are open; `None` once
-/// `stop` resolves. Accept errors (EMFILE and friends) back off instead of spinning.
+/// `stop` resolves. Accept errors (EMFILE and friends) back off instead of spinning, and are
+/// logged at most once a second.
 pub(crate) async fn accept_limited<F: Future>(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
     stop: &mut std::pin::Pin<&mut F>,
     owner: &str,
+    warn: &mut crate::log::Throttled,
 ) -> Option<(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     let permit = tokio::select! {
         _ = stop.as_mut() => return None,
@@ -125,12 +127,45 @@ pub(crate) async fn accept_limited<F: Future>(
                     return Some((stream, peer, permit));
                 }
                 Err(e) => {
-                    tracing::warn!("{owner}: accept: {e}");
+                    warn.warn(std::time::Instant::now(), || format!("{owner}: accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (as HAProxy does); returns the
+/// limit now in force.
+pub fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+/// Takes the connections the kernel already accepted for `listener` (its backlog) without
+/// waiting, so a stopping server can still serve them instead of resetting them.
+pub(crate) fn accept_backlog(listener: TcpListener) -> Vec<(tokio::net::TcpStream, SocketAddr)> {
+    let Ok(listener) = listener.into_std() else { return Vec::new() };
+    let _ = listener.set_nonblocking(true);
+    let mut taken = Vec::new();
+    while let Ok((stream, peer)) = listener.accept() {
+        let _ = stream.set_nonblocking(true);
+        let _ = stream.set_nodelay(true);
+        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+            taken.push((stream, peer));
+        }
+    }
+    taken
 }
 
 /// Serves HTTP/1.1 with keep-alive on `listener` until `shutdown`, then lets in-flight
@@ -158,7 +193,8 @@ where
     let stop = shutdown.cancelled();
     tokio::pin!(stop);
     let owner = format!("http backend {}", listener.local_addr()?);
-    while let Some((stream, peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner).await {
+    let mut warn = crate::log::Throttled::default();
+    while let Some((stream, peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await {
         let h = handler.clone();
         let service = service_fn(move |req| {
             let h = h.clone();

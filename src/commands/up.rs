@@ -27,7 +27,7 @@ use crate::log::Log;
 use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
 use crate::monitor::report::TargetId;
-use crate::net::DRAIN_TIMEOUT;
+use crate::net::{self, DRAIN_TIMEOUT};
 use crate::probe::{ProbeSources, Target, UdpExchange};
 use crate::proxy::http::HttpBalancer;
 use crate::proxy::udp::{UdpBalancer, UdpStats};
@@ -153,10 +153,34 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
         .thread_name("netpulse-worker")
         .build()
         .context("cannot start the async runtime")?;
+    check_descriptors(&config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
     say(&bound.banner)?;
     rt.block_on(serve(bound))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns, with the fix, when the descriptors a config may need at its limits exceed `limit`:
+/// each HTTP client connection may hold one to a backend too, pools keep idle ones per backend
+/// and worker, and each UDP flow has a socket. (Running out anyway drops one connection or
+/// datagram at a time, never the process.)
+fn check_descriptors(config: &Config, limit: u64) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let http: usize = config
+        .balance
+        .http
+        .iter()
+        .map(|b| 2 * b.max_connections + b.pool_max_idle * b.backends.0.len() * b.workers.unwrap_or(cores))
+        .sum();
+    let udp: usize = config.balance.udp.iter().map(|b| b.max_flows).sum();
+    let need = (http + udp + 256) as u64;
+    if need > limit {
+        tracing::warn!(
+            "the config may need {need} open descriptors at its limits (HTTP {http}, UDP flows {udp}, 256 spare) but \
+             the limit is {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower \
+             max_connections / max_flows; until then a connection or flow past the limit is dropped"
+        );
+    }
 }
 
 fn list(addrs: &[SocketAddr]) -> String {

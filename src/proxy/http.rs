@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::BufMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -31,6 +32,9 @@ use crate::net::{self, BindError, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may stay idle between requests on a keep-alive connection.
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once stopping, how long an idle connection waits for a request that may already be on the
+/// wire before it is closed.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 /// Read buffer per direction per connection; it grows only to hold a large head.
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -49,6 +53,8 @@ struct Proxy {
     backends: Backends,
     /// Other backends a failed request may be retried on.
     retries: u32,
+    /// Time for a whole request head to arrive, from its first byte.
+    head_timeout: Duration,
     max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
@@ -146,6 +152,7 @@ impl HttpBalancer {
             name: config.name.clone(),
             backends,
             retries: config.retries,
+            head_timeout: config.head_timeout.0,
             max_idle: config.pool_max_idle,
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
@@ -177,12 +184,15 @@ impl HttpBalancer {
     /// (thread per core, as nginx does), until `shutdown`; then stops accepting and lets
     /// requests in flight finish for up to [`DRAIN_TIMEOUT`]. Idle keep-alive connections close.
     pub fn spawn(self, shutdown: CancellationToken) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>> {
-        let permits = Arc::new(Semaphore::new(self.max_connections.min(Semaphore::MAX_PERMITS)));
+        // Each worker has its share of the connections (at least one): a worker never waits
+        // for another's connection to end, which would leave its own queue unserved.
+        let share = self.max_connections.div_ceil(self.listeners.len()).clamp(1, Semaphore::MAX_PERMITS);
         self.listeners
             .into_iter()
             .enumerate()
             .map(|(i, listener)| {
-                let (proxy, permits, shutdown) = (self.proxy.clone(), permits.clone(), shutdown.clone());
+                let permits = Arc::new(Semaphore::new(share));
+                let (proxy, shutdown) = (self.proxy.clone(), shutdown.clone());
                 thread::Builder::new().name(format!("http-{}-{i}", self.proxy.name)).spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     rt.block_on(proxy.accept_loop(listener, permits, shutdown))
@@ -211,14 +221,22 @@ impl Proxy {
         tokio::pin!(stop);
         let owner = format!("http balancer \"{}\"", self.name);
         let connections = TaskTracker::new();
-        while let Some((stream, peer, permit)) = net::accept_limited(&listener, &permits, &mut stop, &owner).await {
+        let mut warn = crate::log::Throttled::default();
+        while let Some((stream, peer, permit)) =
+            net::accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await
+        {
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
             connections.spawn(async move {
                 proxy.serve_client(&pools, stream, peer, rx).await;
                 drop(permit);
             });
         }
-        drop(listener);
+        // Stopping: clients the kernel already accepted for us get their request served (with
+        // `Connection: close`), not a reset; then the listening socket closes.
+        for (stream, peer) in net::accept_backlog(listener) {
+            let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
+            connections.spawn(async move { proxy.serve_client(&pools, stream, peer, rx).await });
+        }
         // This worker's runtime ends with it: wait for its connections to finish first.
         connections.close();
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
@@ -226,53 +244,67 @@ impl Proxy {
     }
 }
 
-/// A read buffer: bytes `start..end` of `data` are unread.
+/// A read buffer: bytes `start..` of `data` are unread. Its memory is taken on the first read
+/// and given back by [`Buf::release`] when the connection goes idle, so an idle keep-alive
+/// connection holds no buffer (as nginx frees its buffers on keep-alive).
 struct Buf {
     data: Vec<u8>,
     start: usize,
-    end: usize,
 }
 
 impl Buf {
     fn new() -> Self {
-        Self { data: vec![0; BUF_SIZE], start: 0, end: 0 }
+        Self { data: Vec::new(), start: 0 }
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        &self.data[self.start..]
     }
 
     fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.data.len()
     }
 
     fn consume(&mut self, n: usize) {
         self.start += n;
-        if self.start >= self.end {
-            self.start = 0;
-            self.end = 0;
+        if self.start >= self.data.len() {
+            self.clear();
         }
     }
 
     fn clear(&mut self) {
         self.start = 0;
-        self.end = 0;
+        self.data.clear();
     }
 
-    /// Reads more from `s`, making room first (compacting, or growing to hold a large head).
+    /// Gives the memory back if nothing is unread.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more from `s`, making room first (allocating, compacting, or growing to hold a
+    /// large head). The read goes into spare capacity: nothing is zeroed first.
     async fn fill(&mut self, s: &mut TcpStream) -> io::Result<usize> {
-        if self.end == self.data.len() {
+        if self.data.capacity() == 0 {
+            self.data.reserve_exact(BUF_SIZE);
+        }
+        if self.data.len() == self.data.capacity() {
             if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
+                self.data.drain(..self.start);
                 self.start = 0;
-            } else if self.data.len() < h1::MAX_HEAD + BUF_SIZE {
-                self.data.resize(self.data.len() * 2, 0);
+            } else if self.data.capacity() < h1::MAX_HEAD + BUF_SIZE {
+                self.data.reserve_exact(self.data.capacity());
+            } else {
+                return Err(io::Error::other("buffer full"));
             }
         }
-        let n = s.read(&mut self.data[self.end..]).await?;
-        self.end += n;
-        Ok(n)
+        let before = self.data.len();
+        let spare = self.data.capacity() - before;
+        s.read_buf(&mut (&mut self.data).limit(spare)).await?;
+        Ok(self.data.len() - before)
     }
 }
 
@@ -293,7 +325,7 @@ async fn fill_within(buf: &mut Buf, s: &mut TcpStream, limit: Duration) -> io::R
     }
 }
 
-/// The per-connection scratch space, allocated once per client connection.
+/// A client connection and its scratch space (buffers taken while a request is served).
 struct Conn {
     client: TcpStream,
     peer: SocketAddr,
@@ -305,7 +337,7 @@ struct Conn {
 
 impl Proxy {
     async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::with_capacity(2048) };
+        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new() };
         loop {
             let head = match self.read_request_head(&mut c, &shutdown).await {
                 Some(h) => h,
@@ -329,13 +361,22 @@ impl Proxy {
                 let _ = c.client.shutdown().await;
                 return;
             }
+            // Idle until the next request: hold no buffers.
+            c.cbuf.release();
+            c.bbuf.release();
+            c.out = Vec::new();
         }
     }
 
     /// Waits for a complete request head; `None` closes the connection (the client left, idled
-    /// out, sent garbage — answered with 400 / 431 — or we are shutting down while it is idle).
+    /// out, sent garbage — answered with 400 / 431 —, took longer than `head_timeout` for the
+    /// whole head — 408 —, or we are stopping and it sent nothing within the grace period).
     async fn read_request_head(&self, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
-        let mut first_byte = c.cbuf.is_empty();
+        if c.cbuf.is_empty() && !self.wait_for_request(c, shutdown).await {
+            return None;
+        }
+        // The whole head must arrive by this deadline, however it trickles in (slowloris).
+        let deadline = Instant::now() + self.head_timeout;
         loop {
             if !c.cbuf.is_empty() {
                 match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.out) {
@@ -343,32 +384,44 @@ impl Proxy {
                     Ok(None) => {}
                     Err(e) => {
                         let status = if e == HeadError::TooLarge { 431 } else { 400 };
-                        let _ =
-                            write_within(&mut c.client, &error_page(status, &e.to_string(), true), HEADER_READ_TIMEOUT)
-                                .await;
-                        if self.log.enabled() {
-                            self.log.line(format!(
-                                "{} http {} {} bad request: {e}",
-                                UtcTime::now().rfc3339(),
-                                self.name,
-                                c.peer
-                            ));
-                        }
+                        self.refuse(c, status, &e.to_string()).await;
                         return None;
                     }
                 }
             }
-            // Idle between requests: shutdown closes the connection; once a request has begun,
-            // the header timeout applies.
-            let limit = if first_byte { CLIENT_IDLE_TIMEOUT } else { HEADER_READ_TIMEOUT };
-            let read = tokio::select! {
-                r = fill_within(&mut c.cbuf, &mut c.client, limit) => r,
-                _ = shutdown.cancelled(), if first_byte => return None,
-            };
-            match read {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => first_byte = false,
+            let left = deadline.saturating_duration_since(Instant::now());
+            match fill_within(&mut c.cbuf, &mut c.client, left).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !c.cbuf.is_empty() => {
+                    self.refuse(c, 408, &format!("the request head did not arrive within {:?}", self.head_timeout))
+                        .await;
+                    return None;
+                }
+                Err(_) => return None,
             }
+        }
+    }
+
+    /// Waits, holding no buffer, until the client sends something: `false` if it leaves, idles
+    /// out, or we are stopping and nothing comes within [`STOP_GRACE`] (a request already on
+    /// the wire when the stop began is still served).
+    async fn wait_for_request(&self, c: &mut Conn, shutdown: &CancellationToken) -> bool {
+        let idle = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, c.client.readable());
+        let ready = tokio::select! {
+            r = idle => matches!(r, Ok(Ok(()))),
+            _ = shutdown.cancelled() => {
+                matches!(tokio::time::timeout(STOP_GRACE, c.client.readable()).await, Ok(Ok(())))
+            }
+        };
+        ready
+    }
+
+    /// Answers a request we refuse with `status` and logs why.
+    async fn refuse(&self, c: &mut Conn, status: u16, why: &str) {
+        let _ = write_within(&mut c.client, &error_page(status, why, true), HEADER_READ_TIMEOUT).await;
+        if self.log.enabled() {
+            self.log.line(format!("{} http {} {} {status} {why}", UtcTime::now().rfc3339(), self.name, c.peer));
         }
     }
 
@@ -780,6 +833,7 @@ enum Relay {
 fn error_page(status: u16, detail: &str, close: bool) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

@@ -57,6 +57,9 @@ struct Shared {
     max_flows: usize,
     idle_timeout: Duration,
     log: Log,
+    /// The address flow sockets bind to: the local address that reaches the backends (the
+    /// unspecified address only when they are reached through different ones).
+    upstream_ip: IpAddr,
 }
 
 /// Counters a worker keeps while it runs; returned when it stops.
@@ -120,6 +123,7 @@ impl UdpBalancer {
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
+            upstream_ip: upstream_ip(&config.backends.0),
         };
         Ok(Self { sockets, shared: Arc::new(shared) })
     }
@@ -167,6 +171,8 @@ struct Relay {
     replies: Batch,
     stats: UdpStats,
     now: Instant,
+    /// Per-datagram troubles (no descriptor for a flow) are logged at most once a second.
+    warn: crate::log::Throttled,
 }
 
 impl Relay {
@@ -181,6 +187,7 @@ impl Relay {
             replies: Batch::new(BATCH, SLOT),
             stats: UdpStats::default(),
             now: Instant::now(),
+            warn: crate::log::Throttled::default(),
             shared,
         })
     }
@@ -221,20 +228,28 @@ impl Relay {
     /// the batch was full (more may be queued).
     fn on_requests(&mut self) -> io::Result<bool> {
         self.requests.clear();
-        self.requests.recv(self.socket.as_fd())?;
+        if let Err(e) = self.requests.recv(self.socket.as_fd()) {
+            // Whatever went wrong concerns these datagrams, not the balancer.
+            let name = &self.shared.name;
+            self.warn.warn(self.now, || format!("udp balancer \"{name}\": receive: {e}"));
+            return Ok(false);
+        }
         let set = self.shared.backends.load();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
             };
-            let flow = match self.flows.touch(&client, self.now) {
-                Some(flow) => flow,
-                None => {
-                    self.open_flow(client, &set)?;
-                    let Some(flow) = self.flows.touch(&client, self.now) else { continue };
-                    flow
+            if self.flows.touch(&client, self.now).is_none() {
+                if let Err(e) = self.open_flow(client) {
+                    // Out of descriptors (or memory) for this client: drop this datagram only.
+                    self.stats.dropped += 1;
+                    let name = &self.shared.name;
+                    self.warn
+                        .warn(self.now, || format!("udp balancer \"{name}\": cannot open a flow for {client}: {e}"));
+                    continue;
                 }
-            };
+            }
+            let Some(flow) = self.flows.touch(&client, self.now) else { continue };
             let backend = self.shared.picker.pick(&set, flow.backend, self.now);
             if self.shared.affinity == Affinity::Client {
                 flow.backend = backend;
@@ -279,13 +294,14 @@ impl Relay {
             if got == 0 {
                 return Ok(());
             }
-            self.flows.touch(&client, self.now);
             let set = self.shared.backends.load();
+            let mut from_backend = false;
             let mut i = before;
             while i < self.replies.len() {
                 let from = self.replies.addr(i);
                 match from {
                     Some(b) if set.contains(b) => {
+                        from_backend = true;
                         if self.shared.log.enabled() {
                             self.shared.log.line(format!(
                                 "{} udp {} {client} <- {b} {}B",
@@ -304,6 +320,10 @@ impl Relay {
                     }
                 }
             }
+            // Only a backend's reply keeps the flow alive; strangers' datagrams do not.
+            if from_backend {
+                self.flows.touch(&client, self.now);
+            }
             if !self.replies.is_full() {
                 return Ok(());
             }
@@ -321,16 +341,25 @@ impl Relay {
     }
 
     /// Opens a flow for a new `client`, first evicting the least recently used one if full.
-    fn open_flow(&mut self, client: SocketAddr, set: &BackendSet) -> io::Result<()> {
+    fn open_flow(&mut self, client: SocketAddr) -> io::Result<()> {
         if self.flows.len() >= self.shared.max_flows {
             if let Some(flow) = self.flows.pop_lru() {
                 self.close_flow(flow);
                 self.stats.flows_evicted += 1;
             }
         }
-        let v4 = set.backends().first().is_none_or(|b| b.addr.is_ipv4());
-        let any = if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
-        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        let bind = || UdpSocket::bind(SocketAddr::new(self.shared.upstream_ip, 0));
+        let socket = match bind() {
+            // Out of descriptors: the least recently used flow gives up its socket.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && self.flows.len() > 0 => {
+                if let Some(flow) = self.flows.pop_lru() {
+                    self.close_flow(flow);
+                    self.stats.flows_evicted += 1;
+                }
+                bind()?
+            }
+            r => r?,
+        };
         socket.set_nonblocking(true)?;
         let token = Token(self.flows.next_token() + 1);
         self.poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), token, Interest::READABLE)?;
@@ -351,6 +380,23 @@ impl Relay {
         while let Some(flow) = self.flows.pop_idle(self.now, self.shared.idle_timeout) {
             self.close_flow(flow);
         }
+    }
+}
+
+/// The local address that reaches every backend, found by asking the kernel's routing (a
+/// connected UDP socket sends nothing); the unspecified address when they differ.
+fn upstream_ip(backends: &[SocketAddr]) -> IpAddr {
+    let v4 = backends.first().is_none_or(SocketAddr::is_ipv4);
+    let any = if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let local = |b: &SocketAddr| -> Option<IpAddr> {
+        let s = UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+        s.connect(b).ok()?;
+        s.local_addr().ok().map(|a| a.ip())
+    };
+    let mut ips = backends.iter().map(local);
+    match ips.next().flatten() {
+        Some(first) if ips.all(|ip| ip == Some(first)) => first,
+        _ => any,
     }
 }
 
