@@ -357,7 +357,10 @@ impl Proxy {
                     start.elapsed().as_secs_f64() * 1000.0
                 ));
             }
-            if !outcome.keep_client || shutdown.is_cancelled() {
+            // The answer said whether the connection stays (`Connection: close` once stopping);
+            // one that said so may already carry the next request, which `wait_for_request`
+            // still takes during the stop's grace period.
+            if !outcome.keep_client {
                 let _ = c.client.shutdown().await;
                 return;
             }
