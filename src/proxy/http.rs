@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -202,6 +203,30 @@ impl HttpBalancer {
     }
 }
 
+/// Every few seconds, when many of this worker's connections have closed since the most it had
+/// (at least [`TRIM_AFTER`], and at least half of them), gives the memory they used back to the
+/// OS, so a burst of clients does not leave the process large.
+async fn give_back_memory(permits: Arc<Semaphore>, most: Arc<AtomicUsize>, shutdown: CancellationToken) {
+    let slots = permits.available_permits();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let open = slots.saturating_sub(permits.available_permits());
+        let peak = most.load(Ordering::Relaxed);
+        if peak.saturating_sub(open) >= TRIM_AFTER && open <= peak / 2 {
+            crate::sys::release_free_memory();
+            most.store(open, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How often a worker looks whether memory can go back...
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+/// ...and how many connections must have closed for it to bother.
+const TRIM_AFTER: usize = 256;
+
 /// Threads a balancer uses by default: one per core.
 fn default_workers() -> usize {
     thread::available_parallelism().map_or(1, usize::from)
@@ -221,10 +246,15 @@ impl Proxy {
         tokio::pin!(stop);
         let owner = format!("http balancer \"{}\"", self.name);
         let connections = TaskTracker::new();
+        // The most connections open at once since memory was last given back.
+        let most = Arc::new(AtomicUsize::new(0));
+        let slots = permits.available_permits();
+        let trim = tokio::spawn(give_back_memory(permits.clone(), most.clone(), shutdown.clone()));
         let mut warn = crate::log::Throttled::default();
         while let Some((stream, peer, permit)) =
             net::accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await
         {
+            most.fetch_max(slots - permits.available_permits(), Ordering::Relaxed);
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
             connections.spawn(async move {
                 proxy.serve_client(&pools, stream, peer, rx).await;
@@ -240,6 +270,7 @@ impl Proxy {
         // This worker's runtime ends with it: wait for its connections to finish first.
         connections.close();
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
+        trim.abort();
         Ok(())
     }
 }
