@@ -1,8 +1,10 @@
 //! Validated configuration: the TOML file format, its embedded default, and the value types
 //! (durations, port lists, probabilities) shared with the command-line flags.
 //!
-//! Everything is checked while it is deserialized, so a bad value is reported by the TOML parser
-//! with its line, column and field name.
+//! Every value is checked while it is deserialized, so a bad one is reported by the TOML parser
+//! with its line, column and field name; what spans fields or tables (two listeners on one
+//! address, a health timeout longer than its interval) is checked once more by
+//! [`Config::validate`], for files and flags alike.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
+
+pub use crate::balance::Affinity;
 
 /// The configuration `netpulse up` runs when given no file: the classic lab on 127.0.0.1.
 pub const DEFAULT_CONFIG: &str = include_str!("../examples/netpulse.toml");
@@ -322,17 +326,6 @@ impl<'de> Deserialize<'de> for StatusSpec {
         };
         text.parse().map(StatusSpec).map_err(de::Error::custom)
     }
-}
-
-/// How a UDP balancer maps datagrams to backends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Affinity {
-    /// Every datagram goes to the next backend in the rotation (the classic lab).
-    #[default]
-    None,
-    /// A client address is pinned to the backend its first datagram went to.
-    Client,
 }
 
 fn loopback() -> IpAddr {

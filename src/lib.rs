@@ -1,9 +1,10 @@
 //! netpulse: watch a network and balance load across it, in one binary.
 //!
 //! The binary is a thin shell over [`run`]; every command is a file in `commands/`. Modules are
-//! rooms, each with a `//!` line saying its role; dependencies point one way:
-//! `sys`, `clock` -> `config` -> `balance`, `stats`, `iface`, `probe` -> `proxy`, `serve`,
-//! `monitor` -> sinks (`dashboard`, `metrics`, `health`) -> `commands`.
+//! rooms, each with a `//!` line saying its role; dependencies point one way (a module uses
+//! only those before it): `sys`, `clock`, `balance` -> `iface`, `probe` -> `stats`, `config`
+//! -> `log`, `net` -> `proxy`, `serve`, `monitor` -> sinks (`dashboard`, `metrics`, `health`)
+//! -> `cli` -> `commands`.
 
 pub mod balance;
 pub mod cli;

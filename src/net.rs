@@ -1,5 +1,6 @@
 //! Listener plumbing shared by the balancers and the mock servers: binding with errors that name
-//! the address and its owner, the shutdown signal, and the HTTP/1.1 accept loop.
+//! the address and its owner, the descriptor limit, the bounded accept loop (and taking the
+//! backlog when stopping), and the HTTP/1.1 server loop of the lab servers and `/metrics`.
 
 use std::convert::Infallible;
 use std::future::Future;

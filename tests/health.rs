@@ -202,3 +202,21 @@ fn health_flags_and_tables_are_checked() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("200-399"), "{out}");
 }
+
+#[test]
+fn two_balancers_sharing_a_backend_keep_their_own_checks() {
+    // Regression: targets were merged by their printed name, so "bad"'s exchange was replaced
+    // by "good"'s classic ping and it never saw its check fail.
+    let text = "[serve.udp]\nbind = \"127.0.10.6\"\nports = \"2526\"\n\n\
+        [[balance.udp]]\nname = \"good\"\nlisten = \"127.0.10.6:8888\"\nbackends = [\"127.0.10.6:2526\"]\naccess_log = false\n\n\
+        [[balance.udp]]\nname = \"bad\"\nlisten = \"127.0.10.6:8889\"\nbackends = [\"127.0.10.6:2526\"]\naccess_log = false\n\
+        health = { send = \"hello\", expect = \"NOPE\" }\n\n\
+        [monitor]\ninterval = \"50ms\"\n";
+    let path = std::env::temp_dir().join(format!("netpulse-test-{}-shared.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let up = Proc::up(&["up", "--config", path.to_str().unwrap(), "-q"]);
+    assert!(up.output().contains("monitor        2 targets"), "{}", up.output());
+    up.wait_for("bad: backend 127.0.10.6:2526 is down, out of rotation", Duration::from_secs(3));
+    thread::sleep(Duration::from_millis(300));
+    assert!(!up.output().contains("good: backend"), "{}", up.output());
+}

@@ -14,10 +14,21 @@ mod rotation;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-pub use crate::config::Affinity;
 pub use health::{Check, HealthRules, HealthState, Transition};
 pub use outlier::{Ejection, OutlierRules, Outliers};
 pub use rotation::RoundRobin;
+
+/// Whether a client's requests stay with one backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// Every request (UDP: every datagram) goes to the next backend in the rotation (the
+    /// classic lab).
+    #[default]
+    None,
+    /// A client address is pinned to the backend its first datagram went to.
+    Client,
+}
 
 /// One backend as the strategies see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

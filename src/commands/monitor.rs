@@ -36,7 +36,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let result = rt.block_on(async {
         let ctrl_c = stop.clone();
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            super::shutdown_signal().await;
             ctrl_c.cancel();
         });
         let run = monitor.run(stop.clone());

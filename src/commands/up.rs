@@ -28,7 +28,7 @@ use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
 use crate::monitor::report::TargetId;
 use crate::net::{self, DRAIN_TIMEOUT};
-use crate::probe::{ProbeSources, Target, UdpExchange};
+use crate::probe::{ProbeKey, ProbeSources, Target, UdpExchange};
 use crate::proxy::http::HttpBalancer;
 use crate::proxy::udp::{UdpBalancer, UdpStats};
 use crate::serve::http::HttpServers;
@@ -281,16 +281,16 @@ fn check_line(banner: &mut String, check: Option<&Checks>, monitor: Option<&Moni
     let _ = writeln!(banner, "                 {line}");
 }
 
-/// The targets a monitor plan is built from, each once, with its id.
+/// The targets a monitor plan is built from, each probed once, with its id.
 #[derive(Default)]
 struct Targets {
     list: Vec<Target>,
-    ids: HashMap<String, TargetId>,
+    ids: HashMap<ProbeKey, TargetId>,
 }
 
 impl Targets {
     fn add(&mut self, t: Target) -> TargetId {
-        *self.ids.entry(t.identity()).or_insert_with(|| {
+        *self.ids.entry(t.probe_key()).or_insert_with(|| {
             self.list.push(t);
             TargetId(self.list.len() - 1)
         })

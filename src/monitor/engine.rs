@@ -3,7 +3,7 @@
 //! It prints nothing and knows no sink: the printer, Prometheus and the balancers' health feed
 //! each subscribe.
 //!
-//! The steps: [`start_probes`] (one thread for every ICMP target, a task per other target),
+//! The steps: [`start_probes`] (one thread for all ICMP targets, a task per other target),
 //! then [`Aggregate`] takes samples as they come and builds a report on every tick.
 
 use std::net::IpAddr;

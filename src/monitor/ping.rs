@@ -1,4 +1,5 @@
-//! `netpulse ping`: ICMP echo (or TCP connect) with ping's per-reply lines and summary.
+//! The pinger behind `netpulse ping`: ICMP echo (or TCP connect) with ping's per-reply lines and
+//! summary.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};

@@ -19,7 +19,8 @@ pub struct Report {
 impl Report {
     /// The line of target `id`.
     pub fn target(&self, id: TargetId) -> Option<&TargetReport> {
-        self.targets.iter().find(|t| t.id == id)
+        // Targets are reported in plan order, so the id is the index.
+        self.targets.get(id.0).filter(|t| t.id == id).or_else(|| self.targets.iter().find(|t| t.id == id))
     }
 }
 

@@ -1,4 +1,4 @@
-//! `netpulse status`: a one-shot connectivity verdict from local facts (an interface up with an
+//! The checks behind `netpulse status`: a one-shot connectivity verdict from local facts (an interface up with an
 //! address, a default route), name resolution, and reachability of a few targets.
 
 use std::fmt::Write as _;
@@ -139,7 +139,6 @@ async fn reach_check(target: Target, timeout: Duration) -> Check {
     Check { name: "reach", ok: sample.up(), detail, took: start.elapsed() }
 }
 
-/// Runs every check (the network ones concurrently) and returns them with the verdict.
 /// What `netpulse status` checks.
 #[derive(Debug, Clone)]
 pub struct StatusPlan {
@@ -151,7 +150,7 @@ pub struct StatusPlan {
     pub timeout: Duration,
 }
 
-/// Runs every check at once; returns them in order and the verdict.
+/// Runs every check (the network ones concurrently); returns them in order, with the verdict.
 pub async fn run(plan: StatusPlan) -> (Vec<Check>, Connectivity) {
     let StatusPlan { targets, resolve: name, timeout } = plan;
     let local = tokio::task::spawn_blocking(|| vec![interface_check(), route_check()]).await.unwrap_or_default();

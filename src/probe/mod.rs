@@ -116,7 +116,7 @@ pub enum ProbeError {
 }
 
 /// The HTTP statuses a probe takes for up, e.g. `200-399`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StatusRange {
     pub lo: u16,
     pub hi: u16,
@@ -158,14 +158,21 @@ impl fmt::Display for StatusRange {
 
 /// A UDP exchange other than the classic ping: send these bytes, expect a reply starting with
 /// those (any reply when empty).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UdpExchange {
     pub send: Vec<u8>,
     pub expect: Vec<u8>,
 }
 
+/// See [`Target::probe_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProbeKey {
+    Icmp(IpAddr),
+    Other(Box<Target>),
+}
+
 /// A monitored target, parsed from `HOST`, `tcp://HOST:PORT`, `udp://HOST:PORT` or `http://...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     Icmp {
         host: String,
@@ -191,6 +198,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether two targets are probed the same way, so one probe can serve both: ICMP targets
+    /// when they share an address (replies are matched by address), the others when every part
+    /// of the probe (address, path, expected statuses, exchange) is the same.
+    pub fn probe_key(&self) -> ProbeKey {
+        match self {
+            Target::Icmp { ip, .. } => ProbeKey::Icmp(*ip),
+            other => ProbeKey::Other(Box::new(other.clone())),
+        }
+    }
+
     /// What makes two targets the same: ICMP targets are the same host when they share an
     /// address (replies are matched by address), the others when they are written alike.
     pub fn identity(&self) -> String {

@@ -137,7 +137,7 @@ struct Outcome {
 }
 
 impl HttpBalancer {
-    /// Binds the listening socket; nothing is served until [`HttpBalancer::run`].
+    /// Binds the listening socket; nothing is served until [`HttpBalancer::spawn`].
     pub fn bind(config: &HttpBalancerConfig, log: Log) -> Result<Self, BindError> {
         let owner = format!("http balancer \"{}\"", config.name);
         let workers = config.workers.unwrap_or_else(default_workers);

@@ -3,8 +3,9 @@
 //!
 //! Each client address gets a flow: an upstream socket of its own, so a backend's reply — which
 //! arrives on that socket — can be sent back to exactly that client. Datagrams rotate over the
-//! backends one by one (or stay with one backend per client under `affinity = "client"`). No
-//! datagram allocates or takes a lock; a silent backend costs a table entry, never a wait.
+//! backends one by one (or stay with one backend per client under `affinity = "client"`); the
+//! choice is `balance`'s, through [`Backends`]. With the access log off, no datagram allocates
+//! or takes a lock; a silent backend costs a table entry, never a wait.
 
 use std::collections::hash_map::RandomState;
 use std::io;
@@ -20,9 +21,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::balance::{BackendSet, Picker};
+use super::backends::Backends;
+use crate::balance::{BackendSet, OutlierRules};
 use crate::clock::UtcTime;
-use crate::config::{Affinity, UdpBalancerConfig};
+use crate::config::UdpBalancerConfig;
 use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +51,9 @@ pub struct UdpBalancer {
 /// What the workers of one balancer share: the backends and the one rotation.
 struct Shared {
     name: String,
-    backends: Arc<ArcSwap<BackendSet>>,
-    /// The one rotation (and affinity rule) of the balancer.
-    picker: Picker,
-    affinity: Affinity,
+    /// The backends, the one rotation and the affinity rule (no passive ejection for UDP: a
+    /// datagram without a reply is not a failure).
+    backends: Backends,
     /// Flow-table bound of each worker (the configured bound split between them).
     max_flows: usize,
     idle_timeout: Duration,
@@ -117,9 +118,12 @@ impl UdpBalancer {
         }
         let shared = Shared {
             name: config.name.clone(),
-            backends: Arc::new(ArcSwap::from_pointee(BackendSet::new(&config.backends.0))),
-            picker: Picker::new(config.affinity),
-            affinity: config.affinity,
+            backends: Backends::new(
+                &config.name,
+                &config.backends.0,
+                config.affinity,
+                OutlierRules { failures: 0, ..OutlierRules::default() },
+            ),
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
@@ -138,12 +142,12 @@ impl UdpBalancer {
 
     /// The live backend set, for health checkers to replace.
     pub fn backends(&self) -> Arc<ArcSwap<BackendSet>> {
-        self.shared.backends.clone()
+        self.shared.backends.set()
     }
 
     /// The backends' addresses, in configuration order.
     pub fn backend_addrs(&self) -> Vec<SocketAddr> {
-        self.shared.backends.load().backends().iter().map(|b| b.addr).collect()
+        self.shared.backends.addrs()
     }
 
     /// Runs one event loop per listening socket, each on a thread of its own, until `shutdown`.
@@ -234,7 +238,6 @@ impl Relay {
             self.warn.warn(self.now, || format!("udp balancer \"{name}\": receive: {e}"));
             return Ok(false);
         }
-        let set = self.shared.backends.load();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
@@ -250,10 +253,9 @@ impl Relay {
                 }
             }
             let Some(flow) = self.flows.touch(&client, self.now) else { continue };
-            let backend = self.shared.picker.pick(&set, flow.backend, self.now);
-            if self.shared.affinity == Affinity::Client {
-                flow.backend = backend;
-            }
+            // The pin only matters under client affinity; the picker decides whether to keep it.
+            let backend = self.shared.backends.pick(flow.backend, self.now);
+            flow.backend = backend;
             let payload = self.requests.payload(i);
             let sent = match backend {
                 Some(b) => flow.socket.send_to(payload, b).is_ok(),
@@ -294,7 +296,7 @@ impl Relay {
             if got == 0 {
                 return Ok(());
             }
-            let set = self.shared.backends.load();
+            let set = self.shared.backends.set().load_full();
             let mut from_backend = false;
             let mut i = before;
             while i < self.replies.len() {
@@ -541,7 +543,7 @@ mod tests {
             name: "test".into(),
             listen: Addr(format!("{ip}:0").parse().unwrap()),
             backends: Backends(vec![backend.local_addr().unwrap()]),
-            affinity: Affinity::default(),
+            affinity: crate::balance::Affinity::default(),
             max_flows,
             flow_idle_timeout: Dur(Duration::from_secs(60)),
             workers: Some(1),
