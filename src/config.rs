@@ -277,8 +277,16 @@ impl HealthCheckConfig {
                 self.timeout, self.interval
             ));
         }
-        if !self.path.starts_with('/') || self.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(format!("{what}: health path {:?} must start with / and have no spaces", self.path));
+        if !self.path.starts_with('/')
+            || self.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#' || b >= 0x7f)
+        {
+            return Err(format!(
+                "{what}: health path {:?} must start with / and be printable ASCII without spaces or '#'",
+                self.path
+            ));
+        }
+        if http && (self.send.is_some() || !self.expect.is_empty()) {
+            return Err(format!("{what}: health send/expect are for UDP balancers; HTTP checks use path and status"));
         }
         Ok(())
     }
@@ -453,8 +461,15 @@ impl Config {
             if b.retries > 16 {
                 return Err(format!("balance.http \"{}\": retries must be from 0 to 16", b.name));
             }
-            if b.head_timeout.0.is_zero() {
-                return Err(format!("balance.http \"{}\": head_timeout must be longer than 0s", b.name));
+            for (field, d) in
+                [("connect_timeout", b.connect_timeout), ("timeout", b.timeout), ("head_timeout", b.head_timeout)]
+            {
+                if d.0.is_zero() {
+                    return Err(format!("balance.http \"{}\": {field} must be longer than 0s", b.name));
+                }
+            }
+            if b.workers.is_some_and(|w| !(1..=1024).contains(&w)) {
+                return Err(format!("balance.http \"{}\": workers must be from 1 to 1024", b.name));
             }
             if b.eject_for.0.is_zero() {
                 return Err(format!("balance.http \"{}\": eject_for must be longer than 0s", b.name));
@@ -463,6 +478,9 @@ impl Config {
         }
         for b in &self.balance.udp {
             b.health.check(&format!("balance.udp \"{}\"", b.name), false)?;
+            if b.flow_idle_timeout.0.is_zero() {
+                return Err(format!("balance.udp \"{}\": flow_idle_timeout must be longer than 0s", b.name));
+            }
         }
         Ok(())
     }

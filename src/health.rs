@@ -42,6 +42,17 @@ pub fn check_of(sample: &Sample) -> Check {
     }
 }
 
+/// What the newest probe of a target found, in words.
+fn why_down(t: &TargetReport) -> String {
+    match t.newest.as_ref().map(|s| &s.outcome) {
+        Some(Outcome::Timeout) => "no answer in time".into(),
+        Some(Outcome::Failed(e)) => e.clone(),
+        Some(Outcome::Status(code)) => format!("answered {code}"),
+        _ if !t.summary.up => "its link is down".into(),
+        _ => "failed".into(),
+    }
+}
+
 /// The check a report's line stands for, unless it was judged already. A target the monitor
 /// reports down although its probe passed (its link is down) has failed.
 fn new_check(judged: &mut HashMap<TargetId, (u64, bool)>, t: &TargetReport) -> Option<Check> {
@@ -101,7 +112,15 @@ impl HealthFeed {
             }
             for change in &changes {
                 match change {
-                    Transition::Down(a) => tracing::warn!("{}: backend {a} is down, out of rotation", w.name),
+                    Transition::Down(a) => {
+                        let why = w
+                            .probes
+                            .iter()
+                            .find(|(b, _)| b == a)
+                            .and_then(|(_, id)| report.target(*id))
+                            .map_or_else(String::new, |t| format!(" (last check: {})", why_down(t)));
+                        tracing::warn!("{}: backend {a} is down, out of rotation{why}", w.name)
+                    }
                     Transition::Up(a) => tracing::info!("{}: backend {a} is back in rotation", w.name),
                     Transition::FailOpen => {
                         tracing::warn!("{}: every backend fails its probe; keeping all in rotation", w.name)

@@ -173,3 +173,194 @@ fn when_every_backend_fails_the_client_hears_why_from_the_last_one_tried() {
     assert!(r.body.contains("could not be reached"), "{}", r.body);
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// A backend that answers each connection with `reply` after reading the request head (not
+/// its body), then keeps the connection `open_for`, reading nothing more; it records request
+/// lines in `seen`.
+fn canned_backend(at: &str, reply: &'static [u8], open_for: Duration) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let l = TcpListener::bind(at).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let record = record.clone();
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap_or(0);
+                record.lock().unwrap().push(first.trim_end().to_string());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let _ = std::io::Write::write_all(&mut w, reply);
+                thread::sleep(open_for);
+            });
+        }
+    });
+    seen
+}
+
+#[test]
+fn a_retry_after_an_early_hint_sends_the_same_request_to_the_next_backend() {
+    // Regression: the 1xx was parsed into the buffer holding the request, and the retry sent
+    // the hint's bytes (and an HTTP/1.0 request without Host panicked the connection's task).
+    canned_backend("127.0.8.5:8001", b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n", Duration::from_secs(5));
+    let good = canned_backend(
+        "127.0.8.5:8002",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+        Duration::ZERO,
+    );
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.8.5:8000",
+        "--timeout",
+        "300ms",
+        "--eject-after",
+        "0",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.8.5:8001,127.0.8.5:8002",
+    ]);
+    let front = addr("127.0.8.5:8000");
+    let r = Http::connect(front).raw(b"GET /page HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 103, "the hint is relayed first");
+    // (The final answer follows on the same connection.)
+    let r = get(front, "/other"); // turn 2: the good backend directly
+    assert_eq!(r.status, 200);
+    let r = Http::connect(front).raw(b"GET /old HTTP/1.0\r\n\r\n"); // turn 3: the hinting one, HTTP/1.0
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = good.lock().unwrap().clone();
+    assert!(seen.contains(&"GET /page HTTP/1.1".to_string()), "{seen:?}");
+    assert!(seen.contains(&"GET /old HTTP/1.1".to_string()), "{seen:?}");
+    assert!(seen.iter().all(|l| l.starts_with("GET /")), "the next backend got something else: {seen:?}");
+}
+
+#[test]
+fn a_client_leaving_mid_download_does_not_eject_the_backend() {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = BIG.get_or_init(|| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 4 << 20).into_bytes();
+        r.extend(std::iter::repeat_n(b'x', 4 << 20));
+        r
+    });
+    canned_backend("127.0.8.6:8001", body, Duration::from_millis(200));
+    canned_backend("127.0.8.6:8002", body, Duration::from_millis(200));
+    let lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.8.6:8000",
+        "--eject-after",
+        "1",
+        "--check",
+        "none",
+        "--backend",
+        "127.0.8.6:8001,127.0.8.6:8002",
+    ]);
+    for _ in 0..4 {
+        let mut s = std::net::TcpStream::connect("127.0.8.6:8000").unwrap();
+        std::io::Write::write_all(&mut s, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut some = [0u8; 1000];
+        let _ = std::io::Read::read(&mut s, &mut some);
+        drop(s); // gone after the first kilobyte
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let out = lb.output();
+    assert!(!out.contains("ejected"), "{out}");
+    assert!(out.contains("-> 127.0.8.6:8001 200"), "logged with the backend's status: {out}");
+}
+
+#[test]
+fn an_early_answer_to_an_upload_reaches_the_client_and_a_stalled_upload_is_a_504() {
+    canned_backend(
+        "127.0.8.7:8001",
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n",
+        Duration::ZERO,
+    );
+    hanging_backend("127.0.8.7:8002");
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.8.7:8000",
+        "--timeout",
+        "500ms",
+        "--eject-after",
+        "0",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.8.7:8001,127.0.8.7:8002",
+    ]);
+    let upload = || {
+        let mut s = std::net::TcpStream::connect("127.0.8.7:8000").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let size = 8 << 20;
+        std::io::Write::write_all(
+            &mut s,
+            format!("PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let writer = s.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut w = writer;
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..(size / chunk.len()) {
+                if std::io::Write::write_all(&mut w, &chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    // The backend refused the upload before reading it: its answer, not a 502.
+    assert!(upload().starts_with("HTTP/1.1 413"), "early answer lost");
+    // The other backend never reads: the write times out, which is the backend's timeout (504).
+    assert!(upload().starts_with("HTTP/1.1 504"), "stalled upload");
+}
+
+#[test]
+fn retried_attempts_are_in_the_access_log() {
+    closing_backend("127.0.8.8:8001");
+    let _backend = Proc::up(&["serve", "http", "--bind", "127.0.8.8", "--ports", "8002", "--quiet"]);
+    let lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.8.8:8000",
+        "--eject-after",
+        "0",
+        "--check",
+        "none",
+        "--backend",
+        "127.0.8.8:8001,127.0.8.8:8002",
+    ]);
+    assert_eq!(get(addr("127.0.8.8:8000"), "/").status, 200);
+    lb.wait_for("-> 127.0.8.8:8002 200", Duration::from_secs(2));
+    assert!(
+        lb.output().contains("(retried after 127.0.8.8:8001: backend 127.0.8.8:8001 failed: closed"),
+        "{}",
+        lb.output()
+    );
+}
+
+#[test]
+fn sighup_does_not_stop_the_balancer() {
+    let _backend = Proc::up(&["serve", "http", "--bind", "127.0.8.9", "--ports", "8001", "--quiet"]);
+    let mut lb = Proc::up(&["balance", "http", "--listen", "127.0.8.9:8000", "--quiet", "--backend", "127.0.8.9:8001"]);
+    assert!(std::process::Command::new("kill").args(["-HUP", &lb.pid().to_string()]).status().unwrap().success());
+    lb.wait_for("SIGHUP: reloading the config is not supported yet", Duration::from_secs(3));
+    assert_eq!(get(addr("127.0.8.9:8000"), "/").status, 200);
+    assert!(lb.signal_and_wait("TERM", Duration::from_secs(5)).success());
+}

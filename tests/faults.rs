@@ -314,3 +314,13 @@ fn up_raises_the_descriptor_limit_and_warns_when_the_config_needs_more() {
     let out = lb.output();
     assert!(out.contains("open descriptors") && out.contains("ulimit -n"), "{out}");
 }
+
+#[test]
+fn max_connections_are_lowered_to_fit_the_descriptor_limit() {
+    let lb = with_fd_limit(
+        512,
+        &["balance", "http", "--listen", "127.0.12.9:8000", "--check", "none", "--backend", "127.0.12.9:8001"],
+    );
+    let out = lb.output();
+    assert!(out.contains("max_connections 10000 lowered to") && out.contains("descriptor limit 512"), "{out}");
+}

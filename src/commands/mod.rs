@@ -85,18 +85,25 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
     crate::probe::resolve(host, port).map_err(|e| UsageError(e.to_string()).into())
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C or SIGTERM. SIGHUP (which nginx and HAProxy users send to reload) does not stop
+/// anything: reloading is not there yet, so it is logged and the running config kept.
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    use tokio::signal::unix::{SignalKind, signal};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => s.recv().await.is_some(),
+            Err(_) => std::future::pending::<bool>().await,
+        }
+    };
+    let hup = async {
+        let Ok(mut s) = signal(SignalKind::hangup()) else { return std::future::pending::<()>().await };
+        while s.recv().await.is_some() {
+            tracing::warn!("SIGHUP: reloading the config is not supported yet; still running as started");
         }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = wait(SignalKind::terminate()) => {}
+        _ = hup => {}
     }
 }

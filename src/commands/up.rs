@@ -153,32 +153,49 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
         .thread_name("netpulse-worker")
         .build()
         .context("cannot start the async runtime")?;
-    check_descriptors(&config, net::raise_descriptor_limit());
+    let mut config = config;
+    fit_descriptors(&mut config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
     say(&bound.banner)?;
     rt.block_on(serve(bound))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Warns, with the fix, when the descriptors a config may need at its limits exceed `limit`:
-/// each HTTP client connection may hold one to a backend too, pools keep idle ones per backend
-/// and worker, and each UDP flow has a socket. (Running out anyway drops one connection or
-/// datagram at a time, never the process.)
-fn check_descriptors(config: &Config, limit: u64) {
+/// Fits a config to the descriptor limit, as HAProxy derives its maxconn: each HTTP client
+/// connection may hold one to a backend too, pools keep idle ones per backend and worker, and
+/// each UDP flow has a socket. When the limits would need more, HTTP balancers get fewer
+/// connections (said on stderr); when even that cannot fit, a warning names the fix. Running
+/// out anyway drops one connection or datagram at a time, never the process.
+fn fit_descriptors(config: &mut Config, limit: u64) {
+    const SPARE: usize = 256;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let http: usize = config
-        .balance
-        .http
-        .iter()
-        .map(|b| 2 * b.max_connections + b.pool_max_idle * b.backends.0.len() * b.workers.unwrap_or(cores))
-        .sum();
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let pools: usize =
+        config.balance.http.iter().map(|b| b.pool_max_idle * b.backends.0.len() * b.workers.unwrap_or(cores)).sum();
     let udp: usize = config.balance.udp.iter().map(|b| b.max_flows).sum();
-    let need = (http + udp + 256) as u64;
+    let http: usize = config.balance.http.iter().map(|b| 2 * b.max_connections).sum();
+    if http + pools + udp + SPARE <= limit {
+        return;
+    }
+    let room = limit.saturating_sub(pools + udp + SPARE);
+    let share = (room / 2 / config.balance.http.len().max(1)).max(64);
+    for b in &mut config.balance.http {
+        if b.max_connections > share {
+            tracing::info!(
+                "http balancer \"{}\": max_connections {} lowered to {share} to fit the descriptor limit {limit} \
+                 (raise it with `ulimit -n` to allow more)",
+                b.name,
+                b.max_connections
+            );
+            b.max_connections = share;
+        }
+    }
+    let need = config.balance.http.iter().map(|b| 2 * b.max_connections).sum::<usize>() + pools + udp + SPARE;
     if need > limit {
         tracing::warn!(
-            "the config may need {need} open descriptors at its limits (HTTP {http}, UDP flows {udp}, 256 spare) but \
-             the limit is {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower \
-             max_connections / max_flows; until then a connection or flow past the limit is dropped"
+            "the config may need {need} open descriptors at its limits (UDP flows {udp}, pools {pools}) but the \
+             limit is {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower \
+             max_flows / pool_max_idle; until then a flow or connection past the limit is dropped"
         );
     }
 }

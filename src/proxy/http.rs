@@ -56,6 +56,8 @@ struct Proxy {
     retries: u32,
     /// Time for a whole request head to arrive, from its first byte.
     head_timeout: Duration,
+    /// Running out of descriptors is said at most once a second (taken only then).
+    resource_warn: Mutex<crate::log::Throttled>,
     max_idle: usize,
     connect_timeout: Duration,
     timeout: Duration,
@@ -113,6 +115,8 @@ enum ProxyError {
     Client(io::Error),
     #[error("out of resources here, not the backend's fault: {0}")]
     Resources(io::Error),
+    #[error("the request body paused longer than {0:?}")]
+    ClientTimeout(Duration),
 }
 
 impl ProxyError {
@@ -122,6 +126,7 @@ impl ProxyError {
             Self::ConnectTimeout(..) | Self::Timeout(..) => 504,
             Self::Connect(..) | Self::Backend(..) => 502,
             Self::BadBody(_) => 400,
+            Self::ClientTimeout(_) => 408,
             // Nobody to answer; logged as 499 like nginx does.
             Self::Client(_) => 499,
         }
@@ -134,6 +139,10 @@ struct Outcome {
     status: u16,
     /// Whether the client connection can carry another request.
     keep_client: bool,
+    /// The backend broke off its response after the head went out (counts against it).
+    cut_short: bool,
+    /// The attempts that failed before this one: backend and why (for the access log).
+    retried: Vec<(SocketAddr, String)>,
 }
 
 impl HttpBalancer {
@@ -154,6 +163,7 @@ impl HttpBalancer {
             backends,
             retries: config.retries,
             head_timeout: config.head_timeout.0,
+            resource_warn: Mutex::new(crate::log::Throttled::default()),
             max_idle: config.pool_max_idle,
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
@@ -362,13 +372,16 @@ struct Conn {
     peer: SocketAddr,
     cbuf: Buf,
     bbuf: Buf,
-    /// The outgoing head (and the first body bytes) for whichever side is being written.
+    /// The response head (and body bytes) on their way to the client.
     out: Vec<u8>,
+    /// The request as it goes to the backend (head and the body bytes in hand), kept whole
+    /// until the exchange ends so that a retry sends exactly the same bytes.
+    req: Vec<u8>,
 }
 
 impl Proxy {
     async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new() };
+        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new() };
         loop {
             let head = match self.read_request_head(&mut c, &shutdown).await {
                 Some(h) => h,
@@ -379,14 +392,18 @@ impl Proxy {
             let outcome = self.exchange(pools, &mut c, &head, &shutdown).await;
             if self.log.enabled() {
                 let to = outcome.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
-                self.log.line(format!(
+                let mut line = format!(
                     "{} http {} {peer} \"{}\" -> {to} {:03} {:.3}ms",
                     UtcTime::now().rfc3339(),
                     self.name,
                     head.line,
                     outcome.status,
                     start.elapsed().as_secs_f64() * 1000.0
-                ));
+                );
+                for (b, why) in &outcome.retried {
+                    line.push_str(&format!(" (retried after {b}: {why})"));
+                }
+                self.log.line(line);
             }
             // The answer said whether the connection stays (`Connection: close` once stopping);
             // one that said so may already carry the next request, which `wait_for_request`
@@ -399,6 +416,7 @@ impl Proxy {
             c.cbuf.release();
             c.bbuf.release();
             c.out = Vec::new();
+            c.req = Vec::new();
         }
     }
 
@@ -413,7 +431,7 @@ impl Proxy {
         let deadline = Instant::now() + self.head_timeout;
         loop {
             if !c.cbuf.is_empty() {
-                match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.out) {
+                match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.req) {
                     Ok(Some(head)) => return Some(head),
                     Ok(None) => {}
                     Err(e) => {
@@ -455,7 +473,9 @@ impl Proxy {
     async fn refuse(&self, c: &mut Conn, status: u16, why: &str) {
         let _ = write_within(&mut c.client, &error_page(status, why, true), HEADER_READ_TIMEOUT).await;
         if self.log.enabled() {
-            self.log.line(format!("{} http {} {} {status} {why}", UtcTime::now().rfc3339(), self.name, c.peer));
+            // The access-log line's shape, with no request line and no backend.
+            let now = UtcTime::now().rfc3339();
+            self.log.line(format!("{now} http {} {} \"-\" -> - {status:03} 0.000ms ({why})", self.name, c.peer));
         }
     }
 
@@ -476,24 +496,28 @@ impl Proxy {
         // The outgoing request: the rewritten head, a `Host` line when the client sent none
         // (it names the backend, so it is rewritten for each one), the blank line, then the
         // body bytes already read.
-        let host_at = c.out.len();
-        c.out.extend_from_slice(b"\r\n");
+        let host_at = c.req.len();
+        c.req.extend_from_slice(b"\r\n");
         let body = match BodyInHand::take(c, head) {
             Ok(body) => body,
             Err(e) => return self.fail(c, head, None, e, true).await,
         };
         let mut tried: Vec<usize> = Vec::new();
+        let mut retried: Vec<(SocketAddr, String)> = Vec::new();
         let mut host_len = 0;
         let mut last: Option<(SocketAddr, ProxyError, bool)> = None;
         while let Some((index, backend)) = self.backends.pick_index(Instant::now(), &tried) {
             if !head.has_host {
                 let line = format!("Host: {backend}\r\n");
-                c.out.splice(host_at..host_at + host_len, line.bytes());
+                c.req.splice(host_at..host_at + host_len, line.bytes());
                 host_len = line.len();
             }
             match self.forward(pools, c, head, index, backend, &body, shutdown).await {
-                Ok(outcome) => {
-                    if outcome.status >= 500 {
+                Ok(mut outcome) => {
+                    outcome.retried = retried;
+                    if outcome.cut_short {
+                        self.backends.failed(index, Instant::now(), "broke off its response");
+                    } else if outcome.status >= 500 {
                         self.backends.failed(index, Instant::now(), &format!("answered {}", outcome.status));
                     } else {
                         self.backends.succeeded(index);
@@ -505,18 +529,25 @@ impl Proxy {
                         self.backends.failed(index, Instant::now(), &f.error.to_string());
                     }
                     let again = f.retry && tried.len() < self.retries as usize;
+                    // Every failure is noted; the last one becomes the answer (popped below).
+                    retried.push((backend, f.error.to_string()));
                     last = Some((backend, f.error, f.body_unread));
                     if !again {
                         break;
                     }
+                    tracing::debug!("{}: {backend} failed; trying another backend", self.name);
                     tried.push(index);
                 }
             }
         }
-        match last {
+        let mut outcome = match last {
             Some((backend, e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
             None => self.fail(c, head, None, ProxyError::NoBackend, !body.whole).await,
-        }
+        };
+        // The last failure is the answer itself; the ones before it were retried.
+        retried.pop();
+        outcome.retried = retried;
+        outcome
     }
 
     /// Sends the request to `backend` (once more on a fresh connection if a pooled one turns
@@ -550,24 +581,36 @@ impl Proxy {
                     }
                 },
             };
-            if let Err(e) = write_within(&mut upstream, &c.out, self.timeout).await {
+            if let Err(e) = write_within(&mut upstream, &c.req, self.timeout).await {
                 if reused && replayable {
                     continue;
                 }
-                let error = ProxyError::Backend(backend, format!("write: {e}"));
+                let error = self.write_error(backend, e);
                 return Err(Failure { error, retry: replayable, blame_backend: true, body_unread: !body.whole });
             }
             let mut chunked = body.chunked.clone();
             if !body.whole {
-                self.stream_request_body(c, &mut upstream, head.framing, body.left, &mut chunked, backend)
-                    .await
-                    .map_err(|(error, unread)| {
-                        let blame_backend = matches!(error, ProxyError::Backend(..));
-                        Failure { error, retry: false, blame_backend, body_unread: unread }
-                    })?;
+                let sent = self.stream_request_body(c, &mut upstream, head.framing, body.left, &mut chunked, backend);
+                match sent.await {
+                    Ok(()) => {}
+                    // The backend stopped taking the body: it may have answered already (413,
+                    // 401 before reading an upload), and that answer is the client's.
+                    Err((e @ ProxyError::Backend(..), unread)) => {
+                        c.bbuf.clear();
+                        if let Ok((outcome, _)) = self.relay_response(c, &mut upstream, head, backend, true).await {
+                            return Ok(outcome);
+                        }
+                        return Err(Failure { error: e, retry: false, blame_backend: true, body_unread: unread });
+                    }
+                    Err((error, unread)) => {
+                        let blame_backend = matches!(error, ProxyError::Timeout(..));
+                        return Err(Failure { error, retry: false, blame_backend, body_unread: unread });
+                    }
+                }
             }
             c.bbuf.clear();
-            match self.relay_response(c, &mut upstream, head, backend, shutdown).await {
+            let close = shutdown.is_cancelled();
+            match self.relay_response(c, &mut upstream, head, backend, close).await {
                 Ok((outcome, reusable)) => {
                     if reusable {
                         if let Some(pool) = pool {
@@ -593,10 +636,27 @@ impl Proxy {
                         body_unread: !body.whole,
                     });
                 }
-                Err(Relay::AfterHead) => {
-                    return Ok(Outcome { backend: Some(backend), status: 502, keep_client: false });
+                // The client already has the head: it can only be closed. Whose fault it was
+                // decides whether the backend is blamed; the log keeps the status it sent.
+                Err(Relay::AfterHead { status, backend_failed }) => {
+                    return Ok(Outcome {
+                        backend: Some(backend),
+                        status,
+                        keep_client: false,
+                        cut_short: backend_failed,
+                        retried: Vec::new(),
+                    });
                 }
             }
+        }
+    }
+
+    /// A failed write to `backend`: a timeout is a 504 (it stopped reading), the rest a 502.
+    fn write_error(&self, backend: SocketAddr, e: io::Error) -> ProxyError {
+        if e.kind() == io::ErrorKind::TimedOut {
+            ProxyError::Timeout(backend, self.timeout)
+        } else {
+            ProxyError::Backend(backend, format!("write: {e}"))
         }
     }
 
@@ -622,7 +682,16 @@ impl Proxy {
         chunked: &mut Chunked,
         backend: SocketAddr,
     ) -> Result<(), (ProxyError, bool)> {
-        let client_err = |e: io::Error| (ProxyError::Client(e), true);
+        // A client that pauses its body longer than the limit is told so (408); one that left
+        // is not.
+        let client_err = |e: io::Error| {
+            let error = if e.kind() == io::ErrorKind::TimedOut {
+                ProxyError::ClientTimeout(HEADER_READ_TIMEOUT)
+            } else {
+                ProxyError::Client(e)
+            };
+            (error, true)
+        };
         loop {
             let done = match framing {
                 Framing::Length(_) => left == 0,
@@ -648,7 +717,7 @@ impl Proxy {
             };
             write_within(upstream, &c.cbuf.bytes()[..take], self.timeout)
                 .await
-                .map_err(|e| (ProxyError::Backend(backend, format!("write: {e}")), true))?;
+                .map_err(|e| (self.write_error(backend, e), true))?;
             c.cbuf.consume(take);
         }
     }
@@ -661,7 +730,7 @@ impl Proxy {
         upstream: &mut TcpStream,
         head: &RequestHead,
         backend: SocketAddr,
-        shutdown: &CancellationToken,
+        close: bool,
     ) -> Result<(Outcome, bool), Relay> {
         let deadline = Instant::now() + self.timeout;
         let mut received_any = false;
@@ -716,15 +785,15 @@ impl Proxy {
         };
         c.bbuf.consume(resp.len);
         let dechunk = head.http10 && resp.framing == Framing::Chunked;
-        let keep_client =
-            head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !shutdown.is_cancelled();
+        let keep_client = head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !close;
         if !keep_client {
             c.out.extend_from_slice(b"Connection: close\r\n");
         } else if head.http10 {
             c.out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         c.out.extend_from_slice(b"\r\n");
-        let outcome = Outcome { backend: Some(backend), status: resp.status, keep_client };
+        let outcome =
+            Outcome { backend: Some(backend), status: resp.status, keep_client, cut_short: false, retried: Vec::new() };
 
         // The body: the first bytes travel with the head, the rest as it arrives.
         let mut left = match resp.framing {
@@ -749,7 +818,7 @@ impl Proxy {
                     } else {
                         chunked.feed(input, |_| {})
                     };
-                    let used = used.map_err(|_| Relay::AfterHead)?;
+                    let used = used.map_err(|_| Relay::AfterHead { status: resp.status, backend_failed: true })?;
                     (used, chunked.is_done())
                 }
                 Framing::UntilClose => (c.bbuf.bytes().len(), false),
@@ -759,7 +828,9 @@ impl Proxy {
             }
             c.bbuf.consume(take);
             if !c.out.is_empty() || first {
-                write_within(&mut c.client, &c.out, self.timeout).await.map_err(|_| Relay::AfterHead)?;
+                write_within(&mut c.client, &c.out, self.timeout)
+                    .await
+                    .map_err(|_| Relay::AfterHead { status: resp.status, backend_failed: false })?;
                 c.out.clear();
                 first = false;
             }
@@ -770,7 +841,7 @@ impl Proxy {
             }
             match fill_within(&mut c.bbuf, upstream, self.timeout).await {
                 Ok(0) if resp.framing == Framing::UntilClose => return Ok((outcome, false)),
-                Ok(0) | Err(_) => return Err(Relay::AfterHead),
+                Ok(0) | Err(_) => return Err(Relay::AfterHead { status: resp.status, backend_failed: true }),
                 Ok(_) => {}
             }
         }
@@ -787,10 +858,18 @@ impl Proxy {
     ) -> Outcome {
         let status = e.status();
         if matches!(e, ProxyError::Client(_)) {
-            return Outcome { backend, status, keep_client: false };
+            return Outcome { backend, status, keep_client: false, cut_short: false, retried: Vec::new() };
+        }
+        if let ProxyError::Resources(err) = &e {
+            let name = &self.name;
+            self.resource_warn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .warn(Instant::now(), || format!("http balancer \"{name}\": no connection to a backend: {err}"));
         }
         // The unread rest of a request body would be taken for the next request: close instead.
-        let keep_client = head.keep_alive && !body_unread;
+        // Out of descriptors, closing this one is what gives one back.
+        let keep_client = head.keep_alive && !body_unread && !matches!(e, ProxyError::Resources(_));
         let mut page = error_page(status, &e.to_string(), !keep_client);
         if head.is_head {
             // A HEAD response has no body, whatever its Content-Length says.
@@ -798,7 +877,7 @@ impl Proxy {
             page.truncate(end);
         }
         let written = write_within(&mut c.client, &page, self.timeout).await.is_ok();
-        Outcome { backend, status, keep_client: keep_client && written }
+        Outcome { backend, status, keep_client: keep_client && written, cut_short: false, retried: Vec::new() }
     }
 }
 
@@ -826,14 +905,14 @@ impl BodyInHand {
             Framing::Empty | Framing::UntilClose => true,
             Framing::Length(n) => {
                 let have = (c.cbuf.bytes().len() as u64).min(n) as usize;
-                c.out.extend_from_slice(&c.cbuf.bytes()[..have]);
+                c.req.extend_from_slice(&c.cbuf.bytes()[..have]);
                 c.cbuf.consume(have);
                 left = n - have as u64;
                 left == 0
             }
             Framing::Chunked => {
                 let used = chunked.feed(c.cbuf.bytes(), |_| {}).map_err(ProxyError::BadBody)?;
-                c.out.extend_from_slice(&c.cbuf.bytes()[..used]);
+                c.req.extend_from_slice(&c.cbuf.bytes()[..used]);
                 c.cbuf.consume(used);
                 chunked.is_done()
             }
@@ -860,7 +939,7 @@ enum Relay {
     /// Failed before the client saw anything: the client gets an error page.
     BeforeHead(ProxyError),
     /// Failed after the head went out: the client connection can only be closed.
-    AfterHead,
+    AfterHead { status: u16, backend_failed: bool },
 }
 
 /// A complete short response of our own.
