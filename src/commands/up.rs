@@ -162,22 +162,20 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
 }
 
 /// Fits a config to the descriptor limit, as HAProxy derives its maxconn: each HTTP client
-/// connection may hold one to a backend too, pools keep idle ones per backend and worker, and
-/// each UDP flow has a socket. When the limits would need more, HTTP balancers get fewer
+/// connection may hold one to a backend too (a pooled idle one is one a client is not using, so
+/// pools add nothing beyond that), and each UDP flow has a socket. When the limits would need more, HTTP balancers get fewer
 /// connections (said on stderr); when even that cannot fit, a warning names the fix. Running
 /// out anyway drops one connection or datagram at a time, never the process.
 fn fit_descriptors(config: &mut Config, limit: u64) {
-    const SPARE: usize = 256;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    /// Listening sockets, the runtime's own, the log, health checks.
+    const SPARE: usize = 64;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let pools: usize =
-        config.balance.http.iter().map(|b| b.pool_max_idle * b.backends.0.len() * b.workers.unwrap_or(cores)).sum();
     let udp: usize = config.balance.udp.iter().map(|b| b.max_flows).sum();
     let http: usize = config.balance.http.iter().map(|b| 2 * b.max_connections).sum();
-    if http + pools + udp + SPARE <= limit {
+    if http + udp + SPARE <= limit {
         return;
     }
-    let room = limit.saturating_sub(pools + udp + SPARE);
+    let room = limit.saturating_sub(udp + SPARE);
     let share = (room / 2 / config.balance.http.len().max(1)).max(64);
     for b in &mut config.balance.http {
         if b.max_connections > share {
@@ -190,12 +188,12 @@ fn fit_descriptors(config: &mut Config, limit: u64) {
             b.max_connections = share;
         }
     }
-    let need = config.balance.http.iter().map(|b| 2 * b.max_connections).sum::<usize>() + pools + udp + SPARE;
+    let need = config.balance.http.iter().map(|b| 2 * b.max_connections).sum::<usize>() + udp + SPARE;
     if need > limit {
         tracing::warn!(
-            "the config may need {need} open descriptors at its limits (UDP flows {udp}, pools {pools}) but the \
-             limit is {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower \
-             max_flows / pool_max_idle; until then a flow or connection past the limit is dropped"
+            "the config may need {need} open descriptors at its limits (UDP flows {udp}) but the limit is \
+             {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower max_flows; \
+             until then a flow or connection past the limit is dropped"
         );
     }
 }

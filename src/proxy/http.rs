@@ -285,6 +285,45 @@ impl Proxy {
     }
 }
 
+/// Buffers an idle connection gave back, kept per worker thread for the next request, so that
+/// giving memory back on idle costs no `malloc`/`free` per request; bounded, the rest is freed.
+mod spare {
+    use std::cell::RefCell;
+
+    /// Buffers kept per worker and kind (16 KiB read buffers: at most 4 MiB).
+    const KEEP: usize = 256;
+    /// Larger ones (a big head made them grow) are freed, not kept.
+    const LARGEST: usize = 64 * 1024;
+
+    thread_local! {
+        pub(super) static READ: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        pub(super) static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    type Pool = std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>;
+
+    /// An empty buffer with room for `size` bytes.
+    pub(super) fn take(pool: &'static Pool, size: usize) -> Vec<u8> {
+        pool.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(size))
+    }
+
+    pub(super) fn give(pool: &'static Pool, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > LARGEST {
+            return;
+        }
+        buf.clear();
+        pool.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < KEEP {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+/// Room first taken for a request's outgoing head and a response's head.
+const WRITE_SIZE: usize = 1024;
+
 /// A read buffer: bytes `start..` of `data` are unread. Its memory is taken on the first read
 /// and given back by [`Buf::release`] when the connection goes idle, so an idle keep-alive
 /// connection holds no buffer (as nginx frees its buffers on keep-alive).
@@ -321,7 +360,7 @@ impl Buf {
     /// Gives the memory back if nothing is unread.
     fn release(&mut self) {
         if self.is_empty() {
-            self.data = Vec::new();
+            spare::give(&spare::READ, std::mem::take(&mut self.data));
             self.start = 0;
         }
     }
@@ -330,7 +369,7 @@ impl Buf {
     /// large head). The read goes into spare capacity: nothing is zeroed first.
     async fn fill(&mut self, s: &mut TcpStream) -> io::Result<usize> {
         if self.data.capacity() == 0 {
-            self.data.reserve_exact(BUF_SIZE);
+            self.data = spare::take(&spare::READ, BUF_SIZE);
         }
         if self.data.len() == self.data.capacity() {
             if self.start > 0 {
@@ -415,8 +454,8 @@ impl Proxy {
             // Idle until the next request: hold no buffers.
             c.cbuf.release();
             c.bbuf.release();
-            c.out = Vec::new();
-            c.req = Vec::new();
+            spare::give(&spare::WRITE, std::mem::take(&mut c.out));
+            spare::give(&spare::WRITE, std::mem::take(&mut c.req));
         }
     }
 
@@ -426,6 +465,10 @@ impl Proxy {
     async fn read_request_head(&self, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
         if c.cbuf.is_empty() && !self.wait_for_request(c, shutdown).await {
             return None;
+        }
+        if c.req.capacity() == 0 {
+            c.req = spare::take(&spare::WRITE, WRITE_SIZE);
+            c.out = spare::take(&spare::WRITE, WRITE_SIZE);
         }
         // The whole head must arrive by this deadline, however it trickles in (slowloris).
         let deadline = Instant::now() + self.head_timeout;
