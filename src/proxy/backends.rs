@@ -53,14 +53,15 @@ impl Backends {
         self.failing.is_empty()
     }
 
-    /// Whether `addr` is one of the backends.
-    pub fn contains(&self, addr: SocketAddr) -> bool {
-        self.set.load().contains(addr)
+    /// The set as it is now, for a batch of picks (no reference count is taken).
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<BackendSet>> {
+        self.set.load()
     }
 
-    /// The backend for a client whose requests last went to `pinned` (see [`Picker::pick`]).
-    pub fn pick(&self, pinned: Option<SocketAddr>, now: Instant) -> Option<SocketAddr> {
-        self.picker.pick(&self.set.load(), pinned, now)
+    /// The backend in `set` (a [`Backends::snapshot`]) for a client whose requests last went to
+    /// `pinned` (see [`Picker::pick`]).
+    pub fn pick_in(&self, set: &BackendSet, pinned: Option<SocketAddr>, now: Instant) -> Option<SocketAddr> {
+        self.picker.pick(set, pinned, now)
     }
 
     /// The next turn of the rotation, skipping backends this request already `tried`: the

@@ -238,6 +238,7 @@ impl Relay {
             self.warn.warn(self.now, || format!("udp balancer \"{name}\": receive: {e}"));
             return Ok(false);
         }
+        let set = self.shared.backends.snapshot();
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
@@ -254,7 +255,7 @@ impl Relay {
             }
             let Some(flow) = self.flows.touch(&client, self.now) else { continue };
             // The pin only matters under client affinity; the picker decides whether to keep it.
-            let backend = self.shared.backends.pick(flow.backend, self.now);
+            let backend = self.shared.backends.pick_in(&set, flow.backend, self.now);
             flow.backend = backend;
             let payload = self.requests.payload(i);
             let sent = match backend {
@@ -296,7 +297,7 @@ impl Relay {
             if got == 0 {
                 return Ok(());
             }
-            let set = self.shared.backends.set().load_full();
+            let set = self.shared.backends.snapshot();
             let mut from_backend = false;
             let mut i = before;
             while i < self.replies.len() {
