@@ -11,6 +11,7 @@ use crate::config::{BalanceConfig, Config};
 
 pub(super) fn run(args: BalanceArgs) -> Result<ExitCode> {
     let quiet = args.quiet;
+    let from_flags = args.kind.is_some();
     let balance = match args.kind {
         None => {
             let path = args.config.context("give --config FILE, or `balance http` / `balance udp` with flags")?;
@@ -26,7 +27,9 @@ pub(super) fn run(args: BalanceArgs) -> Result<ExitCode> {
         Some(BalanceKind::Udp(a)) => BalanceConfig { http: vec![], udp: vec![a.into()] },
     };
     let config = Config { balance, ..Config::default() };
-    // Flag-built configs get the same cross-table checks as files.
-    config.validate("flags")?;
+    // Flag-built configs get the same cross-table checks a file got when it was loaded.
+    if from_flags {
+        config.validate("flags")?;
+    }
     super::up::start(config, log(quiet))
 }
