@@ -19,17 +19,7 @@ fn port_of(body: &str) -> u16 {
 
 /// A backend that accepts, reads each request head, and closes without answering.
 fn closing_backend(at: &str) {
-    let l = TcpListener::bind(at).unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 2 {
-                line.clear();
-            }
-        }
-    });
+    canned_backend(at, b"", Duration::ZERO);
 }
 
 /// A backend that accepts and never answers.
