@@ -33,12 +33,14 @@ pub struct HealthFeed {
 }
 
 /// What a probe says about a backend as a health check: no answer is `Lost` (a datagram may
-/// be), a refusal, reset or 5xx is `Failed`.
-pub fn check_of(sample: &Sample) -> Check {
+/// be), a refusal, reset or 5xx is `Failed`; a probe we could not make (out of descriptors
+/// here) says nothing.
+pub fn check_of(sample: &Sample) -> Option<Check> {
     match sample.outcome {
-        _ if sample.up() => Check::Passed,
-        Outcome::Timeout => Check::Lost,
-        _ => Check::Failed,
+        _ if sample.up() => Some(Check::Passed),
+        Outcome::Local(_) => None,
+        Outcome::Timeout => Some(Check::Lost),
+        _ => Some(Check::Failed),
     }
 }
 
@@ -61,7 +63,7 @@ fn new_check(judged: &mut HashMap<TargetId, (u64, bool)>, t: &TargetReport) -> O
     if judged.insert(t.id, key) == Some(key) {
         return None;
     }
-    Some(match check_of(newest) {
+    Some(match check_of(newest)? {
         Check::Passed if !t.summary.up => Check::Failed,
         c => c,
     })
@@ -194,6 +196,14 @@ mod tests {
         feed.apply(&report(9, &[(5, true)]));
         feed.apply(&report(10, &[(5, true)]));
         assert_eq!(healthy(), vec![true, false]);
+    }
+
+    #[test]
+    fn a_probe_we_could_not_make_says_nothing_about_the_backend() {
+        let ours = Sample { seq: 1, rtt: None, outcome: Outcome::Local("Too many open files".into()) };
+        assert_eq!(check_of(&ours), None);
+        let theirs = Sample { seq: 1, rtt: None, outcome: Outcome::Failed("Connection refused".into()) };
+        assert_eq!(check_of(&theirs), Some(Check::Failed));
     }
 
     #[test]

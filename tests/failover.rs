@@ -276,6 +276,12 @@ fn an_early_answer_to_an_upload_reaches_the_client_and_a_stalled_upload_is_a_504
         Duration::ZERO,
     );
     hanging_backend("127.0.8.7:8002");
+    // Answers 413 and keeps the connection open without reading: the upload's write times out.
+    canned_backend(
+        "127.0.8.7:8003",
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n",
+        Duration::from_secs(5),
+    );
     let _lb = Proc::up(&[
         "balance",
         "http",
@@ -289,7 +295,7 @@ fn an_early_answer_to_an_upload_reaches_the_client_and_a_stalled_upload_is_a_504
         "none",
         "--quiet",
         "--backend",
-        "127.0.8.7:8001,127.0.8.7:8002",
+        "127.0.8.7:8001,127.0.8.7:8002,127.0.8.7:8003",
     ]);
     let upload = || {
         let mut s = std::net::TcpStream::connect("127.0.8.7:8000").unwrap();
@@ -318,6 +324,8 @@ fn an_early_answer_to_an_upload_reaches_the_client_and_a_stalled_upload_is_a_504
     assert!(upload().starts_with("HTTP/1.1 413"), "early answer lost");
     // The other backend never reads: the write times out, which is the backend's timeout (504).
     assert!(upload().starts_with("HTTP/1.1 504"), "stalled upload");
+    // One that answered before it stopped reading: its answer, once the write gives up.
+    assert!(upload().starts_with("HTTP/1.1 413"), "early answer of a backend that stopped reading");
 }
 
 #[test]

@@ -220,3 +220,37 @@ fn two_balancers_sharing_a_backend_keep_their_own_checks() {
     thread::sleep(Duration::from_millis(300));
     assert!(!up.output().contains("good: backend"), "{}", up.output());
 }
+
+#[test]
+fn an_early_hint_before_the_status_does_not_fail_an_http_check() {
+    let l = TcpListener::bind("127.0.10.7:8001").unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            );
+        }
+    });
+    let lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.10.7:8000",
+        "--check-interval",
+        "100ms",
+        "--check-timeout",
+        "100ms",
+        "--backend",
+        "127.0.10.7:8001,127.0.10.7:8002",
+    ]);
+    // 8002 is not there and leaves; 8001 answers 200 after its hint and stays.
+    lb.wait_for("backend 127.0.10.7:8002 is down", Duration::from_secs(3));
+    thread::sleep(Duration::from_millis(300));
+    assert!(!lb.output().contains("127.0.10.7:8001 is down"), "{}", lb.output());
+}

@@ -167,16 +167,18 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
 /// connections (said on stderr); when even that cannot fit, a warning names the fix. Running
 /// out anyway drops one connection or datagram at a time, never the process.
 fn fit_descriptors(config: &mut Config, limit: u64) {
-    /// Listening sockets, the runtime's own, the log, health checks.
-    const SPARE: usize = 64;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // Listening sockets, the runtime's own, the log, health checks (less under a tiny limit).
+    let spare = 64.min(limit / 4);
     let udp: usize = config.balance.udp.iter().map(|b| b.max_flows).sum();
-    let http: usize = config.balance.http.iter().map(|b| 2 * b.max_connections).sum();
-    if http + udp + SPARE <= limit {
+    // With the mock HTTP backends in this process, a proxied connection holds a third one.
+    let per = if config.serve.http.is_some() { 3 } else { 2 };
+    let http: usize = config.balance.http.iter().map(|b| per * b.max_connections).sum();
+    if http + udp + spare <= limit {
         return;
     }
-    let room = limit.saturating_sub(udp + SPARE);
-    let share = (room / 2 / config.balance.http.len().max(1)).max(64);
+    let room = limit.saturating_sub(udp + spare);
+    let share = (room / per / config.balance.http.len().max(1)).max(1);
     for b in &mut config.balance.http {
         if b.max_connections > share {
             tracing::info!(
@@ -188,7 +190,7 @@ fn fit_descriptors(config: &mut Config, limit: u64) {
             b.max_connections = share;
         }
     }
-    let need = config.balance.http.iter().map(|b| 2 * b.max_connections).sum::<usize>() + udp + SPARE;
+    let need = config.balance.http.iter().map(|b| per * b.max_connections).sum::<usize>() + udp + spare;
     if need > limit {
         tracing::warn!(
             "the config may need {need} open descriptors at its limits (UDP flows {udp}) but the limit is \

@@ -79,6 +79,17 @@ pub enum Outcome {
     Timeout,
     /// The target said no (connection refused, port or host unreachable) or failed otherwise.
     Failed(String),
+    /// We could not probe (out of descriptors or memory here): says nothing about the target.
+    Local(String),
+}
+
+/// The outcome of a probe that failed with `e`: ours when we ran out of descriptors or memory,
+/// the target's otherwise.
+pub fn failure(e: &std::io::Error) -> Outcome {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local(e.to_string()),
+        _ => Outcome::Failed(e.to_string()),
+    }
 }
 
 /// One probe's result.
@@ -96,7 +107,7 @@ impl Sample {
         match self.outcome {
             Outcome::Reply { .. } | Outcome::Connected => true,
             Outcome::Http(_) => true,
-            Outcome::Status(_) | Outcome::Timeout | Outcome::Failed(_) => false,
+            Outcome::Status(_) | Outcome::Timeout | Outcome::Failed(_) | Outcome::Local(_) => false,
         }
     }
 }

@@ -10,7 +10,7 @@ pub async fn probe(addr: SocketAddr, seq: u64, timeout: Duration) -> Sample {
     let start = Instant::now();
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Sample { seq, rtt: Some(start.elapsed()), outcome: Outcome::Connected },
-        Ok(Err(e)) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
+        Ok(Err(e)) => Sample { seq, rtt: None, outcome: super::failure(&e) },
         Err(_) => Sample { seq, rtt: None, outcome: Outcome::Timeout },
     }
 }

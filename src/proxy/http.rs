@@ -645,9 +645,20 @@ impl Proxy {
                         }
                         return Err(Failure { error: e, retry: false, blame_backend: true, body_unread: unread });
                     }
+                    // It stopped reading without closing: if it said something first (a 413 it
+                    // will not take back), that is the answer; otherwise it timed out.
+                    Err((e @ ProxyError::Timeout(..), unread)) => {
+                        let said = tokio::time::timeout(Duration::from_millis(10), upstream.readable()).await;
+                        if matches!(said, Ok(Ok(()))) {
+                            c.bbuf.clear();
+                            if let Ok((outcome, _)) = self.relay_response(c, &mut upstream, head, backend, true).await {
+                                return Ok(outcome);
+                            }
+                        }
+                        return Err(Failure { error: e, retry: false, blame_backend: true, body_unread: unread });
+                    }
                     Err((error, unread)) => {
-                        let blame_backend = matches!(error, ProxyError::Timeout(..));
-                        return Err(Failure { error, retry: false, blame_backend, body_unread: unread });
+                        return Err(Failure { error, retry: false, blame_backend: false, body_unread: unread });
                     }
                 }
             }
@@ -727,9 +738,10 @@ impl Proxy {
     ) -> Result<(), (ProxyError, bool)> {
         // A client that pauses its body longer than the limit is told so (408); one that left
         // is not.
+        let pause = self.head_timeout;
         let client_err = |e: io::Error| {
             let error = if e.kind() == io::ErrorKind::TimedOut {
-                ProxyError::ClientTimeout(HEADER_READ_TIMEOUT)
+                ProxyError::ClientTimeout(pause)
             } else {
                 ProxyError::Client(e)
             };
@@ -744,7 +756,7 @@ impl Proxy {
                 return Ok(());
             }
             if c.cbuf.is_empty() {
-                match fill_within(&mut c.cbuf, &mut c.client, HEADER_READ_TIMEOUT).await {
+                match fill_within(&mut c.cbuf, &mut c.client, self.head_timeout).await {
                     Ok(0) => return Err(client_err(io::ErrorKind::UnexpectedEof.into())),
                     Ok(_) => {}
                     Err(e) => return Err(client_err(e)),
