@@ -3,6 +3,7 @@
 #
 #   bench/run.sh [SECONDS_PER_CASE=5] [WORKERS=1]      (ROUNDS=3 FLOWS=32 WRK_THREADS=1)
 #   BASELINE=path/to/older/netpulse bench/run.sh ...   adds that build as a contender ("before")
+#   BACKENDS=nginx bench/run.sh ...                     HTTP backends served by nginx, not by us
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
 # HTTP: wrk, 64 keep-alive connections, 4 backends (`netpulse serve http`), every proxy with the
@@ -30,8 +31,21 @@ trap cleanup EXIT
 start() { "$@" >/dev/null 2>"$TMP/$(basename "$1").$RANDOM.err" & PIDS+=($!); }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$IP/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "bench: port $1 never opened" >&2; exit 1; }
 
-# Backends shared by every case.
-start "$BIN" serve http --bind $IP --ports 9001-9004 --quiet
+# Backends shared by every case: our mock servers, or (BACKENDS=nginx) a second nginx we did not
+# write, answering the same body from memory on the same four ports.
+if [ "${BACKENDS:-netpulse}" = nginx ]; then
+  {
+    echo "worker_processes 1; daemon off; pid $TMP/backends.pid; error_log $TMP/backends-error.log warn;"
+    echo "events { worker_connections 4096; } http { access_log off; keepalive_requests 1000000;"
+    for p in 9001 9002 9003 9004; do
+      echo "  server { listen $IP:$p; location / { default_type text/plain; return 200 \"Handled by server on port $p\\n\"; } }"
+    done
+    echo "}"
+  } >"$TMP/backends.conf"
+  start nginx -c "$TMP/backends.conf" -p "$TMP"
+else
+  start "$BIN" serve http --bind $IP --ports 9001-9004 --quiet
+fi
 start "$BIN" serve udp --bind $IP --ports 9101-9103 --quiet
 wait_port 9001
 
