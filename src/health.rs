@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use crate::balance::{BackendSet, Check, HealthRules, HealthState, Transition};
 use crate::monitor::report::{Report, TargetId, TargetReport};
 use crate::probe::{Outcome, Sample};
+use crate::stats::traffic::BalancerStats;
 
 /// One balancer whose backends follow the probes.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct Watched {
     pub set: Arc<ArcSwap<BackendSet>>,
     /// Each backend and the monitor target that probes it.
     pub probes: Vec<(SocketAddr, TargetId)>,
+    /// Where changes are noted for the sinks (the balancer's statistics).
+    pub stats: Option<Arc<BalancerStats>>,
 }
 
 /// Feeds reports into balancers.
@@ -121,9 +124,17 @@ impl HealthFeed {
                             .find(|(b, _)| b == a)
                             .and_then(|(_, id)| report.target(*id))
                             .map_or_else(String::new, |t| format!(" (last check: {})", why_down(t)));
+                        if let Some(stats) = &w.stats {
+                            stats.note(*a, format!("out of rotation{why}"));
+                        }
                         tracing::warn!("{}: backend {a} is down, out of rotation{why}", w.name)
                     }
-                    Transition::Up(a) => tracing::info!("{}: backend {a} is back in rotation", w.name),
+                    Transition::Up(a) => {
+                        if let Some(stats) = &w.stats {
+                            stats.note(*a, "back in rotation: passes its checks");
+                        }
+                        tracing::info!("{}: backend {a} is back in rotation", w.name)
+                    }
                     Transition::FailOpen => {
                         tracing::warn!("{}: every backend fails its probe; keeping all in rotation", w.name)
                     }
@@ -161,6 +172,9 @@ mod tests {
                     probe: ProbeKind::Http,
                     summary,
                     newest: Some(sample),
+                    probes: Vec::new(),
+                    sent_total: 0,
+                    received_total: 0,
                 }
             })
             .collect();
@@ -176,6 +190,7 @@ mod tests {
             name: "web".into(),
             set: set.clone(),
             probes: vec![(addrs[0], TargetId(5)), (addrs[1], TargetId(7))],
+            stats: None,
         };
         let mut feed = HealthFeed::new(vec![(watched, HealthRules::default())]);
         let healthy = || set.load().backends().iter().map(|b| b.healthy).collect::<Vec<bool>>();
@@ -210,7 +225,8 @@ mod tests {
     fn a_probe_two_reports_show_counts_once() {
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
         let set = Arc::new(ArcSwap::from_pointee(BackendSet::new(&addrs)));
-        let watched = Watched { name: "web".into(), set: set.clone(), probes: vec![(addrs[1], TargetId(1))] };
+        let watched =
+            Watched { name: "web".into(), set: set.clone(), probes: vec![(addrs[1], TargetId(1))], stats: None };
         let mut feed = HealthFeed::new(vec![(watched, HealthRules::default())]);
         // The same failed probe (seq 1) in three reports: one failure, not three.
         for _ in 0..3 {

@@ -25,7 +25,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     if let Some(addr) = args.metrics {
         let listener = Exporter::bind(addr.0)?;
         tracing::info!("metrics on http://{}/metrics", addr.0);
-        let exporter = Exporter::default();
+        let exporter = Exporter::new(std::sync::Arc::from(Vec::new()));
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();
         rt.spawn(async move { exporter.serve(listener, sinks).await });

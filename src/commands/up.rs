@@ -33,6 +33,7 @@ use crate::proxy::http::HttpBalancer;
 use crate::proxy::udp::{UdpBalancer, UdpStats};
 use crate::serve::http::HttpServers;
 use crate::serve::udp::{Faults, UdpServers};
+use crate::stats::traffic::{BalancerStats, Balancers};
 
 pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
     let config = match &args.config {
@@ -51,6 +52,8 @@ struct Bound {
     monitor: Option<Watch>,
     /// Monitors that only health-check one balancer's backends (no `[monitor]` probes them).
     checkers: Vec<(Monitor, HealthFeed)>,
+    /// Every balancer's statistics, for the sinks.
+    balancers: Balancers,
     banner: String,
 }
 
@@ -64,6 +67,7 @@ struct Watch {
 /// One balancer's active health checks.
 struct Checks {
     name: String,
+    stats: Arc<BalancerStats>,
     set: Arc<ArcSwap<BackendSet>>,
     /// Each backend and the target that checks it.
     targets: Vec<(SocketAddr, Target)>,
@@ -85,7 +89,7 @@ impl Checks {
             _ => return None,
         };
         let targets = b.backend_addrs().into_iter().map(|a| (a, target(a, h))).collect();
-        Some(Self::new(b.name(), b.backends(), targets, h, false, summary))
+        Some(Self::new(b.stats(), b.backends(), targets, h, false, summary))
     }
 
     fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
@@ -103,11 +107,11 @@ impl Checks {
             .into_iter()
             .map(|a| (a, Target::Udp { host: a.to_string(), addr: a, exchange: exchange.clone() }))
             .collect();
-        Some(Self::new(b.name(), b.backends(), targets, h, true, summary))
+        Some(Self::new(b.stats(), b.backends(), targets, h, true, summary))
     }
 
     fn new(
-        name: &str,
+        stats: Arc<BalancerStats>,
         set: Arc<ArcSwap<BackendSet>>,
         targets: Vec<(SocketAddr, Target)>,
         h: &HealthCheckConfig,
@@ -116,7 +120,8 @@ impl Checks {
     ) -> Self {
         let summary = format!("{what}, fall {}, rise {}", h.fall, h.rise);
         Self {
-            name: name.into(),
+            name: stats.name().to_string(),
+            stats,
             set,
             targets,
             rules: h.rules(udp),
@@ -138,7 +143,10 @@ impl Checks {
             window: 10,
             sources: sources.clone(),
         };
-        let feed = HealthFeed::new(vec![(Watched { name: self.name, set: self.set, probes }, self.rules)]);
+        let feed = HealthFeed::new(vec![(
+            Watched { name: self.name, set: self.set, probes, stats: Some(self.stats) },
+            self.rules,
+        )]);
         (Monitor::new(plan), feed)
     }
 }
@@ -265,9 +273,10 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     if !config.monitor.as_ref().is_some_and(|m| m.health) {
         checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
     }
+    let balancers: Balancers = http.iter().map(HttpBalancer::stats).chain(udp.iter().map(UdpBalancer::stats)).collect();
     let monitor = match &config.monitor {
         Some(m) => {
-            let w = watch(m, &http, &udp, checks, sources)?;
+            let w = watch(m, &balancers, &http, &udp, checks, sources)?;
             let _ =
                 writeln!(banner, "  monitor        {} targets every {}", w.monitor.plan().targets.len(), m.interval);
             if let Some(addr) = m.metrics {
@@ -285,7 +294,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, banner })
 }
 
 /// The banner's line on a balancer's health checks.
@@ -327,6 +336,7 @@ impl Targets {
 /// plain probes: HTTP `GET /`, the classic UDP ping.
 fn watch(
     m: &MonitorConfig,
+    balancers: &Balancers,
     http: &[HttpBalancer],
     udp: &[UdpBalancer],
     checks: Vec<Checks>,
@@ -336,7 +346,7 @@ fn watch(
     let mut watched = Vec::new();
     for c in checks {
         let probes = c.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
-        watched.push((Watched { name: c.name, set: c.set, probes }, c.rules));
+        watched.push((Watched { name: c.name, set: c.set, probes, stats: Some(c.stats) }, c.rules));
     }
     for b in http {
         for a in b.backend_addrs() {
@@ -360,7 +370,7 @@ fn watch(
         sources,
     };
     let metrics = match m.metrics {
-        Some(addr) => Some((Exporter::default(), Exporter::bind(addr.0)?)),
+        Some(addr) => Some((Exporter::new(balancers.clone()), Exporter::bind(addr.0)?)),
         None => None,
     };
     let health = (!watched.is_empty()).then(|| HealthFeed::new(watched));
@@ -441,6 +451,12 @@ async fn serve(bound: Bound) -> Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    // Each HTTP balancer's totals, as the UDP ones print theirs.
+    for b in bound.balancers.iter() {
+        if let Some(line) = b.snapshot(std::time::Instant::now()).http_line() {
+            tracing::info!("http balancer \"{}\" stopped: {line}", b.name());
+        }
     }
     failure.map_or(Ok(()), Err)
 }

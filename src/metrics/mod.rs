@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::monitor::report::{Connectivity, Report};
 use crate::probe::ProbeKind;
+use crate::stats::traffic::{BalancerSnapshot, Balancers};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
@@ -27,7 +28,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders one report in the Prometheus text format (version 0.0.4).
-pub fn render(r: &Report) -> String {
+pub fn render(r: &Report, _balancers: &[BalancerSnapshot]) -> String {
     let mut o = String::with_capacity(4096 + r.targets.len() * 1024);
     type Counter = fn(&crate::iface::Counters) -> u64;
     let counters: [(&str, Counter); 8] = [
@@ -117,22 +118,39 @@ pub fn render(r: &Report) -> String {
     o
 }
 
-/// The latest rendered page, swapped whole so scrapes never wait for the monitor.
-#[derive(Debug, Clone, Default)]
+/// What `/metrics` shows: the newest report (swapped whole, so scrapes never wait for the
+/// monitor) and the balancers' statistics, read at each scrape.
+#[derive(Debug, Clone)]
 pub struct Exporter {
-    page: Arc<ArcSwap<String>>,
+    report: Arc<ArcSwap<Option<Arc<Report>>>>,
+    balancers: Balancers,
 }
 
 impl Exporter {
-    pub fn update(&self, report: &Report) {
-        self.page.store(Arc::new(render(report)));
+    pub fn new(balancers: Balancers) -> Self {
+        Self { report: Arc::new(ArcSwap::from_pointee(None)), balancers }
     }
 
-    /// Renders every report until the monitor ends (a sink).
+    pub fn update(&self, report: Arc<Report>) {
+        self.report.store(Arc::new(Some(report)));
+    }
+
+    /// The page a scrape gets now.
+    pub fn page(&self) -> String {
+        let report = self.report.load_full();
+        let now = std::time::Instant::now();
+        let balancers: Vec<BalancerSnapshot> = self.balancers.iter().map(|b| b.snapshot(now)).collect();
+        match report.as_ref() {
+            Some(r) => render(r, &balancers),
+            None => render(&Report::empty(), &balancers),
+        }
+    }
+
+    /// Keeps the newest report until the monitor ends (a sink).
     pub async fn follow(self, mut reports: broadcast::Receiver<Arc<Report>>) {
         loop {
             match reports.recv().await {
-                Ok(report) => self.update(&report),
+                Ok(report) => self.update(report),
                 // Only the newest report matters for a scrape.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -148,7 +166,7 @@ impl Exporter {
     /// Serves `/metrics` until `shutdown`.
     pub async fn serve(self, listener: std::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
         net::serve_http(listener, 256, shutdown, move |req, _| {
-            let page = self.page.load_full();
+            let page = self.page();
             async move {
                 let mut resp = if req.uri().path() == "/metrics" {
                     Response::new(Full::new(Bytes::from(page.as_bytes().to_vec())))

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{Report, TargetId, TargetReport, verdict};
+use super::report::{ProbePoint, Report, TargetId, TargetReport, verdict};
 use super::schedule::{Schedule, run_probes};
 use crate::clock::UtcTime;
 use crate::iface::{self, RateTracker};
@@ -258,6 +258,9 @@ async fn stop_probes(producers: &mut JoinSet<anyhow::Result<()>>) -> anyhow::Res
 /// which interface each target is reached through.
 struct Aggregate {
     windows: Vec<Window>,
+    /// Per target, the samples since the last report, and the totals since the start.
+    fresh: Vec<Vec<Sample>>,
+    totals: Vec<(u64, u64)>,
     rates: RateTracker,
     egress: Vec<Option<String>>,
     reports: u32,
@@ -268,12 +271,17 @@ impl Aggregate {
         let mut rates = RateTracker::new();
         rates.update(read_interfaces().await, Instant::now());
         let windows = plan.targets.iter().map(|_| Window::new(plan.window)).collect();
-        Self { windows, rates, egress: Vec::new(), reports: 0 }
+        let n = plan.targets.len();
+        Self { windows, fresh: vec![Vec::new(); n], totals: vec![(0, 0); n], rates, egress: Vec::new(), reports: 0 }
     }
 
     fn absorb(&mut self, batch: Samples) {
         for (i, s) in batch {
             if let Some(w) = self.windows.get_mut(i) {
+                let t = &mut self.totals[i];
+                t.0 += 1;
+                t.1 += u64::from(s.rtt.is_some() && s.up());
+                self.fresh[i].push(s.clone());
                 w.push(s);
             }
         }
@@ -286,8 +294,9 @@ impl Aggregate {
             .targets
             .iter()
             .zip(&self.windows)
+            .zip(self.fresh.iter_mut().zip(&self.totals))
             .enumerate()
-            .map(|(i, (t, w))| {
+            .map(|(i, ((t, w), (fresh, &(sent_total, received_total))))| {
                 let mut summary = w.summary();
                 // A target behind a link that is down is down now, before its probes time out.
                 let via = self.egress.get(i).and_then(Option::as_ref);
@@ -300,6 +309,9 @@ impl Aggregate {
                     probe: t.kind(),
                     summary,
                     newest: w.newest().cloned(),
+                    probes: std::mem::take(fresh).iter().map(ProbePoint::from).collect(),
+                    sent_total,
+                    received_total,
                 }
             })
             .collect();

@@ -17,6 +17,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of nothing (before the first one), stamped now.
+    pub fn empty() -> Self {
+        Self {
+            time: crate::clock::UtcTime::now().rfc3339(),
+            interfaces: Vec::new(),
+            targets: Vec::new(),
+            connectivity: Connectivity::Connected,
+        }
+    }
+
     /// The line of target `id`.
     pub fn target(&self, id: TargetId) -> Option<&TargetReport> {
         // Targets are reported in plan order, so the id is the index.
@@ -42,6 +52,35 @@ pub struct TargetReport {
     /// The newest probe's result, for sinks that judge each probe (the health feed).
     #[serde(skip)]
     pub newest: Option<Sample>,
+    /// The probes that settled since the last report, in the order they did (what charts
+    /// draw: a lost probe is a point with no RTT).
+    pub probes: Vec<ProbePoint>,
+    /// Probes settled and answered since the monitor started (counters, for `rate()`).
+    pub sent_total: u64,
+    pub received_total: u64,
+}
+
+/// One probe as sinks draw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbePoint {
+    pub seq: u64,
+    /// Round-trip time of an answered probe.
+    pub rtt_ms: Option<f64>,
+    /// Whether it found the target up.
+    pub up: bool,
+    /// Nothing came back in time (lost), as opposed to a refusal or a bad status.
+    pub lost: bool,
+}
+
+impl From<&Sample> for ProbePoint {
+    fn from(s: &Sample) -> Self {
+        Self {
+            seq: s.seq,
+            rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            up: s.up(),
+            lost: matches!(s.outcome, crate::probe::Outcome::Timeout),
+        }
+    }
 }
 
 /// The verdict users act on.

@@ -22,6 +22,8 @@ pub struct Backends {
     /// Per backend: whether its last request failed. A success takes the lock only then, so the
     /// common path is one load of a flag that stays in every core's cache.
     failing: Box<[AtomicBool]>,
+    /// Where an ejection is noted for the sinks (set once the balancer's stats exist).
+    stats: std::sync::OnceLock<Arc<crate::stats::traffic::BalancerStats>>,
 }
 
 impl Backends {
@@ -32,7 +34,13 @@ impl Backends {
             picker: Picker::new(affinity),
             outliers: Mutex::new(Outliers::new(addrs, rules)),
             failing: addrs.iter().map(|_| AtomicBool::new(false)).collect(),
+            stats: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where ejections are noted for the sinks.
+    pub fn note_in(&self, stats: Arc<crate::stats::traffic::BalancerStats>) {
+        let _ = self.stats.set(stats);
     }
 
     /// The live set, for health checkers to update (they change only the health flags).
@@ -98,6 +106,9 @@ impl Backends {
                 next.set_ejected(e.addr, Some(e.until));
                 next
             });
+            if let Some(stats) = self.stats.get() {
+                stats.note(e.addr, format!("ejected for {:?} after failing: {why}", e.length));
+            }
             tracing::warn!(
                 "{}: backend {} ejected for {:?} (ejection {} in a row) after failing: {why}",
                 self.name,

@@ -24,6 +24,7 @@ use crate::balance::{BackendSet, OutlierRules};
 use crate::clock::UtcTime;
 use crate::config::HttpBalancerConfig;
 use crate::log::Log;
+use crate::stats::traffic::{BalancerStats, Proto};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +51,8 @@ pub struct HttpBalancer {
 /// The state every connection shares.
 struct Proxy {
     name: String,
+    /// What the workers count, for the sinks to read.
+    stats: Arc<BalancerStats>,
     /// Health may change, order never does: index `i` is always backend `i` of the config.
     backends: Backends,
     /// Other backends a failed request may be retried on.
@@ -158,8 +161,14 @@ impl HttpBalancer {
             ..OutlierRules::default()
         };
         let backends = Backends::new(&config.name, &config.backends.0, crate::config::Affinity::None, outliers);
+        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Http, "round-robin", backends.set()));
+        if let Ok(at) = listeners[0].local_addr() {
+            stats.set_listen(at);
+        }
+        backends.note_in(stats.clone());
         let proxy = Arc::new(Proxy {
             name: config.name.clone(),
+            stats,
             backends,
             retries: config.retries,
             head_timeout: config.head_timeout.0,
@@ -179,6 +188,11 @@ impl HttpBalancer {
 
     pub fn name(&self) -> &str {
         &self.proxy.name
+    }
+
+    /// Its statistics, live.
+    pub fn stats(&self) -> Arc<BalancerStats> {
+        self.proxy.stats.clone()
     }
 
     /// The live backend set, for health checkers to replace (same backends, same order).

@@ -29,6 +29,7 @@ use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
+use crate::stats::traffic::{BalancerStats, Proto};
 use crate::sys::Batch;
 
 /// Datagrams moved per system call at most.
@@ -51,6 +52,8 @@ pub struct UdpBalancer {
 /// What the workers of one balancer share: the backends and the one rotation.
 struct Shared {
     name: String,
+    /// What the workers count, for the sinks to read.
+    stats: Arc<BalancerStats>,
     /// The backends, the one rotation and the affinity rule (no passive ejection for UDP: a
     /// datagram without a reply is not a failure).
     backends: Backends,
@@ -116,14 +119,25 @@ impl UdpBalancer {
                 source,
             })?;
         }
+        let backends = Backends::new(
+            &config.name,
+            &config.backends.0,
+            config.affinity,
+            OutlierRules { failures: 0, ..OutlierRules::default() },
+        );
+        let strategy = match config.affinity {
+            crate::balance::Affinity::None => "round-robin",
+            crate::balance::Affinity::Client => "round-robin, pinned per client",
+        };
+        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Udp, strategy, backends.set()));
+        if let Ok(at) = sockets[0].local_addr() {
+            stats.set_listen(at);
+        }
+        backends.note_in(stats.clone());
         let shared = Shared {
             name: config.name.clone(),
-            backends: Backends::new(
-                &config.name,
-                &config.backends.0,
-                config.affinity,
-                OutlierRules { failures: 0, ..OutlierRules::default() },
-            ),
+            stats,
+            backends,
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
@@ -138,6 +152,11 @@ impl UdpBalancer {
 
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Its statistics, live.
+    pub fn stats(&self) -> Arc<BalancerStats> {
+        self.shared.stats.clone()
     }
 
     /// The live backend set, for health checkers to replace.

@@ -1,0 +1,814 @@
+//! Balancer statistics: what each worker counts on the data path, and the snapshot sinks read.
+//!
+//! Every worker thread owns its cells and is their only writer, so counting is a plain load and
+//! store of a cache line no other core writes (no lock, no contended atomic read-modify-write);
+//! a reader sums the workers' cells when it takes a [`BalancerSnapshot`]. A snapshot may see one
+//! worker's counts a few nanoseconds older than another's, never a torn value.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::balance::BackendSet;
+
+/// A count written by one thread only.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this: it is a load and a store, not an atomic
+    /// add, which is what makes it cost next to nothing.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A level (connections open) written by one thread only; may go below zero in one worker
+/// when another opened what this one closes, which summing evens out.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn up(&self) {
+        self.0.store(self.0.load(Relaxed) + 1, Relaxed);
+    }
+
+    #[inline]
+    pub fn down(&self) {
+        self.0.store(self.0.load(Relaxed) - 1, Relaxed);
+    }
+
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets in milliseconds (steps of about 1.5x, so a percentile
+/// read from them is within about 20 %); a last bucket takes the rest (+Inf).
+pub const LATENCY_BOUNDS_MS: [f64; 33] = [
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0,
+    200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 7500.0, 10000.0, 30000.0, 60000.0,
+];
+const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+/// The bounds in microseconds, for the hot path's comparison.
+const BOUNDS_US: [u64; 33] = {
+    let mut us = [0u64; 33];
+    let mut i = 0;
+    while i < 33 {
+        us[i] = (LATENCY_BOUNDS_MS[i] * 1000.0) as u64;
+        i += 1;
+    }
+    us
+};
+
+/// A latency histogram one worker records into.
+#[derive(Debug)]
+pub struct LatencyCells {
+    buckets: [Counter; BUCKETS],
+    sum_us: Counter,
+}
+
+impl Default for LatencyCells {
+    fn default() -> Self {
+        Self { buckets: std::array::from_fn(|_| Counter::default()), sum_us: Counter::default() }
+    }
+}
+
+impl LatencyCells {
+    #[inline]
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].inc();
+        self.sum_us.add(us);
+    }
+
+    fn add_to(&self, h: &mut Histogram) {
+        for (c, b) in h.counts.iter_mut().zip(&self.buckets) {
+            *c += b.get();
+        }
+        h.sum_ms += self.sum_us.get() as f64 / 1000.0;
+    }
+}
+
+/// A latency distribution: counts per bucket of [`LATENCY_BOUNDS_MS`] (not cumulative; the
+/// last is above the last bound). Histograms merge by adding counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum_ms: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { counts: vec![0; BUCKETS], sum_ms: 0.0 }
+    }
+}
+
+impl Histogram {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_ms += other.sum_ms;
+    }
+
+    /// The counts since `earlier` (a snapshot of the same cells taken before).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            counts: self.counts.iter().zip(&earlier.counts).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            sum_ms: (self.sum_ms - earlier.sum_ms).max(0.0),
+        }
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds, interpolated linearly inside its bucket (as
+    /// Prometheus' `histogram_quantile` does); `None` when empty. Above the last bound it
+    /// answers the last bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let Some(&upper) = LATENCY_BOUNDS_MS.get(i) else {
+                    return LATENCY_BOUNDS_MS.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS_MS[i - 1] };
+                let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            seen += n;
+        }
+        LATENCY_BOUNDS_MS.last().copied()
+    }
+}
+
+/// Why the proxy could not get an answer from a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    ConnectRefused,
+    ConnectTimeout,
+    /// Connecting failed some other way (unreachable, …).
+    ConnectFailed,
+    ResponseTimeout,
+    /// The backend reset the connection.
+    Reset,
+    /// It closed without a complete response, or sent one we could not parse.
+    Broken,
+}
+
+impl HttpError {
+    pub const ALL: [HttpError; 6] = [
+        Self::ConnectRefused,
+        Self::ConnectTimeout,
+        Self::ConnectFailed,
+        Self::ResponseTimeout,
+        Self::Reset,
+        Self::Broken,
+    ];
+
+    /// The label value (`cause`) in metrics and the JSON API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectFailed => "connect_failed",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Reset => "reset",
+            Self::Broken => "broken_response",
+        }
+    }
+}
+
+/// One HTTP worker's counts for one backend.
+#[derive(Debug, Default)]
+pub struct HttpBackendCells {
+    /// Attempts sent to this backend (a retried request counts at each backend it tried).
+    pub requests: Counter,
+    /// Responses it gave, by class: 1xx (final heads only, so none in practice) to 5xx.
+    pub responses: [Counter; 5],
+    pub errors: [Counter; HttpError::ALL.len()],
+    /// Attempts at this backend that failed and were retried on another.
+    pub retried: Counter,
+    /// Request bytes sent to it (heads and bodies).
+    pub bytes_sent: Counter,
+    /// Response bytes relayed from it (heads and bodies).
+    pub bytes_received: Counter,
+    /// Upstream connections open to it now, busy or pooled.
+    pub connections: Gauge,
+    /// Of those, idle in the keep-alive pool.
+    pub idle: Gauge,
+    /// Time from sending the request to the response head.
+    pub latency: LatencyCells,
+}
+
+impl HttpBackendCells {
+    #[inline]
+    pub fn response(&self, status: u16) {
+        if let Some(c) = self.responses.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+    }
+
+    #[inline]
+    pub fn error(&self, e: HttpError) {
+        self.errors[e as usize].inc();
+    }
+}
+
+/// One HTTP worker's counts.
+#[derive(Debug, Default)]
+pub struct HttpWorkerCells {
+    /// Client connections open now, and accepted in all.
+    pub clients: Gauge,
+    pub clients_accepted: Counter,
+    /// Requests from clients, and the statuses they got (ours included: 502, 503, 504, 400…).
+    pub requests: Counter,
+    pub responses: [Counter; 5],
+    /// Requests no backend could take.
+    pub no_backend: Counter,
+    /// Requests we refused before any backend saw them (malformed, too large, too slow).
+    pub refused: Counter,
+    /// Clients that left before their answer was complete.
+    pub client_aborts: Counter,
+    /// Requests sent again to another backend.
+    pub retries: Counter,
+    pub backends: Box<[HttpBackendCells]>,
+}
+
+impl HttpWorkerCells {
+    fn new(backends: usize) -> Self {
+        Self { backends: (0..backends).map(|_| HttpBackendCells::default()).collect(), ..Self::default() }
+    }
+
+    #[inline]
+    pub fn response(&self, status: u16) {
+        if let Some(c) = self.responses.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.inc();
+        }
+    }
+}
+
+/// Why the UDP balancer dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// No backend in rotation.
+    NoBackend,
+    /// No socket for the client's flow (out of descriptors).
+    NoFlow,
+    /// Sending to the backend failed (its socket buffer full, unreachable).
+    SendFailed,
+    /// Sending the reply to the client failed.
+    ReplyFailed,
+    /// A datagram to a flow socket that did not come from a backend.
+    Stranger,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 5] = [Self::NoBackend, Self::NoFlow, Self::SendFailed, Self::ReplyFailed, Self::Stranger];
+
+    /// The label value (`reason`) in metrics and the JSON API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NoBackend => "no_backend",
+            Self::NoFlow => "no_flow_socket",
+            Self::SendFailed => "send_failed",
+            Self::ReplyFailed => "reply_failed",
+            Self::Stranger => "not_from_backend",
+        }
+    }
+}
+
+/// One UDP worker's counts for one backend.
+#[derive(Debug, Default)]
+pub struct UdpBackendCells {
+    pub datagrams_sent: Counter,
+    pub bytes_sent: Counter,
+    pub datagrams_received: Counter,
+    pub bytes_received: Counter,
+    /// Requests still without a reply when their flow closed (or a later request replaced
+    /// them): a lost request, or a reply that never came.
+    pub unanswered: Counter,
+}
+
+/// One UDP worker's counts.
+#[derive(Debug, Default)]
+pub struct UdpWorkerCells {
+    pub requests: Counter,
+    pub replies: Counter,
+    pub drops: [Counter; UdpDrop::ALL.len()],
+    pub flows: Gauge,
+    pub flows_opened: Counter,
+    pub flows_evicted: Counter,
+    pub flows_expired: Counter,
+    pub backends: Box<[UdpBackendCells]>,
+}
+
+impl UdpWorkerCells {
+    fn new(backends: usize) -> Self {
+        Self { backends: (0..backends).map(|_| UdpBackendCells::default()).collect(), ..Self::default() }
+    }
+
+    #[inline]
+    pub fn drop(&self, why: UdpDrop) {
+        self.drops[why as usize].inc();
+    }
+}
+
+/// HTTP or UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Http,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http => "http",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Workers {
+    Http(Vec<Arc<HttpWorkerCells>>),
+    Udp(Vec<Arc<UdpWorkerCells>>),
+}
+
+/// The last health change of a backend, as the feed or an ejection noted it.
+#[derive(Debug, Clone)]
+struct Change {
+    at: SystemTime,
+    why: String,
+}
+
+/// One balancer's statistics: its workers' cells, its live backend set and the notes on
+/// their health. Cheap to clone the `Arc` of; snapshots are taken by sinks.
+#[derive(Debug)]
+pub struct BalancerStats {
+    name: String,
+    proto: Proto,
+    listen: Mutex<Option<SocketAddr>>,
+    strategy: String,
+    set: Arc<ArcSwap<BackendSet>>,
+    started: SystemTime,
+    workers: Mutex<Workers>,
+    changes: Mutex<HashMap<SocketAddr, Change>>,
+}
+
+impl BalancerStats {
+    pub fn new(name: &str, proto: Proto, strategy: &str, set: Arc<ArcSwap<BackendSet>>) -> Self {
+        let workers = match proto {
+            Proto::Http => Workers::Http(Vec::new()),
+            Proto::Udp => Workers::Udp(Vec::new()),
+        };
+        Self {
+            name: name.to_string(),
+            proto,
+            listen: Mutex::new(None),
+            strategy: strategy.to_string(),
+            set,
+            started: SystemTime::now(),
+            workers: Mutex::new(workers),
+            changes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    /// The address clients reach the balancer at (known once bound).
+    pub fn set_listen(&self, addr: SocketAddr) {
+        *self.listen.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    fn backends_len(&self) -> usize {
+        self.set.load().len()
+    }
+
+    /// Cells for one more HTTP worker (each worker takes its own at start).
+    pub fn http_worker(&self) -> Arc<HttpWorkerCells> {
+        let cells = Arc::new(HttpWorkerCells::new(self.backends_len()));
+        if let Workers::Http(w) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.push(cells.clone());
+        }
+        cells
+    }
+
+    /// Cells for one more UDP worker.
+    pub fn udp_worker(&self) -> Arc<UdpWorkerCells> {
+        let cells = Arc::new(UdpWorkerCells::new(self.backends_len()));
+        if let Workers::Udp(w) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.push(cells.clone());
+        }
+        cells
+    }
+
+    /// Notes why backend `addr` changed state (left or rejoined the rotation, was ejected).
+    pub fn note(&self, addr: SocketAddr, why: impl Into<String>) {
+        let change = Change { at: SystemTime::now(), why: why.into() };
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, change);
+    }
+
+    /// Everything counted so far, summed over the workers, with each backend's state at `now`.
+    pub fn snapshot(&self, now: Instant) -> BalancerSnapshot {
+        let set = self.set.load();
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut backends: Vec<BackendSnapshot> = set
+            .backends()
+            .iter()
+            .map(|b| {
+                let state = if !b.healthy {
+                    BackendState::Down
+                } else if !b.available(now) {
+                    BackendState::Ejected
+                } else {
+                    BackendState::Up
+                };
+                let change = changes.get(&b.addr);
+                BackendSnapshot {
+                    addr: b.addr,
+                    state,
+                    since: change.map(|c| crate::clock::UtcTime::from_system(c.at).rfc3339()),
+                    why: change.map(|c| c.why.clone()),
+                    ejected_for_ms: b
+                        .ejected_until
+                        .filter(|&t| t > now)
+                        .map(|t| u64::try_from((t - now).as_millis()).unwrap_or(u64::MAX)),
+                    http: None,
+                    udp: None,
+                }
+            })
+            .collect();
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let (http, udp) = match &*workers {
+            Workers::Http(w) => {
+                let (totals, per) = sum_http(w, backends.len());
+                for (b, c) in backends.iter_mut().zip(per) {
+                    b.http = Some(c);
+                }
+                (Some(totals), None)
+            }
+            Workers::Udp(w) => {
+                let (totals, per) = sum_udp(w, backends.len());
+                for (b, c) in backends.iter_mut().zip(per) {
+                    b.udp = Some(c);
+                }
+                (None, Some(totals))
+            }
+        };
+        BalancerSnapshot {
+            name: self.name.clone(),
+            proto: self.proto,
+            listen: *self.listen.lock().unwrap_or_else(|p| p.into_inner()),
+            strategy: self.strategy.clone(),
+            started: crate::clock::UtcTime::from_system(self.started).rfc3339(),
+            http,
+            udp,
+            backends,
+        }
+    }
+}
+
+fn classes(cells: &[Counter; 5], into: &mut Classes) {
+    into.c1xx += cells[0].get();
+    into.c2xx += cells[1].get();
+    into.c3xx += cells[2].get();
+    into.c4xx += cells[3].get();
+    into.c5xx += cells[4].get();
+}
+
+fn sum_http(workers: &[Arc<HttpWorkerCells>], n: usize) -> (HttpTotals, Vec<HttpBackendCounts>) {
+    let mut t = HttpTotals::default();
+    let mut per: Vec<HttpBackendCounts> = (0..n).map(|_| HttpBackendCounts::default()).collect();
+    for w in workers {
+        t.clients_active += w.clients.get();
+        t.clients_accepted += w.clients_accepted.get();
+        t.requests += w.requests.get();
+        classes(&w.responses, &mut t.responses);
+        t.no_backend += w.no_backend.get();
+        t.refused += w.refused.get();
+        t.client_aborts += w.client_aborts.get();
+        t.retries += w.retries.get();
+        for (p, c) in per.iter_mut().zip(w.backends.iter()) {
+            p.requests += c.requests.get();
+            classes(&c.responses, &mut p.responses);
+            for (e, cell) in HttpError::ALL.iter().zip(&c.errors) {
+                *p.errors.entry(e.name()).or_default() += cell.get();
+            }
+            p.retried += c.retried.get();
+            p.bytes_sent += c.bytes_sent.get();
+            p.bytes_received += c.bytes_received.get();
+            p.connections += c.connections.get();
+            p.idle += c.idle.get();
+            c.latency.add_to(&mut p.latency);
+        }
+    }
+    t.clients_active = t.clients_active.max(0);
+    for p in &mut per {
+        for e in HttpError::ALL {
+            p.errors.entry(e.name()).or_default();
+        }
+        p.connections = p.connections.max(0);
+        p.idle = p.idle.max(0);
+    }
+    (t, per)
+}
+
+fn sum_udp(workers: &[Arc<UdpWorkerCells>], n: usize) -> (UdpTotals, Vec<UdpBackendCounts>) {
+    let mut t = UdpTotals::default();
+    let mut per: Vec<UdpBackendCounts> = (0..n).map(|_| UdpBackendCounts::default()).collect();
+    for d in UdpDrop::ALL {
+        t.drops.insert(d.name(), 0);
+    }
+    for w in workers {
+        t.requests += w.requests.get();
+        t.replies += w.replies.get();
+        for (d, cell) in UdpDrop::ALL.iter().zip(&w.drops) {
+            *t.drops.entry(d.name()).or_default() += cell.get();
+        }
+        t.flows_open += w.flows.get();
+        t.flows_opened += w.flows_opened.get();
+        t.flows_evicted += w.flows_evicted.get();
+        t.flows_expired += w.flows_expired.get();
+        for (p, c) in per.iter_mut().zip(w.backends.iter()) {
+            p.datagrams_sent += c.datagrams_sent.get();
+            p.bytes_sent += c.bytes_sent.get();
+            p.datagrams_received += c.datagrams_received.get();
+            p.bytes_received += c.bytes_received.get();
+            p.unanswered += c.unanswered.get();
+        }
+    }
+    t.flows_open = t.flows_open.max(0);
+    (t, per)
+}
+
+/// Responses by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Classes {
+    #[serde(rename = "1xx")]
+    pub c1xx: u64,
+    #[serde(rename = "2xx")]
+    pub c2xx: u64,
+    #[serde(rename = "3xx")]
+    pub c3xx: u64,
+    #[serde(rename = "4xx")]
+    pub c4xx: u64,
+    #[serde(rename = "5xx")]
+    pub c5xx: u64,
+}
+
+impl Classes {
+    /// `(class, count)` pairs, e.g. `("2xx", 10)`.
+    pub fn pairs(&self) -> [(&'static str, u64); 5] {
+        [("1xx", self.c1xx), ("2xx", self.c2xx), ("3xx", self.c3xx), ("4xx", self.c4xx), ("5xx", self.c5xx)]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.c1xx + self.c2xx + self.c3xx + self.c4xx + self.c5xx
+    }
+}
+
+/// An HTTP balancer's own counts (what its clients saw).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HttpTotals {
+    pub clients_active: i64,
+    pub clients_accepted: u64,
+    pub requests: u64,
+    pub responses: Classes,
+    pub no_backend: u64,
+    pub refused: u64,
+    pub client_aborts: u64,
+    pub retries: u64,
+}
+
+/// What one backend of an HTTP balancer did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HttpBackendCounts {
+    pub requests: u64,
+    pub responses: Classes,
+    /// Failed attempts by cause (every cause present, zero or not).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    pub retried: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub connections: i64,
+    pub idle: i64,
+    /// Time to the response head.
+    pub latency: Histogram,
+}
+
+impl HttpBackendCounts {
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// A UDP balancer's own counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UdpTotals {
+    pub requests: u64,
+    pub replies: u64,
+    /// Dropped datagrams by reason (every reason present).
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+    pub flows_open: i64,
+    pub flows_opened: u64,
+    pub flows_evicted: u64,
+    pub flows_expired: u64,
+}
+
+impl UdpTotals {
+    pub fn dropped(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+impl std::fmt::Display for UdpTotals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} replies, {} dropped, {} flows opened, {} evicted",
+            self.requests,
+            self.replies,
+            self.dropped(),
+            self.flows_opened,
+            self.flows_evicted
+        )
+    }
+}
+
+/// What one backend of a UDP balancer did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UdpBackendCounts {
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub unanswered: u64,
+}
+
+/// Whether a backend takes traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// In rotation.
+    Up,
+    /// Out of rotation by its health checks.
+    Down,
+    /// Out for a while after failing on the data path.
+    Ejected,
+}
+
+/// One backend in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendSnapshot {
+    pub addr: SocketAddr,
+    pub state: BackendState,
+    /// When its state last changed, and why (absent while it never changed).
+    pub since: Option<String>,
+    pub why: Option<String>,
+    /// Time left of an ejection.
+    pub ejected_for_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpBackendCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpBackendCounts>,
+}
+
+/// One balancer's statistics at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BalancerSnapshot {
+    pub name: String,
+    pub proto: Proto,
+    pub listen: Option<SocketAddr>,
+    pub strategy: String,
+    pub started: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTotals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpTotals>,
+    pub backends: Vec<BackendSnapshot>,
+}
+
+impl BalancerSnapshot {
+    /// The HTTP balancer's closing line: `N requests (2xx …), …`.
+    pub fn http_line(&self) -> Option<String> {
+        let t = self.http.as_ref()?;
+        let classes: Vec<String> =
+            t.responses.pairs().iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{n} {c}")).collect();
+        let errors: u64 = self.backends.iter().filter_map(|b| b.http.as_ref()).map(|h| h.errors_total()).sum();
+        Some(format!(
+            "{} requests ({}), {} retried, {} backend errors, {} with no backend, {} connections",
+            t.requests,
+            if classes.is_empty() { "none answered".to_string() } else { classes.join(", ") },
+            t.retries,
+            errors,
+            t.no_backend,
+            t.clients_accepted
+        ))
+    }
+}
+
+/// Every balancer of a process, for the sinks to read.
+pub type Balancers = Arc<[Arc<BalancerStats>]>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_buckets_by_upper_bound_and_interpolates_quantiles() {
+        let cells = LatencyCells::default();
+        for ms in [0.05, 0.1, 1.2, 1.4, 40.0] {
+            cells.record(Duration::from_secs_f64(ms / 1000.0));
+        }
+        cells.record(Duration::from_secs(120));
+        let mut h = Histogram::default();
+        cells.add_to(&mut h);
+        assert_eq!(h.count(), 6);
+        assert_eq!(h.counts[0], 2, "0.05 and 0.1 ms are within the first bound");
+        assert_eq!(h.counts[7], 2, "1.2 and 1.4 ms are in (1, 1.5]");
+        assert_eq!(h.counts[BUCKETS - 1], 1, "two minutes is above every bound");
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((1.0..=1.5).contains(&p50), "{p50}");
+        assert_eq!(h.quantile(1.0), Some(60000.0));
+        assert_eq!(Histogram::default().quantile(0.5), None);
+        let mut twice = h.clone();
+        twice.merge(&h);
+        assert_eq!(twice.count(), 12);
+        assert_eq!(twice.since(&h), h);
+    }
+
+    #[test]
+    fn snapshots_sum_the_workers_and_say_each_backends_state() {
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let set = Arc::new(ArcSwap::from_pointee(BackendSet::new(&addrs)));
+        let stats = BalancerStats::new("web", Proto::Http, "round-robin", set.clone());
+        let (a, b) = (stats.http_worker(), stats.http_worker());
+        for w in [&a, &b] {
+            w.requests.inc();
+            w.response(200);
+            w.backends[1].requests.inc();
+            w.backends[1].response(200);
+            w.backends[1].latency.record(Duration::from_millis(2));
+            w.clients.up();
+        }
+        a.clients.down();
+        b.backends[0].error(HttpError::ConnectRefused);
+        set.rcu(|s| {
+            let mut next = (**s).clone();
+            next.set_health(addrs[0], false);
+            next
+        });
+        stats.note(addrs[0], "connection refused");
+        let s = stats.snapshot(Instant::now());
+        let t = s.http.as_ref().unwrap();
+        assert_eq!((t.requests, t.responses.c2xx, t.clients_active), (2, 2, 1));
+        assert_eq!(s.backends[0].state, BackendState::Down);
+        assert_eq!(s.backends[0].why.as_deref(), Some("connection refused"));
+        assert_eq!(s.backends[0].http.as_ref().unwrap().errors["connect_refused"], 1);
+        let h1 = s.backends[1].http.as_ref().unwrap();
+        assert_eq!((h1.requests, h1.responses.c2xx, h1.latency.count()), (2, 2, 2));
+        assert_eq!(s.backends[1].state, BackendState::Up);
+        assert!(s.http_line().unwrap().starts_with("2 requests (2 2xx)"), "{:?}", s.http_line());
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["backends"][1]["http"]["responses"]["2xx"], 2);
+        assert_eq!(json["proto"], "http");
+    }
+}
