@@ -498,3 +498,32 @@ fn a_quote_in_the_request_target_is_escaped_in_the_access_log() {
     assert_eq!(r.status, 200, "{r:?}");
     lb.wait_for(r#" "GET /a\x22b" -> 127.0.6.7:8001 200 "#, Duration::from_secs(2));
 }
+
+#[test]
+fn the_balancer_prints_its_totals_on_stop() {
+    let _live = Proc::up(&["serve", "http", "--bind", "127.0.17.1", "--ports", "8001-8002", "--quiet"]);
+    // The third backend refuses: its turns are retried on the next one, and it is ejected
+    // after its second failure.
+    let mut lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.17.1:8000",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.17.1:8001,127.0.17.1:8002,127.0.17.1:8003",
+    ]);
+    for _ in 0..6 {
+        assert_eq!(get(addr("127.0.17.1:8000"), "/").status, 200);
+    }
+    assert!(lb.signal_and_wait("TERM", Duration::from_secs(10)).success());
+    let out = lb.output();
+    assert!(
+        out.contains(
+            "http balancer \"http\" stopped: 6 requests (6 2xx), 2 retried, 2 backend errors, 0 with no backend, 6 connections"
+        ),
+        "{out}"
+    );
+}

@@ -92,6 +92,11 @@ impl BackendSet {
         next
     }
 
+    /// The place of backend `addr` in the configuration.
+    pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.backends.iter().position(|b| b.addr == addr)
+    }
+
     /// Whether `addr` is one of the backends (used to accept replies only from them).
     pub fn contains(&self, addr: SocketAddr) -> bool {
         self.backends.iter().any(|b| b.addr == addr)

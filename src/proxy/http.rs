@@ -24,7 +24,7 @@ use crate::balance::{BackendSet, OutlierRules};
 use crate::clock::UtcTime;
 use crate::config::HttpBalancerConfig;
 use crate::log::Log;
-use crate::stats::traffic::{BalancerStats, Proto};
+use crate::stats::traffic::{BalancerStats, HttpBackendCells, HttpError, HttpWorkerCells, Proto};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -67,9 +67,58 @@ struct Proxy {
     log: Log,
 }
 
+/// What one worker thread owns: its keep-alive pools (one per backend) and its counters.
+struct Worker {
+    pools: Box<[Pool]>,
+    cells: Arc<HttpWorkerCells>,
+}
+
+impl Worker {
+    fn backend(&self, index: usize) -> Option<&HttpBackendCells> {
+        self.cells.backends.get(index)
+    }
+}
+
+/// A connection to a backend; counted as open (in its backend's gauge) until dropped.
+struct Upstream {
+    stream: TcpStream,
+    cells: Arc<HttpWorkerCells>,
+    index: usize,
+}
+
+impl Upstream {
+    fn new(stream: TcpStream, cells: &Arc<HttpWorkerCells>, index: usize) -> Self {
+        if let Some(b) = cells.backends.get(index) {
+            b.connections.up();
+        }
+        Self { stream, cells: cells.clone(), index }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(b) = self.cells.backends.get(self.index) {
+            b.connections.down();
+        }
+    }
+}
+
+impl std::ops::Deref for Upstream {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl std::ops::DerefMut for Upstream {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
 /// Idle keep-alive connections to one backend, most recent last.
 struct Pool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Upstream, Instant)>>,
     max_idle: usize,
 }
 
@@ -78,23 +127,31 @@ impl Pool {
         Self { idle: Mutex::new(Vec::new()), max_idle }
     }
 
-    fn take(&self) -> Option<TcpStream> {
+    fn take(&self, gauge: Option<&HttpBackendCells>) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found = None;
         while let Some((conn, since)) = idle.pop() {
             // An idle connection must have nothing to say: bytes here (a late response, a 408)
             // would be taken for the next request's answer, and EOF means the backend closed it.
             let quiet = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             if quiet && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(conn);
+                found = Some(conn);
+                break;
             }
         }
-        None
+        if let Some(g) = gauge {
+            g.idle.set(idle.len() as i64);
+        }
+        found
     }
 
-    fn put(&self, conn: TcpStream) {
+    fn put(&self, conn: Upstream, gauge: Option<&HttpBackendCells>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
+        }
+        if let Some(g) = gauge {
+            g.idle.set(idle.len() as i64);
         }
     }
 }
@@ -112,6 +169,8 @@ enum ProxyError {
     Timeout(SocketAddr, Duration),
     #[error("backend {0} failed: {1}")]
     Backend(SocketAddr, String),
+    #[error("backend {0} failed: {1}")]
+    Reset(SocketAddr, io::Error),
     #[error("malformed request body: {0}")]
     BadBody(&'static str),
     #[error("client went away: {0}")]
@@ -123,11 +182,35 @@ enum ProxyError {
 }
 
 impl ProxyError {
+    /// A backend's failure as the statistics count it (`None`: not the backend's).
+    fn cause(&self) -> Option<HttpError> {
+        match self {
+            Self::ConnectTimeout(..) => Some(HttpError::ConnectTimeout),
+            Self::Connect(_, e) if e.kind() == io::ErrorKind::ConnectionRefused => Some(HttpError::ConnectRefused),
+            Self::Connect(..) => Some(HttpError::ConnectFailed),
+            Self::Timeout(..) => Some(HttpError::ResponseTimeout),
+            Self::Reset(..) => Some(HttpError::Reset),
+            Self::Backend(..) => Some(HttpError::Broken),
+            Self::NoBackend | Self::BadBody(_) | Self::Client(_) | Self::Resources(_) | Self::ClientTimeout(_) => None,
+        }
+    }
+
+    /// An I/O error from `backend` while relaying (`what` says which step).
+    fn io(backend: SocketAddr, what: &str, e: io::Error) -> Self {
+        if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
+            Self::Reset(backend, e)
+        } else if what.is_empty() {
+            Self::Backend(backend, e.to_string())
+        } else {
+            Self::Backend(backend, format!("{what}: {e}"))
+        }
+    }
+
     fn status(&self) -> u16 {
         match self {
             Self::NoBackend | Self::Resources(_) => 503,
             Self::ConnectTimeout(..) | Self::Timeout(..) => 504,
-            Self::Connect(..) | Self::Backend(..) => 502,
+            Self::Connect(..) | Self::Backend(..) | Self::Reset(..) => 502,
             Self::BadBody(_) => 400,
             Self::ClientTimeout(_) => 408,
             // Nobody to answer; logged as 499 like nginx does.
@@ -146,6 +229,10 @@ struct Outcome {
     cut_short: bool,
     /// The attempts that failed before this one: backend and why (for the access log).
     retried: Vec<(SocketAddr, String)>,
+    /// Time from sending the request to the response head, when one came.
+    head_after: Option<Duration>,
+    /// Response bytes relayed from the backend.
+    received: u64,
 }
 
 impl HttpBalancer {
@@ -265,7 +352,8 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> io::Result<()> {
         let listener = TcpListener::from_std(listener)?;
-        let pools: Arc<[Pool]> = (0..self.backends.len()).map(|_| Pool::new(self.max_idle)).collect();
+        let pools = (0..self.backends.len()).map(|_| Pool::new(self.max_idle)).collect();
+        let pools = Arc::new(Worker { pools, cells: self.stats.http_worker() });
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
         let owner = format!("http balancer \"{}\"", self.name);
@@ -280,6 +368,7 @@ impl Proxy {
         {
             most.fetch_max(slots - permits.available_permits(), Ordering::Relaxed);
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
+            pools.cells.clients_accepted.inc();
             connections.spawn(async move {
                 proxy.serve_client(&pools, stream, peer, rx).await;
                 drop(permit);
@@ -289,6 +378,7 @@ impl Proxy {
         // `Connection: close`), not a reset; then the listening socket closes.
         for (stream, peer) in net::accept_backlog(listener) {
             let (proxy, pools, rx) = (self.clone(), pools.clone(), shutdown.clone());
+            pools.cells.clients_accepted.inc();
             connections.spawn(async move { proxy.serve_client(&pools, stream, peer, rx).await });
         }
         // This worker's runtime ends with it: wait for its connections to finish first.
@@ -332,6 +422,15 @@ mod spare {
                 p.push(buf);
             }
         });
+    }
+}
+
+/// Takes one off a gauge when dropped (a connection that ends however it ends).
+struct Decrement<'a>(&'a crate::stats::traffic::Gauge);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.down();
     }
 }
 
@@ -433,16 +532,25 @@ struct Conn {
 }
 
 impl Proxy {
-    async fn serve_client(&self, pools: &[Pool], client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn serve_client(&self, w: &Worker, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new() };
+        let cells = &w.cells;
+        cells.clients.up();
+        let _open = Decrement(&cells.clients);
         loop {
-            let head = match self.read_request_head(&mut c, &shutdown).await {
+            let head = match self.read_request_head(w, &mut c, &shutdown).await {
                 Some(h) => h,
                 None => return,
             };
             let start = Instant::now();
             c.cbuf.consume(head.len);
-            let outcome = self.exchange(pools, &mut c, &head, &shutdown).await;
+            cells.requests.inc();
+            let outcome = self.exchange(w, &mut c, &head, &shutdown).await;
+            if outcome.status == 499 {
+                cells.client_aborts.inc();
+            } else {
+                cells.response(outcome.status);
+            }
             if self.log.enabled() {
                 let to = outcome.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
                 let mut line = format!(
@@ -476,7 +584,7 @@ impl Proxy {
     /// Waits for a complete request head; `None` closes the connection (the client left, idled
     /// out, sent garbage — answered with 400 / 431 —, took longer than `head_timeout` for the
     /// whole head — 408 —, or we are stopping and it sent nothing within the grace period).
-    async fn read_request_head(&self, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
+    async fn read_request_head(&self, w: &Worker, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
         if c.cbuf.is_empty() && !self.wait_for_request(c, shutdown).await {
             return None;
         }
@@ -493,6 +601,8 @@ impl Proxy {
                     Ok(None) => {}
                     Err(e) => {
                         let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                        w.cells.refused.inc();
+                        w.cells.response(status);
                         self.refuse(c, status, &e.to_string()).await;
                         return None;
                     }
@@ -503,6 +613,8 @@ impl Proxy {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !c.cbuf.is_empty() => {
+                    w.cells.refused.inc();
+                    w.cells.response(408);
                     self.refuse(c, 408, &format!("the request head did not arrive within {:?}", self.head_timeout))
                         .await;
                     return None;
@@ -538,13 +650,7 @@ impl Proxy {
 
     /// Relays one request and its response, on another backend when its backend fails and a
     /// retry is safe; answers errors itself when nothing was sent to the client yet.
-    async fn exchange(
-        &self,
-        pools: &[Pool],
-        c: &mut Conn,
-        head: &RequestHead,
-        shutdown: &CancellationToken,
-    ) -> Outcome {
+    async fn exchange(&self, w: &Worker, c: &mut Conn, head: &RequestHead, shutdown: &CancellationToken) -> Outcome {
         if head.expect_continue && !head.http10 {
             if let Err(e) = write_within(&mut c.client, b"HTTP/1.1 100 Continue\r\n\r\n", self.timeout).await {
                 return self.fail(c, head, None, ProxyError::Client(e), true).await;
@@ -569,9 +675,19 @@ impl Proxy {
                 c.req.splice(host_at..host_at + host_len, line.bytes());
                 host_len = line.len();
             }
-            match self.forward(pools, c, head, index, backend, &body, shutdown).await {
+            match self.forward(w, c, head, index, backend, &body, shutdown).await {
                 Ok(mut outcome) => {
                     outcome.retried = retried;
+                    if let Some(b) = w.backend(index) {
+                        b.response(outcome.status);
+                        b.bytes_received.add(outcome.received);
+                        if let Some(d) = outcome.head_after {
+                            b.latency.record(d);
+                        }
+                        if outcome.cut_short {
+                            b.error(HttpError::Broken);
+                        }
+                    }
                     if outcome.cut_short {
                         self.backends.failed(index, Instant::now(), "broke off its response");
                     } else if outcome.status >= 500 {
@@ -582,6 +698,9 @@ impl Proxy {
                     return outcome;
                 }
                 Err(f) => {
+                    if let (Some(cause), Some(b)) = (f.error.cause(), w.backend(index)) {
+                        b.error(cause);
+                    }
                     if f.blame_backend {
                         self.backends.failed(index, Instant::now(), &f.error.to_string());
                     }
@@ -593,13 +712,20 @@ impl Proxy {
                         break;
                     }
                     tracing::debug!("{}: {backend} failed; trying another backend", self.name);
+                    w.cells.retries.inc();
+                    if let Some(b) = w.backend(index) {
+                        b.retried.inc();
+                    }
                     tried.push(index);
                 }
             }
         }
         let mut outcome = match last {
             Some((backend, e, body_unread)) => self.fail(c, head, Some(backend), e, body_unread).await,
-            None => self.fail(c, head, None, ProxyError::NoBackend, !body.whole).await,
+            None => {
+                w.cells.no_backend.inc();
+                self.fail(c, head, None, ProxyError::NoBackend, !body.whole).await
+            }
         };
         // The last failure is the answer itself; the ones before it were retried.
         retried.pop();
@@ -612,7 +738,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        pools: &[Pool],
+        w: &Worker,
         c: &mut Conn,
         head: &RequestHead,
         index: usize,
@@ -620,8 +746,9 @@ impl Proxy {
         body: &BodyInHand,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Failure> {
-        let pool = pools.get(index);
-        let mut pooled = pool.and_then(Pool::take);
+        let pool = w.pools.get(index);
+        let cells = w.backend(index);
+        let mut pooled = pool.and_then(|p| p.take(cells));
         // Only a request that may be sent twice is sent again after the backend may have seen
         // part of it.
         let replayable = body.whole && head.idempotent;
@@ -631,13 +758,17 @@ impl Proxy {
                 Some(s) => s,
                 // Nothing was sent: always safe to try another backend.
                 None => match self.connect(backend).await {
-                    Ok(s) => s,
+                    Ok(s) => Upstream::new(s, &w.cells, index),
                     Err(e) => {
                         let ours = matches!(e, ProxyError::Resources(_));
                         return Err(Failure { error: e, retry: !ours, blame_backend: !ours, body_unread: !body.whole });
                     }
                 },
             };
+            if let Some(b) = cells {
+                b.requests.inc();
+                b.bytes_sent.add(c.req.len() as u64);
+            }
             if let Err(e) = write_within(&mut upstream, &c.req, self.timeout).await {
                 if reused && replayable {
                     continue;
@@ -647,12 +778,13 @@ impl Proxy {
             }
             let mut chunked = body.chunked.clone();
             if !body.whole {
-                let sent = self.stream_request_body(c, &mut upstream, head.framing, body.left, &mut chunked, backend);
+                let sent =
+                    self.stream_request_body(c, &mut upstream, head.framing, body.left, &mut chunked, backend, cells);
                 match sent.await {
                     Ok(()) => {}
                     // The backend stopped taking the body: it may have answered already (413,
                     // 401 before reading an upload), and that answer is the client's.
-                    Err((e @ ProxyError::Backend(..), unread)) => {
+                    Err((e @ (ProxyError::Backend(..) | ProxyError::Reset(..)), unread)) => {
                         c.bbuf.clear();
                         if let Ok((outcome, _)) = self.relay_response(c, &mut upstream, head, backend, true).await {
                             return Ok(outcome);
@@ -682,7 +814,7 @@ impl Proxy {
                 Ok((outcome, reusable)) => {
                     if reusable {
                         if let Some(pool) = pool {
-                            pool.put(upstream);
+                            pool.put(upstream, cells);
                         }
                     }
                     return Ok(outcome);
@@ -713,6 +845,8 @@ impl Proxy {
                         keep_client: false,
                         cut_short: backend_failed,
                         retried: Vec::new(),
+                        head_after: None,
+                        received: 0,
                     });
                 }
             }
@@ -724,7 +858,7 @@ impl Proxy {
         if e.kind() == io::ErrorKind::TimedOut {
             ProxyError::Timeout(backend, self.timeout)
         } else {
-            ProxyError::Backend(backend, format!("write: {e}"))
+            ProxyError::io(backend, "write", e)
         }
     }
 
@@ -741,6 +875,7 @@ impl Proxy {
     }
 
     /// Streams the rest of a request body from the client to the backend.
+    #[allow(clippy::too_many_arguments)]
     async fn stream_request_body(
         &self,
         c: &mut Conn,
@@ -749,6 +884,7 @@ impl Proxy {
         mut left: u64,
         chunked: &mut Chunked,
         backend: SocketAddr,
+        cells: Option<&HttpBackendCells>,
     ) -> Result<(), (ProxyError, bool)> {
         // A client that pauses its body longer than the limit is told so (408); one that left
         // is not.
@@ -787,6 +923,9 @@ impl Proxy {
             write_within(upstream, &c.cbuf.bytes()[..take], self.timeout)
                 .await
                 .map_err(|e| (self.write_error(backend, e), true))?;
+            if let Some(b) = cells {
+                b.bytes_sent.add(take as u64);
+            }
             c.cbuf.consume(take);
         }
     }
@@ -801,7 +940,8 @@ impl Proxy {
         backend: SocketAddr,
         close: bool,
     ) -> Result<(Outcome, bool), Relay> {
-        let deadline = Instant::now() + self.timeout;
+        let asked = Instant::now();
+        let deadline = asked + self.timeout;
         let mut received_any = false;
         let resp = loop {
             let parsed = if c.bbuf.is_empty() {
@@ -845,13 +985,14 @@ impl Proxy {
                     return Err(Relay::BeforeHead(ProxyError::Timeout(backend, self.timeout)));
                 }
                 Err(e) if got_nothing => {
-                    return Err(Relay::NoResponse(ProxyError::Backend(backend, e.to_string())));
+                    return Err(Relay::NoResponse(ProxyError::io(backend, "", e)));
                 }
                 Err(e) => {
-                    return Err(Relay::BeforeHead(ProxyError::Backend(backend, e.to_string())));
+                    return Err(Relay::BeforeHead(ProxyError::io(backend, "", e)));
                 }
             }
         };
+        let head_after = asked.elapsed();
         c.bbuf.consume(resp.len);
         let dechunk = head.http10 && resp.framing == Framing::Chunked;
         let keep_client = head.keep_alive && resp.framing != Framing::UntilClose && !dechunk && !close;
@@ -861,8 +1002,15 @@ impl Proxy {
             c.out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         c.out.extend_from_slice(b"\r\n");
-        let outcome =
-            Outcome { backend: Some(backend), status: resp.status, keep_client, cut_short: false, retried: Vec::new() };
+        let mut outcome = Outcome {
+            backend: Some(backend),
+            status: resp.status,
+            keep_client,
+            cut_short: false,
+            retried: Vec::new(),
+            head_after: Some(head_after),
+            received: resp.len as u64,
+        };
 
         // The body: the first bytes travel with the head, the rest as it arrives.
         let mut left = match resp.framing {
@@ -896,6 +1044,7 @@ impl Proxy {
                 c.out.extend_from_slice(&c.bbuf.bytes()[..take]);
             }
             c.bbuf.consume(take);
+            outcome.received += take as u64;
             if !c.out.is_empty() || first {
                 write_within(&mut c.client, &c.out, self.timeout)
                     .await
@@ -927,7 +1076,15 @@ impl Proxy {
     ) -> Outcome {
         let status = e.status();
         if matches!(e, ProxyError::Client(_)) {
-            return Outcome { backend, status, keep_client: false, cut_short: false, retried: Vec::new() };
+            return Outcome {
+                backend,
+                status,
+                keep_client: false,
+                cut_short: false,
+                retried: Vec::new(),
+                head_after: None,
+                received: 0,
+            };
         }
         if let ProxyError::Resources(err) = &e {
             let name = &self.name;
@@ -946,7 +1103,15 @@ impl Proxy {
             page.truncate(end);
         }
         let written = write_within(&mut c.client, &page, self.timeout).await.is_ok();
-        Outcome { backend, status, keep_client: keep_client && written, cut_short: false, retried: Vec::new() }
+        Outcome {
+            backend,
+            status,
+            keep_client: keep_client && written,
+            cut_short: false,
+            retried: Vec::new(),
+            head_after: None,
+            received: 0,
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
-use crate::stats::traffic::{BalancerStats, Proto};
+use crate::stats::traffic::{BalancerStats, Proto, UdpDrop, UdpWorkerCells};
 use crate::sys::Batch;
 
 /// Datagrams moved per system call at most.
@@ -78,6 +78,17 @@ pub struct UdpStats {
 }
 
 impl UdpStats {
+    /// A worker's counts so far.
+    fn of(c: &UdpWorkerCells) -> Self {
+        Self {
+            requests: c.requests.get(),
+            replies: c.replies.get(),
+            dropped: c.drops.iter().map(crate::stats::traffic::Counter::get).sum(),
+            flows_opened: c.flows_opened.get(),
+            flows_evicted: c.flows_evicted.get(),
+        }
+    }
+
     /// Adds another worker's counts.
     pub fn add(&mut self, other: &UdpStats) {
         self.requests += other.requests;
@@ -103,6 +114,29 @@ struct Flow {
     socket: UdpSocket,
     /// Where this client's datagrams last went (kept under client affinity).
     backend: Option<SocketAddr>,
+    pending: Pending,
+}
+
+/// Per backend, this flow's requests still without a reply (counted as unanswered when the
+/// flow closes). Empty until the first request; a count saturates rather than wraps.
+#[derive(Debug, Default)]
+struct Pending(Box<[u32]>);
+
+impl Pending {
+    fn sent(&mut self, index: usize, backends: usize) {
+        if self.0.is_empty() {
+            self.0 = vec![0; backends].into_boxed_slice();
+        }
+        if let Some(n) = self.0.get_mut(index) {
+            *n = n.saturating_add(1);
+        }
+    }
+
+    fn answered(&mut self, index: usize) {
+        if let Some(n) = self.0.get_mut(index) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl UdpBalancer {
@@ -192,7 +226,8 @@ struct Relay {
     flows: FlowTable<Flow>,
     requests: Batch,
     replies: Batch,
-    stats: UdpStats,
+    /// This worker's counters (read by the sinks).
+    cells: Arc<UdpWorkerCells>,
     now: Instant,
     /// Per-datagram troubles (no descriptor for a flow) are logged at most once a second.
     warn: crate::log::Throttled,
@@ -208,7 +243,7 @@ impl Relay {
             flows: FlowTable::new(),
             requests: Batch::new(BATCH, SLOT),
             replies: Batch::new(BATCH, SLOT),
-            stats: UdpStats::default(),
+            cells: shared.stats.udp_worker(),
             now: Instant::now(),
             warn: crate::log::Throttled::default(),
             shared,
@@ -244,7 +279,11 @@ impl Relay {
                 last_sweep = self.now;
             }
         }
-        Ok(self.stats)
+        // Flows still open at the stop: their unanswered requests count now.
+        while let Some(flow) = self.flows.pop_lru() {
+            self.close_flow(flow);
+        }
+        Ok(UdpStats::of(&self.cells))
     }
 
     /// Reads a batch from clients and sends each datagram on to its backend. Returns whether
@@ -265,7 +304,8 @@ impl Relay {
             if self.flows.touch(&client, self.now).is_none() {
                 if let Err(e) = self.open_flow(client) {
                     // Out of descriptors (or memory) for this client: drop this datagram only.
-                    self.stats.dropped += 1;
+                    self.cells.requests.inc();
+                    self.cells.dropped(UdpDrop::NoFlow);
                     let name = &self.shared.name;
                     self.warn
                         .warn(self.now, || format!("udp balancer \"{name}\": cannot open a flow for {client}: {e}"));
@@ -277,14 +317,30 @@ impl Relay {
             let backend = self.shared.backends.pick_in(&set, flow.backend, self.now);
             flow.backend = backend;
             let payload = self.requests.payload(i);
+            let cells = &self.cells;
+            cells.requests.inc();
             let sent = match backend {
-                Some(b) => flow.socket.send_to(payload, b).is_ok(),
-                None => false,
+                Some(b) => {
+                    let ok = flow.socket.send_to(payload, b).is_ok();
+                    let index = set.index_of(b);
+                    match index.and_then(|i| cells.backends.get(i)) {
+                        Some(c) if ok => {
+                            c.datagrams_sent.inc();
+                            c.bytes_sent.add(payload.len() as u64);
+                            flow.pending.sent(index.unwrap_or(0), set.len());
+                        }
+                        _ => {}
+                    }
+                    if !ok {
+                        cells.dropped(UdpDrop::SendFailed);
+                    }
+                    ok
+                }
+                None => {
+                    cells.dropped(UdpDrop::NoBackend);
+                    false
+                }
             };
-            self.stats.requests += 1;
-            if !sent {
-                self.stats.dropped += 1;
-            }
             if self.shared.log.enabled() {
                 let to = backend.map_or_else(|| "- (no healthy backend)".to_string(), |b| b.to_string());
                 let fate = if sent { "" } else { " dropped" };
@@ -321,9 +377,14 @@ impl Relay {
             let mut i = before;
             while i < self.replies.len() {
                 let from = self.replies.addr(i);
-                match from {
-                    Some(b) if set.contains(b) => {
+                match from.and_then(|b| set.index_of(b).map(|i| (b, i))) {
+                    Some((b, index)) => {
                         from_backend = true;
+                        if let Some(c) = self.cells.backends.get(index) {
+                            c.datagrams_received.inc();
+                            c.bytes_received.add(self.replies.payload(i).len() as u64);
+                        }
+                        flow.pending.answered(index);
                         if self.shared.log.enabled() {
                             self.shared.log.line(format!(
                                 "{} udp {} {client} <- {b} {}B",
@@ -337,7 +398,7 @@ impl Relay {
                     }
                     _ => {
                         // Not from a backend: someone probing the upstream port. Drop it.
-                        self.stats.dropped += 1;
+                        self.cells.dropped(UdpDrop::Stranger);
                         self.replies.swap_remove(i);
                     }
                 }
@@ -358,8 +419,8 @@ impl Relay {
             return;
         }
         let failed = self.replies.send(self.socket.as_fd()) as u64;
-        self.stats.replies += n - failed;
-        self.stats.dropped += failed;
+        self.cells.replies.add(n - failed);
+        self.cells.drops[UdpDrop::ReplyFailed as usize].add(failed);
     }
 
     /// Opens a flow for a new `client`, first evicting the least recently used one if full.
@@ -367,7 +428,7 @@ impl Relay {
         if self.flows.len() >= self.shared.max_flows {
             if let Some(flow) = self.flows.pop_lru() {
                 self.close_flow(flow);
-                self.stats.flows_evicted += 1;
+                self.cells.flows_evicted.inc();
             }
         }
         let bind = || UdpSocket::bind(SocketAddr::new(self.shared.upstream_ip, 0));
@@ -376,7 +437,7 @@ impl Relay {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && self.flows.len() > 0 => {
                 if let Some(flow) = self.flows.pop_lru() {
                     self.close_flow(flow);
-                    self.stats.flows_evicted += 1;
+                    self.cells.flows_evicted.inc();
                 }
                 bind()?
             }
@@ -385,8 +446,9 @@ impl Relay {
         socket.set_nonblocking(true)?;
         let token = Token(self.flows.next_token() + 1);
         self.poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), token, Interest::READABLE)?;
-        self.stats.flows_opened += 1;
-        self.flows.insert(client, Flow { socket, backend: None }, self.now);
+        self.cells.flows_opened.inc();
+        self.cells.flows.up();
+        self.flows.insert(client, Flow { socket, backend: None, pending: Pending::default() }, self.now);
         Ok(())
     }
 
@@ -394,6 +456,10 @@ impl Relay {
     /// reaches nobody.
     fn close_flow(&self, flow: Flow) {
         let _ = self.poll.registry().deregister(&mut SourceFd(&flow.socket.as_raw_fd()));
+        self.cells.flows.down();
+        for (c, &n) in self.cells.backends.iter().zip(flow.pending.0.iter()) {
+            c.unanswered.add(u64::from(n));
+        }
     }
 
     /// Closes the flows idle for the idle timeout: the front of the table, up to the first
@@ -401,6 +467,7 @@ impl Relay {
     fn sweep_idle(&mut self) {
         while let Some(flow) = self.flows.pop_idle(self.now, self.shared.idle_timeout) {
             self.close_flow(flow);
+            self.cells.flows_expired.inc();
         }
     }
 }

@@ -338,7 +338,7 @@ impl UdpWorkerCells {
     }
 
     #[inline]
-    pub fn drop(&self, why: UdpDrop) {
+    pub fn dropped(&self, why: UdpDrop) {
         self.drops[why as usize].inc();
     }
 }
