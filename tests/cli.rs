@@ -329,3 +329,15 @@ fn readme_shows_the_embedded_default_verbatim() {
         "README's config block differs from examples/netpulse.toml"
     );
 }
+
+#[test]
+fn up_says_when_a_target_goes_down_and_the_verdict_changes() {
+    let config = temp_config(
+        "events",
+        "[serve.http]\nbind = \"127.0.17.3\"\nports = \"8001\"\n\n\
+         [monitor]\ninterval = \"100ms\"\ntargets = [\"tcp://127.0.17.3:9\"]\n",
+    );
+    let up = Proc::up(&["up", "--config", config.to_str().unwrap(), "--quiet"]);
+    up.wait_for("target tcp://127.0.17.3:9 is down (Connection refused", QUICK);
+    up.wait_for("connectivity: disconnected (was connected); down: tcp://127.0.17.3:9", QUICK);
+}

@@ -394,6 +394,7 @@ async fn serve(bound: Bound) -> Result<()> {
         if let Some(feed) = w.health {
             tokio::spawn(feed.follow(w.monitor.subscribe()));
         }
+        tokio::spawn(crate::dashboard::events::follow(w.monitor.subscribe()));
         let stop = stop.clone();
         tasks.spawn(async move { w.monitor.run(stop).await.context("monitor") });
     }
