@@ -601,6 +601,7 @@ impl Proxy {
                     Ok(None) => {}
                     Err(e) => {
                         let status = if e == HeadError::TooLarge { 431 } else { 400 };
+                        w.cells.requests.inc();
                         w.cells.refused.inc();
                         w.cells.response(status);
                         self.refuse(c, status, &e.to_string()).await;
@@ -613,6 +614,7 @@ impl Proxy {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !c.cbuf.is_empty() => {
+                    w.cells.requests.inc();
                     w.cells.refused.inc();
                     w.cells.response(408);
                     self.refuse(c, 408, &format!("the request head did not arrive within {:?}", self.head_timeout))
