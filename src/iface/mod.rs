@@ -22,7 +22,11 @@ pub struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub name: String,
+    /// Whether the link can carry traffic: see [`link_up`].
     pub up: bool,
+    /// The kernel's RFC 2863 operational state as it words it (`up`, `down`, `dormant`,
+    /// `lowerlayerdown`, `unknown`, …); empty where the OS does not say.
+    pub operstate: String,
     pub counters: Counters,
 }
 
@@ -30,7 +34,12 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct InterfaceStats {
     pub name: String,
+    /// Whether the link can carry traffic (operationally up, or administratively up where the
+    /// driver reports no operational state, as loopback does): what the verdict uses.
     pub up: bool,
+    /// The kernel's word for its operational state (node_exporter's `node_network_up` is 1
+    /// only when it is `up`).
+    pub operstate: String,
     #[serde(flatten)]
     pub counters: Counters,
     pub rx_bytes_per_sec: f64,
@@ -68,8 +77,10 @@ pub fn read() -> std::io::Result<Vec<Snapshot>> {
     Ok(parse_proc_net_dev(&text)
         .into_iter()
         .map(|(name, counters)| {
-            let up = link_up(&name);
-            Snapshot { name, up, counters }
+            let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap_or_default();
+            let operstate = sys("operstate").trim().to_string();
+            let up = link_up(&operstate, &sys("flags"));
+            Snapshot { name, up, operstate, counters }
         })
         .collect())
 }
@@ -80,16 +91,12 @@ pub fn read() -> std::io::Result<Vec<Snapshot>> {
     Ok(Vec::new())
 }
 
-/// `operstate` up, or (loopback and some virtual links report "unknown") administratively up.
-#[cfg(target_os = "linux")]
-fn link_up(name: &str) -> bool {
-    let sys = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap_or_default();
-    match sys("operstate").trim() {
+/// Whether a link carries traffic, from its `operstate` and `flags` in `/sys/class/net`:
+/// operationally up, or (loopback and some virtual links report "unknown") administratively up.
+pub fn link_up(operstate: &str, flags: &str) -> bool {
+    match operstate.trim() {
         "up" => true,
-        "unknown" => {
-            let flags = sys("flags");
-            u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 0x1 != 0)
-        }
+        "unknown" => u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 0x1 != 0),
         _ => false,
     }
 }
@@ -164,6 +171,7 @@ impl RateTracker {
                 InterfaceStats {
                     name: s.name,
                     up: s.up,
+                    operstate: s.operstate,
                     counters: s.counters,
                     rx_bytes_per_sec: rx,
                     tx_bytes_per_sec: tx,
@@ -197,6 +205,16 @@ mod tests {
     }
 
     #[test]
+    fn a_link_is_up_when_operationally_up_or_administratively_up_with_no_operational_state() {
+        assert!(link_up("up\n", "0x1002\n"));
+        assert!(link_up("unknown\n", "0x9\n"), "loopback: IFF_UP set");
+        assert!(!link_up("unknown\n", "0x8\n"), "loopback set down");
+        assert!(!link_up("down\n", "0x1003\n"), "administratively up, no carrier");
+        assert!(!link_up("lowerlayerdown", "0x1003"));
+        assert!(!link_up("", ""));
+    }
+
+    #[test]
     fn wraps_and_resets_do_not_produce_nonsense() {
         assert_eq!(counter_delta(100, 150), 50);
         assert_eq!(counter_delta(u64::from(u32::MAX) - 9, 5), 15, "32-bit wrap");
@@ -212,6 +230,7 @@ mod tests {
             vec![Snapshot {
                 name: "eth0".into(),
                 up: true,
+                operstate: "up".into(),
                 counters: Counters { rx_bytes: rx, tx_bytes: tx, ..Counters::default() },
             }]
         };
@@ -227,6 +246,7 @@ mod tests {
             vec![Snapshot {
                 name: "tun0".into(),
                 up: true,
+                operstate: "unknown".into(),
                 counters: Counters { rx_bytes: rx, rx_packets: packets, tx_packets: packets, ..Counters::default() },
             }]
         };
@@ -240,7 +260,9 @@ mod tests {
     fn reads_the_loopback_interface_and_routes_through_it() {
         let all = read().unwrap();
         let lo = all.iter().find(|s| s.name == "lo").expect("lo exists");
-        assert!(lo.up);
+        // Loopback has no operational state of its own: "unknown", and up because it is
+        // administratively up.
+        assert_eq!((lo.up, lo.operstate.as_str()), (true, "unknown"));
         let addrs = addresses().unwrap();
         assert!(addrs.iter().any(|(n, a)| n == "lo" && a.is_loopback()), "{addrs:?}");
         assert_eq!(egress("127.0.0.1".parse().unwrap(), &addrs).as_deref(), Some("lo"));

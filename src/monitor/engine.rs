@@ -49,8 +49,17 @@ pub struct MonitorPlan {
     pub sources: ProbeSources,
 }
 
-/// A batch of samples, each with the index of its target.
-type Samples = Vec<(usize, Sample)>;
+/// A probe that settled: its target's index, its result, and how long it ran — to its answer,
+/// its refusal or its timeout (what blackbox_exporter reports as `probe_duration_seconds`).
+#[derive(Debug)]
+struct Settled {
+    target: usize,
+    sample: Sample,
+    took: Duration,
+}
+
+/// A batch of settled probes.
+type Samples = Vec<Settled>;
 
 /// The engine, before it runs: subscribe first, then [`Monitor::run`].
 #[derive(Debug)]
@@ -157,13 +166,14 @@ fn start_probes(
             if let Some(Ok(p)) = &udp {
                 p.register(&sources);
             }
-            let emit = |s: Sample| {
-                let _ = tx.try_send(vec![(i, s)]);
+            let emit = |(sample, took): (Sample, Duration)| {
+                let _ = tx.try_send(vec![Settled { target: i, sample, took }]);
             };
             let probe = |seq: u64| {
                 let (target, udp) = (&target, &udp);
                 async move {
-                    match (target, udp) {
+                    let started = Instant::now();
+                    let sample = match (target, udp) {
                         (Target::Tcp { addr, .. }, _) => tcp::probe(*addr, seq, timeout).await,
                         (Target::Http { addr, host_header, path, expect, .. }, _) => {
                             web::probe(*addr, host_header, path, *expect, seq, timeout).await
@@ -174,7 +184,8 @@ fn start_probes(
                         (_, Some(Ok(p))) => p.probe(seq, timeout).await,
                         (_, Some(Err(e))) => Sample { seq, rtt: None, outcome: Outcome::Failed(e.to_string()) },
                         (Target::Udp { .. } | Target::Icmp { .. }, None) => unreachable_probe(seq),
-                    }
+                    };
+                    (sample, started.elapsed())
                 }
             };
             run_probes(schedule, count, &stop, probe, emit).await;
@@ -209,6 +220,7 @@ fn start_icmp(
     // Opened here, so that a permission problem ends the monitor with its message.
     let sockets = icmp::open_for(&icmp_plan.targets)?;
     let index: Vec<usize> = targets.iter().map(|t| t.0).collect();
+    let timeout = plan.timeout;
     let engine = std::thread::Builder::new().name("icmp".into()).spawn(move || {
         let batch = std::cell::RefCell::new((Vec::with_capacity(SAMPLE_BATCH), Instant::now()));
         let flush = |force: bool| {
@@ -226,8 +238,14 @@ fn start_icmp(
                 flush(false);
                 stop.is_cancelled()
             },
-            |k, s| {
-                batch.borrow_mut().0.push((index[k], s));
+            |k, sample| {
+                // An echo settles when its reply comes, when its timeout ends, or at once when
+                // it could not be sent.
+                let took = match sample.outcome {
+                    Outcome::Timeout => timeout,
+                    _ => sample.rtt.unwrap_or_default(),
+                };
+                batch.borrow_mut().0.push(Settled { target: index[k], sample, took });
                 flush(false);
             },
         );
@@ -254,13 +272,24 @@ async fn stop_probes(producers: &mut JoinSet<anyhow::Result<()>>) -> anyhow::Res
     Ok(())
 }
 
+/// One target's counts since the monitor started.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    sent: u64,
+    /// Probes answered (with a round-trip time), and the sum of those times.
+    received: u64,
+    rtt_sum_ms: f64,
+    /// The newest probe (by sequence number) and how long it ran.
+    newest: Option<(u64, Duration)>,
+}
+
 /// Everything the reports are made of: a window of samples per target, interface rates, and
 /// which interface each target is reached through.
 struct Aggregate {
     windows: Vec<Window>,
     /// Per target, the samples since the last report, and the totals since the start.
     fresh: Vec<Vec<Sample>>,
-    totals: Vec<(u64, u64)>,
+    totals: Vec<Totals>,
     rates: RateTracker,
     egress: Vec<Option<String>>,
     reports: u32,
@@ -272,15 +301,32 @@ impl Aggregate {
         rates.update(read_interfaces().await, Instant::now());
         let windows = plan.targets.iter().map(|_| Window::new(plan.window)).collect();
         let n = plan.targets.len();
-        Self { windows, fresh: vec![Vec::new(); n], totals: vec![(0, 0); n], rates, egress: Vec::new(), reports: 0 }
+        Self {
+            windows,
+            fresh: vec![Vec::new(); n],
+            totals: vec![Totals::default(); n],
+            rates,
+            egress: Vec::new(),
+            reports: 0,
+        }
     }
 
     fn absorb(&mut self, batch: Samples) {
-        for (i, s) in batch {
+        for Settled { target: i, sample: s, took } in batch {
             if let Some(w) = self.windows.get_mut(i) {
                 let t = &mut self.totals[i];
-                t.0 += 1;
-                t.1 += u64::from(s.rtt.is_some() && s.up());
+                t.sent += 1;
+                // Answered is what the window counts as received (an HTTP status outside the
+                // expected range too: it is down, not lost), so that loss from these counters
+                // and the window's loss agree.
+                if let Some(rtt) = s.rtt {
+                    t.received += 1;
+                    t.rtt_sum_ms += rtt.as_secs_f64() * 1000.0;
+                }
+                // Timeouts settle late: the newest probe is the one with the highest sequence.
+                if t.newest.is_none_or(|(seq, _)| s.seq >= seq) {
+                    t.newest = Some((s.seq, took));
+                }
                 self.fresh[i].push(s.clone());
                 w.push(s);
             }
@@ -296,7 +342,7 @@ impl Aggregate {
             .zip(&self.windows)
             .zip(self.fresh.iter_mut().zip(&self.totals))
             .enumerate()
-            .map(|(i, ((t, w), (fresh, &(sent_total, received_total))))| {
+            .map(|(i, ((t, w), (fresh, totals)))| {
                 let mut summary = w.summary();
                 // A target behind a link that is down is down now, before its probes time out.
                 let via = self.egress.get(i).and_then(Option::as_ref);
@@ -310,8 +356,10 @@ impl Aggregate {
                     summary,
                     newest: w.newest().cloned(),
                     probes: std::mem::take(fresh).iter().map(ProbePoint::from).collect(),
-                    sent_total,
-                    received_total,
+                    sent_total: totals.sent,
+                    received_total: totals.received,
+                    rtt_sum_ms: totals.rtt_sum_ms,
+                    duration_ms: totals.newest.map(|(_, took)| took.as_secs_f64() * 1000.0),
                 }
             })
             .collect();
@@ -336,4 +384,41 @@ impl Aggregate {
 
 async fn read_interfaces() -> Vec<iface::Snapshot> {
     tokio::task::spawn_blocking(iface::read).await.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(seq: u64, rtt_ms: Option<u64>, took_ms: u64) -> Settled {
+        let outcome = if rtt_ms.is_some() { Outcome::Connected } else { Outcome::Timeout };
+        Settled {
+            target: 0,
+            sample: Sample { seq, rtt: rtt_ms.map(Duration::from_millis), outcome },
+            took: Duration::from_millis(took_ms),
+        }
+    }
+
+    #[test]
+    fn the_probe_duration_is_the_newest_probes_even_when_an_older_one_settles_after_it() {
+        let mut a = Aggregate {
+            windows: vec![Window::new(10)],
+            fresh: vec![Vec::new()],
+            totals: vec![Totals::default()],
+            rates: RateTracker::new(),
+            egress: Vec::new(),
+            reports: 0,
+        };
+        a.absorb(vec![settled(1, Some(2), 2)]);
+        assert_eq!(a.totals[0].newest, Some((1, Duration::from_millis(2))));
+        // Probe 3 answers while probe 2 is still waiting; probe 2 then times out after 1 s.
+        a.absorb(vec![settled(3, Some(4), 4), settled(2, None, 1000)]);
+        let t = a.totals[0];
+        assert_eq!(t.newest, Some((3, Duration::from_millis(4))));
+        assert_eq!((t.sent, t.received), (3, 2));
+        assert!((t.rtt_sum_ms - 6.0).abs() < 1e-9, "{}", t.rtt_sum_ms);
+        // A failure after them: its own duration, not the last round trip.
+        a.absorb(vec![settled(4, None, 1000)]);
+        assert_eq!(a.totals[0].newest, Some((4, Duration::from_secs(1))));
+    }
 }

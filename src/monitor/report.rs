@@ -55,9 +55,16 @@ pub struct TargetReport {
     /// The probes that settled since the last report, in the order they did (what charts
     /// draw: a lost probe is a point with no RTT).
     pub probes: Vec<ProbePoint>,
-    /// Probes settled and answered since the monitor started (counters, for `rate()`).
+    /// Probes settled and answered since the monitor started (counters, for `rate()`); an
+    /// answer is a probe with a round-trip time, as the window counts it.
     pub sent_total: u64,
     pub received_total: u64,
+    /// The sum of those answers' round-trip times (with `received_total`, an average over
+    /// any range).
+    pub rtt_sum_ms: f64,
+    /// How long the newest probe ran, answered or not: to its answer, its refusal or its
+    /// timeout (blackbox_exporter's `probe_duration_seconds`); `None` before the first.
+    pub duration_ms: Option<f64>,
 }
 
 /// One probe as sinks draw it.

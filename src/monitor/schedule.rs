@@ -9,8 +9,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::probe::Sample;
-
 /// The probe times of one target.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
@@ -34,16 +32,17 @@ impl Schedule {
 }
 
 /// Probes one target on its schedule until `count` probes are done (forever with `None`) or
-/// `stop`; every sample goes to `emit`. A probe still running when `stop` comes is abandoned.
-pub async fn run_probes<P, F>(
+/// `stop`; every result (a [`Sample`](crate::probe::Sample), or one with more said about it) goes to `emit`. A probe
+/// still running when `stop` comes is abandoned.
+pub async fn run_probes<P, F, S>(
     schedule: Schedule,
     count: Option<u64>,
     stop: &CancellationToken,
     mut probe: P,
-    mut emit: impl FnMut(Sample),
+    mut emit: impl FnMut(S),
 ) where
     P: FnMut(u64) -> F,
-    F: Future<Output = Sample>,
+    F: Future<Output = S>,
 {
     let mut seq = 0;
     while count.is_none_or(|c| seq < c) {
@@ -62,7 +61,7 @@ pub async fn run_probes<P, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::Outcome;
+    use crate::probe::{Outcome, Sample};
 
     fn ok(seq: u64) -> Sample {
         Sample { seq, rtt: Some(Duration::from_millis(1)), outcome: Outcome::Connected }
