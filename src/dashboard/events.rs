@@ -153,6 +153,8 @@ mod tests {
                     probes: Vec::new(),
                     sent_total: 0,
                     received_total: 0,
+                    rtt_sum_ms: 0.0,
+                    duration_ms: None,
                 }
             })
             .collect();
