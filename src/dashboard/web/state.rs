@@ -18,8 +18,16 @@ use crate::iface::InterfaceStats;
 use crate::monitor::report::{Connectivity, Report, TargetReport};
 use crate::stats::traffic::{BackendSnapshot, BalancerSnapshot, Histogram};
 
-/// Reports a chart goes back (five minutes at the default interval).
+/// Reports a chart goes back (five minutes at the default interval)...
 pub const HISTORY: usize = 300;
+/// ...unless the targets are so many that their rows would take more than this many (16 bytes
+/// each: 24 MB), when each keeps fewer (150 at 10,000 targets), and never fewer than a minute's.
+const TARGET_ROWS: usize = 1_500_000;
+
+/// Rows kept per target when watching `n` of them.
+fn rows_for(n: usize) -> usize {
+    (TARGET_ROWS / n.max(1)).clamp(60, HISTORY)
+}
 /// Reports the balancers' recent figures (req/s, error %, p50/p99, share) are taken over.
 pub const RECENT: usize = 10;
 /// The span of the targets' `loss_1m_pct`.
@@ -29,6 +37,8 @@ const MINUTE: f64 = 60.0;
 #[derive(Debug, Default)]
 pub struct State {
     interval_ms: u64,
+    /// Rows kept ([`HISTORY`], or fewer for many targets).
+    keep: usize,
     times: VecDeque<f64>,
     report: Option<Arc<Report>>,
     targets: Vec<TargetSeries>,
@@ -39,17 +49,18 @@ pub struct State {
     snapshots: VecDeque<(Instant, f64, Arc<[BalancerSnapshot]>)>,
 }
 
-/// One target's probes, one row per report.
+/// One target's probes, one row per report: round trips in milliseconds (NaN for none, which
+/// serialises as `null`) and counts of probes (saturating at 255 in one interval).
 #[derive(Debug, Default)]
 struct TargetSeries {
     target: String,
-    med: VecDeque<Option<f64>>,
-    min: VecDeque<Option<f64>>,
-    max: VecDeque<Option<f64>>,
-    sent: VecDeque<u32>,
-    answered: VecDeque<u32>,
-    lost: VecDeque<u32>,
-    failed: VecDeque<u32>,
+    med: VecDeque<f32>,
+    min: VecDeque<f32>,
+    max: VecDeque<f32>,
+    sent: VecDeque<u8>,
+    answered: VecDeque<u8>,
+    lost: VecDeque<u8>,
+    failed: VecDeque<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +76,8 @@ struct BackendSeries {
     errors: VecDeque<Option<f64>>,
 }
 
-fn push_capped<T>(q: &mut VecDeque<T>, v: T) {
-    if q.len() == HISTORY {
+fn push_capped<T>(q: &mut VecDeque<T>, v: T, keep: usize) {
+    while q.len() >= keep {
         q.pop_front();
     }
     q.push_back(v);
@@ -84,41 +95,29 @@ fn med_min_max(mut v: Vec<f64>) -> (Option<f64>, Option<f64>, Option<f64>) {
 }
 
 impl TargetSeries {
-    fn new(target: &str, rows: usize) -> Self {
-        let mut s = Self { target: target.to_string(), ..Self::default() };
-        for _ in 0..rows {
-            s.push_none();
-        }
-        s
+    fn new(target: &str) -> Self {
+        Self { target: target.to_string(), ..Self::default() }
     }
 
-    fn push_none(&mut self) {
-        push_capped(&mut self.med, None);
-        push_capped(&mut self.min, None);
-        push_capped(&mut self.max, None);
-        for q in [&mut self.sent, &mut self.answered, &mut self.lost, &mut self.failed] {
-            push_capped(q, 0);
-        }
-    }
-
-    fn push(&mut self, t: &TargetReport) {
+    fn push(&mut self, t: &TargetReport, keep: usize) {
         let (med, min, max) = med_min_max(t.probes.iter().filter_map(|p| p.rtt_ms).collect());
+        let ms = |v: Option<f64>| v.map_or(f32::NAN, |v| v as f32);
         let count = |f: fn(&crate::monitor::report::ProbePoint) -> bool| {
-            u32::try_from(t.probes.iter().filter(|p| f(p)).count()).unwrap_or(u32::MAX)
+            u8::try_from(t.probes.iter().filter(|p| f(p)).count()).unwrap_or(u8::MAX)
         };
-        push_capped(&mut self.med, med);
-        push_capped(&mut self.min, min);
-        push_capped(&mut self.max, max);
-        push_capped(&mut self.sent, count(|_| true));
-        push_capped(&mut self.answered, count(|p| p.rtt_ms.is_some()));
-        push_capped(&mut self.lost, count(|p| p.lost));
-        push_capped(&mut self.failed, count(|p| !p.up && !p.lost));
+        push_capped(&mut self.med, ms(med), keep);
+        push_capped(&mut self.min, ms(min), keep);
+        push_capped(&mut self.max, ms(max), keep);
+        push_capped(&mut self.sent, count(|_| true), keep);
+        push_capped(&mut self.answered, count(|p| p.rtt_ms.is_some()), keep);
+        push_capped(&mut self.lost, count(|p| p.lost), keep);
+        push_capped(&mut self.failed, count(|p| !p.up && !p.lost), keep);
     }
 
     /// The share of probes without an answer over the rows since `since` (a time in `times`).
     fn loss_pct_since(&self, times: &VecDeque<f64>, since: f64) -> Option<f64> {
         let rows = times.iter().rev().take_while(|&&t| t > since).count();
-        let sum = |q: &VecDeque<u32>| q.iter().rev().take(rows).map(|&n| u64::from(n)).sum::<u64>();
+        let sum = |q: &VecDeque<u8>| q.iter().rev().take(rows).map(|&n| u64::from(n)).sum::<u64>();
         let (sent, answered) = (sum(&self.sent), sum(&self.answered));
         (sent > 0).then(|| sent.saturating_sub(answered) as f64 * 100.0 / sent as f64)
     }
@@ -207,7 +206,7 @@ fn recent(now: &BalancerSnapshot, then: Option<&BalancerSnapshot>, secs: f64) ->
 
 impl State {
     pub fn new(interval_ms: u64) -> Self {
-        Self { interval_ms, ..Self::default() }
+        Self { interval_ms, keep: HISTORY, ..Self::default() }
     }
 
     /// Takes one report and the balancers' snapshots taken with it, at monotonic `now` and Unix
@@ -218,12 +217,15 @@ impl State {
         if !same_targets {
             // A new plan: the old rows describe other targets.
             *self = Self::new(self.interval_ms);
-            self.targets = report.targets.iter().map(|r| TargetSeries::new(&r.target, 0)).collect();
+            self.keep = rows_for(report.targets.len());
+            self.targets = report.targets.iter().map(|r| TargetSeries::new(&r.target)).collect();
         }
-        let rows = self.times.len().min(HISTORY - 1);
-        push_capped(&mut self.times, t);
+        let keep = self.keep;
+        // The rows before this one that a new series is padded with.
+        let rows = self.times.len().min(keep - 1);
+        push_capped(&mut self.times, t, keep);
         for (s, r) in self.targets.iter_mut().zip(&report.targets) {
-            s.push(r);
+            s.push(r, keep);
         }
         let mut old = std::mem::take(&mut self.interfaces);
         for i in &report.interfaces {
@@ -232,14 +234,14 @@ impl State {
                 None => {
                     let mut s = IfaceSeries { name: i.name.clone(), ..IfaceSeries::default() };
                     for _ in 0..rows {
-                        push_capped(&mut s.rx, None);
-                        push_capped(&mut s.tx, None);
+                        push_capped(&mut s.rx, None, keep);
+                        push_capped(&mut s.tx, None, keep);
                     }
                     s
                 }
             };
-            push_capped(&mut s.rx, Some(i.rx_bytes_per_sec));
-            push_capped(&mut s.tx, Some(i.tx_bytes_per_sec));
+            push_capped(&mut s.rx, Some(i.rx_bytes_per_sec), keep);
+            push_capped(&mut s.tx, Some(i.tx_bytes_per_sec), keep);
             self.interfaces.push(s);
         }
         self.push_balancers(balancers, now, t, rows);
@@ -248,6 +250,7 @@ impl State {
     }
 
     fn push_balancers(&mut self, balancers: Vec<BalancerSnapshot>, now: Instant, t: f64, rows: usize) {
+        let keep = self.keep;
         let previous = self.snapshots.back().map(|(_, t, s)| (*t, s.clone()));
         if self.balancers.len() != balancers.len() {
             self.balancers = balancers.iter().map(|_| Vec::new()).collect();
@@ -261,8 +264,8 @@ impl State {
                     .map(|_| {
                         let mut s = BackendSeries::default();
                         for _ in 0..rows {
-                            push_capped(&mut s.requests, None);
-                            push_capped(&mut s.errors, None);
+                            push_capped(&mut s.requests, None, keep);
+                            push_capped(&mut s.errors, None, keep);
                         }
                         s
                     })
@@ -279,8 +282,8 @@ impl State {
                         )
                     })
                 });
-                push_capped(&mut s.requests, point.map(|p| p.0));
-                push_capped(&mut s.errors, point.map(|p| p.1));
+                push_capped(&mut s.requests, point.map(|p| p.0), keep);
+                push_capped(&mut s.errors, point.map(|p| p.1), keep);
             }
         }
         if self.snapshots.len() > RECENT {
@@ -425,12 +428,12 @@ pub struct TargetView<'a> {
 /// how many were sent, lost (no answer in time) and failed (refused, a bad status).
 #[derive(Debug, Serialize)]
 pub struct TargetColumns<'a> {
-    pub rtt_med_ms: Tail<'a, Option<f64>>,
-    pub rtt_min_ms: Tail<'a, Option<f64>>,
-    pub rtt_max_ms: Tail<'a, Option<f64>>,
-    pub sent: Tail<'a, u32>,
-    pub lost: Tail<'a, u32>,
-    pub failed: Tail<'a, u32>,
+    pub rtt_med_ms: Tail<'a, f32>,
+    pub rtt_min_ms: Tail<'a, f32>,
+    pub rtt_max_ms: Tail<'a, f32>,
+    pub sent: Tail<'a, u8>,
+    pub lost: Tail<'a, u8>,
+    pub failed: Tail<'a, u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -686,5 +689,10 @@ mod tests {
         let v = json(&s.interfaces(HISTORY));
         assert_eq!(v["interfaces"][1]["name"], "eth0");
         assert_eq!(v["interfaces"][1]["history"]["tx_bytes_per_sec"], json!([null, 1500.0]));
+    }
+
+    #[test]
+    fn many_targets_keep_fewer_rows_each_but_at_least_a_minute() {
+        assert_eq!((rows_for(1), rows_for(5_000), rows_for(10_000), rows_for(1_000_000)), (HISTORY, HISTORY, 150, 60));
     }
 }

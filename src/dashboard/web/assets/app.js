@@ -233,7 +233,8 @@ function rttChart(box) {
     axes: axes((v) => v + " ms"),
     series: [
       {},
-      { label: "median", stroke: palette.accent, width: 2, value: (u, v) => ms(v), spanGaps: false },
+      // An interval where no probe settled is no news (a loss is marked, not left out).
+      { label: "median", stroke: palette.accent, width: 2, value: (u, v) => ms(v), spanGaps: true },
       { label: "min", stroke: palette.band, width: 1, value: (u, v) => ms(v) },
       { label: "max", stroke: palette.band, width: 1, value: (u, v) => ms(v) },
     ],
@@ -297,9 +298,31 @@ function targetRow(name) {
   const canvas = sparkCanvas();
   tr.appendChild(el("td")).appendChild(canvas);
   tr.addEventListener("click", () => { state.selectedTarget = name; render(); });
-  row = { tr, cells, canvas };
+  // Counters since the start, on hover (written when asked for, not on every update).
+  tr.addEventListener("mouseenter", () => {
+    const t = row.data;
+    if (t) cells.name.title = `${t.target}: ${t.probe} probe; ${t.sent_total} sent, ${t.received_total} answered since start`;
+  });
+  row = { tr, cells, canvas, data: null };
+  cells.name.textContent = name;
+  canvas.draw = () => fillTargetRow(row);
   targetRows.set(name, row);
   return row;
+}
+
+function fillTargetRow(row) {
+  const { tr, cells, canvas, data: t } = row;
+  if (!t) return;
+  setText(cells.status, t.up ? "up" : "down");
+  setClass(cells.status, t.up ? "up" : "down");
+  setText(cells.loss1m, pct(t.loss_1m_pct));
+  setText(cells.loss, pct(t.loss_pct));
+  setText(cells.last, ms(t.rtt_last_ms));
+  setText(cells.avg, ms(t.rtt_avg_ms));
+  setText(cells.p95, ms(t.rtt_p95_ms));
+  setText(cells.jitter, ms(t.jitter_ms));
+  setClass(tr, t.target === state.selectedTarget ? "selected" : "");
+  drawRttSpark(canvas, t.history);
 }
 
 function renderTargets() {
@@ -317,21 +340,12 @@ function renderTargets() {
   }
   let up = 0;
   for (const t of s.items) {
-    const { tr, cells, canvas } = targetRow(t.target);
     if (t.up) up++;
-    setText(cells.name, t.target);
-    cells.name.title = t.probe + " probe; " + t.sent_total + " sent, " + t.received_total + " answered since start";
-    setText(cells.status, t.up ? "up" : "down");
-    setClass(cells.status, t.up ? "up" : "down");
-    setText(cells.loss1m, pct(t.loss_1m_pct));
-    setText(cells.loss, pct(t.loss_pct));
-    setText(cells.last, ms(t.rtt_last_ms));
-    setText(cells.avg, ms(t.rtt_avg_ms));
-    setText(cells.p95, ms(t.rtt_p95_ms));
-    setText(cells.jitter, ms(t.jitter_ms));
-    setClass(tr, t.target === state.selectedTarget ? "selected" : "");
-    canvas.draw = () => drawRttSpark(canvas, t.history);
-    canvas.draw();
+    const row = targetRow(t.target);
+    row.data = t;
+    // Rows out of view are filled in when they scroll into it: a thousand targets cost what
+    // the twenty on screen do.
+    if (visible.has(row.canvas)) fillTargetRow(row);
   }
   setText($("targets-note"), s.items.length ? `${up} of ${s.items.length} up · every ${s.interval_ms} ms` : "none");
   const sel = s.items.find((t) => t.target === state.selectedTarget);
@@ -546,13 +560,15 @@ function render() {
   renderTargets();
   renderBalancers();
   renderInterfaces();
+  const t1 = performance.now();
   void document.body.offsetHeight; // style and layout count too
+  stats.renderMs.layoutMs = performance.now() - t1;
   if (eventAt) {
     // From the event's arrival to a laid-out page.
     const took = performance.now() - eventAt;
     const r = stats.renderMs;
     r.last = took; r.max = Math.max(r.max, took); r.sum += took; r.n++;
-    r.domMs = performance.now() - t0;
+    r.jsMs = performance.now() - t0 - r.layoutMs;
     eventAt = 0;
   }
 }
@@ -583,9 +599,11 @@ function connect() {
     schedule();
   };
   es.addEventListener("report", (ev) => {
+    const arrived = performance.now();
     const views = JSON.parse(ev.data);
+    stats.parseMs = performance.now() - arrived;
     if (!ready) { early.push(views); return; }
-    eventAt = eventAt || performance.now();
+    eventAt = eventAt || arrived;
     applyAll(views, false);
     stats.updates++;
     schedule();
