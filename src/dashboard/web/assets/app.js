@@ -136,7 +136,7 @@ const observer = "IntersectionObserver" in window
 
 function sparkCanvas() {
   const c = el("canvas");
-  c.width = 120 * (window.devicePixelRatio || 1);
+  c.width = 100 * (window.devicePixelRatio || 1);
   c.height = 24 * (window.devicePixelRatio || 1);
   if (observer) observer.observe(c); else visible.add(c);
   return c;
