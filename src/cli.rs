@@ -76,6 +76,9 @@ pub struct MonitorArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100), at /metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<Addr>,
+    /// Serve the web dashboard (/), the JSON API (/api/v1/) and /metrics on this address
+    #[arg(long, value_name = "ADDR", conflicts_with = "metrics")]
+    pub web: Option<Addr>,
     /// Samples per target that loss, RTT, jitter and percentiles cover
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]

@@ -43,6 +43,7 @@ fn documented_default_banner(ip: &str) -> String {
          \x20                health: classic ping, fall 3, rise 2, probed by the monitor every 1s\n\
          \x20 monitor        7 targets every 1s\n\
          \x20 metrics        http://{ip}:9100/metrics\n\
+         \x20 dashboard      http://{ip}:9100/ (JSON: /api/v1/)\n\
          try:\n\
          \x20 curl http://{ip}:8000/\n\
          \x20 netpulse udp-ping {ip} 8888\n\

@@ -1,5 +1,5 @@
-//! `netpulse monitor`: the monitor engine with the line printer as its sink (and Prometheus
-//! with `--metrics`), until `--count` reports or Ctrl-C.
+//! `netpulse monitor`: the monitor engine with the line printer as its sink (and the web
+//! dashboard, JSON API and Prometheus with `--web` or `--metrics`), until `--count` reports or Ctrl-C.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::UsageError;
 use crate::cli::MonitorArgs;
 use crate::dashboard::print;
+use crate::dashboard::web::Web;
 use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
 
@@ -22,13 +23,16 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let monitor = Monitor::new(plan);
     let stop = CancellationToken::new();
     let sinks = CancellationToken::new();
-    if let Some(addr) = args.metrics {
-        let listener = Exporter::bind(addr.0)?;
-        tracing::info!("metrics on http://{}/metrics", addr.0);
+    // `--web` and `--metrics` serve the same: the page, the JSON API and /metrics.
+    if let Some(addr) = args.web.or(args.metrics) {
+        let listener = Web::bind(addr.0)?;
+        tracing::info!("dashboard on http://{0}/ and metrics on http://{0}/metrics", addr.0);
         let exporter = Exporter::new(std::sync::Arc::from(Vec::new()));
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
+        let web = Web::new(exporter, std::sync::Arc::from(Vec::new()), monitor.plan().interval);
+        rt.spawn(web.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();
-        rt.spawn(async move { exporter.serve(listener, sinks).await });
+        rt.spawn(async move { web.serve(listener, sinks).await });
     }
     let reports = monitor.subscribe();
     let format = args.format;

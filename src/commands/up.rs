@@ -22,6 +22,7 @@ use crate::cli::UpArgs;
 use crate::config::{
     Affinity, CheckKind, Config, Dur, HealthCheckConfig, HttpBalancerConfig, MonitorConfig, UdpBalancerConfig,
 };
+use crate::dashboard::web::Web;
 use crate::health::{HealthFeed, Watched};
 use crate::log::Log;
 use crate::metrics::Exporter;
@@ -281,6 +282,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
                 writeln!(banner, "  monitor        {} targets every {}", w.monitor.plan().targets.len(), m.interval);
             if let Some(addr) = m.metrics {
                 let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);
+                let _ = writeln!(banner, "  dashboard      http://{}/ (JSON: /api/v1/)", addr.0);
                 tries.push(format!("curl http://{}/metrics", addr.0));
             }
             Some(w)
@@ -370,7 +372,7 @@ fn watch(
         sources,
     };
     let metrics = match m.metrics {
-        Some(addr) => Some((Exporter::new(balancers.clone()), Exporter::bind(addr.0)?)),
+        Some(addr) => Some((Exporter::new(balancers.clone()), Web::bind(addr.0)?)),
         None => None,
     };
     let health = (!watched.is_empty()).then(|| HealthFeed::new(watched));
@@ -388,8 +390,10 @@ async fn serve(bound: Bound) -> Result<()> {
     if let Some(w) = bound.monitor {
         if let Some((exporter, listener)) = w.metrics {
             tokio::spawn(exporter.clone().follow(w.monitor.subscribe()));
+            let web = Web::new(exporter, bound.balancers.clone(), w.monitor.plan().interval);
+            tokio::spawn(web.clone().follow(w.monitor.subscribe()));
             let stop = stop.clone();
-            tasks.spawn(async move { exporter.serve(listener, stop).await.context("metrics endpoint") });
+            tasks.spawn(async move { web.serve(listener, stop).await.context("metrics and dashboard") });
         }
         if let Some(feed) = w.health {
             tokio::spawn(feed.follow(w.monitor.subscribe()));

@@ -1,5 +1,7 @@
-//! Sinks that show the monitor's reports to a person: the line printer (a table, or JSON lines)
-//! and the event lines (what changed) under `up`.
+//! Sinks that show the monitor's reports to a person: the line printer (a table, or JSON lines),
+//! the event lines (what changed) under `up`, and the web dashboard with its JSON API and event
+//! stream.
 
 pub mod events;
 pub mod print;
+pub mod web;

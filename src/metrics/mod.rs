@@ -5,17 +5,11 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{Response, StatusCode, header};
-use http_body_util::Full;
 
 use tokio::sync::broadcast;
 
 use crate::monitor::report::Report;
 use crate::stats::traffic::{BalancerSnapshot, Balancers};
-use tokio_util::sync::CancellationToken;
-
-use crate::net::{self, BindError};
 
 mod balancers;
 mod report;
@@ -74,33 +68,6 @@ impl Exporter {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    }
-
-    /// Binds `addr` for `/metrics`.
-    pub fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, BindError> {
-        net::bind_tcp(addr, "metrics endpoint")
-    }
-
-    /// Serves `/metrics` until `shutdown`.
-    pub async fn serve(self, listener: std::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-        net::serve_http(listener, 256, shutdown, move |req, _| {
-            let page = self.page();
-            async move {
-                let mut resp = if req.uri().path() == "/metrics" {
-                    Response::new(Full::new(Bytes::from(page.as_bytes().to_vec())))
-                } else {
-                    let mut r = Response::new(Full::new(Bytes::from_static(b"not found: try /metrics\n")));
-                    *r.status_mut() = StatusCode::NOT_FOUND;
-                    r
-                };
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                resp
-            }
-        })
-        .await
     }
 }
 

@@ -1,0 +1,481 @@
+//! The web side of the metrics address: the JSON API, the event stream, and the dashboard page in
+//! a real headless Chromium (Debian's `chromium`) driven over the DevTools protocol. Addresses:
+//! 127.0.15.x.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Proc, addr, get, udp_client, wait_until};
+use serde_json::{Value, json};
+
+const START: Duration = Duration::from_secs(20);
+
+/// A lab on `ip`: three HTTP backends (and a fourth address nobody serves) behind a balancer,
+/// two lossy UDP ping servers behind another, a target that refuses, and the dashboard on :19100.
+fn lab(ip: &str) -> PathBuf {
+    let config = format!(
+        r#"
+[serve.http]
+bind = "{ip}"
+ports = "18001-18003"
+
+[serve.udp]
+bind = "{ip}"
+ports = "12526-12527"
+loss = 0.3
+seed = 7
+
+[[balance.http]]
+name = "web"
+listen = "{ip}:18000"
+backends = ["{ip}:18001", "{ip}:18002", "{ip}:18003", "{ip}:18009"]
+access_log = false
+
+[[balance.udp]]
+name = "ping"
+listen = "{ip}:18888"
+backends = ["{ip}:12526", "{ip}:12527"]
+access_log = false
+
+[monitor]
+interval = "200ms"
+targets = ["tcp://{ip}:9"]
+metrics = "{ip}:19100"
+"#
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-{ip}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lab.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn up(config: &Path) -> Proc {
+    let mut cmd = common::netpulse();
+    cmd.args(["up", "--config"]).arg(config);
+    Proc::up_command(cmd)
+}
+
+/// Some HTTP requests and UDP pings through the balancers.
+fn traffic(ip: &str) {
+    for _ in 0..24 {
+        let r = get(addr(&format!("{ip}:18000")), "/");
+        assert!(r.status == 200 || r.status >= 500, "{r:?}");
+    }
+    let s = udp_client(ip);
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    for i in 0..10 {
+        s.send_to(format!("PING {i} 00:00:00").as_bytes(), format!("{ip}:18888")).unwrap();
+        let _ = s.recv(&mut [0u8; 64]);
+    }
+}
+
+fn api(ip: &str, path: &str) -> Value {
+    let r = get(addr(&format!("{ip}:19100")), path);
+    assert_eq!(r.status, 200, "{path}: {r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+}
+
+#[test]
+fn the_api_serves_targets_interfaces_and_balancers_with_their_history_and_refuses_writes() {
+    let ip = "127.0.15.2";
+    let _up = up(&lab(ip));
+    traffic(ip);
+    // The backend nobody serves leaves the rotation, and says why.
+    let balancers = wait_until("the unserved backend to be down", START, || {
+        let v = api(ip, "/api/v1/balancers");
+        let down = v["balancers"][0]["backends"][3]["state"] == "down";
+        (down && v["t"].as_array().unwrap().len() >= 3).then_some(v)
+    });
+    let web = &balancers["balancers"][0];
+    assert_eq!((web["name"].as_str(), web["proto"].as_str()), (Some("web"), Some("http")));
+    assert_eq!(web["listen"], format!("{ip}:18000"));
+    let dead = &web["backends"][3];
+    assert_eq!(dead["addr"], format!("{ip}:18009"));
+    assert!(dead["why"].as_str().unwrap().contains("out of rotation"), "{dead}");
+    assert!(dead["since"].as_str().unwrap().ends_with('Z'), "{dead}");
+    for (i, b) in web["backends"].as_array().unwrap().iter().enumerate() {
+        for field in ["requests", "responses", "errors", "retried", "bytes_sent", "bytes_received", "latency"] {
+            assert!(b["http"].get(field).is_some(), "backend {i} has no {field}: {b}");
+        }
+        assert!(b["http"]["errors"].get("connect_refused").is_some(), "{b}");
+        let recent = &web["recent"][i];
+        for field in ["requests_per_s", "error_pct", "share_pct", "p50_ms", "p99_ms"] {
+            assert!(recent.get(field).is_some(), "backend {i} has no recent {field}: {recent}");
+        }
+        let rows = web["history"][i]["requests_per_s"].as_array().unwrap().len();
+        assert_eq!(rows, balancers["t"].as_array().unwrap().len(), "one row per report");
+    }
+    let ping = &balancers["balancers"][1];
+    assert_eq!((ping["name"].as_str(), ping["proto"].as_str()), (Some("ping"), Some("udp")));
+    assert!(ping["udp"]["drops"].get("no_backend").is_some(), "{ping}");
+    assert!(ping["backends"][0]["udp"].get("unanswered").is_some(), "{ping}");
+
+    let targets = api(ip, "/api/v1/targets");
+    let names: Vec<&str> =
+        targets["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    for want in [format!("http://{ip}:18001/"), format!("udp://{ip}:12527"), format!("tcp://{ip}:9")] {
+        assert!(names.contains(&want.as_str()), "{want} in {names:?}");
+    }
+    assert_eq!(targets["connectivity"], "degraded", "tcp://{ip}:9 refuses");
+    assert_eq!(targets["interval_ms"], 200);
+    let refusing =
+        targets["targets"].as_array().unwrap().iter().find(|t| t["target"] == format!("tcp://{ip}:9")).unwrap();
+    assert_eq!(refusing["up"], false);
+    assert_eq!(refusing["loss_1m_pct"], 100.0);
+    let failed = refusing["history"]["failed"].as_array().unwrap();
+    assert!(failed.iter().any(|n| n.as_u64() > Some(0)), "a refusal is a failed probe: {refusing}");
+    assert_eq!(failed.len(), targets["t"].as_array().unwrap().len());
+    let short = api(ip, "/api/v1/targets?history=2");
+    assert_eq!(short["t"].as_array().unwrap().len(), 2);
+    assert_eq!(short["targets"][0]["history"]["rtt_med_ms"].as_array().unwrap().len(), 2);
+
+    let interfaces = api(ip, "/api/v1/interfaces");
+    let lo = interfaces["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "lo").unwrap();
+    assert!(lo["rx_bytes"].as_u64().unwrap() > 0, "{lo}");
+    assert!(!lo["history"]["rx_bytes_per_sec"].as_array().unwrap().is_empty(), "{lo}");
+
+    let metrics = get(addr(&format!("{ip}:19100")), "/metrics");
+    assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(metrics.body.contains("probe_success{"), "{}", metrics.body);
+
+    let page = get(addr(&format!("{ip}:19100")), "/");
+    assert!(page.body.contains("<title>netpulse</title>"), "{}", page.body);
+
+    // Read-only: writes are refused, whatever the path.
+    for path in ["/", "/metrics", "/api/v1/targets", "/api/v1/balancers", "/api/v1/events"] {
+        let mut c = common::Http::connect(addr(&format!("{ip}:19100")));
+        let r = c.raw(format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes());
+        assert_eq!(r.status, 405, "POST {path}");
+        assert_eq!(r.header("allow"), Some("GET,HEAD"), "POST {path}");
+    }
+    assert_eq!(get(addr(&format!("{ip}:19100")), "/api/v2/targets").status, 404);
+}
+
+#[test]
+fn the_event_stream_sends_one_framed_report_per_interval() {
+    let ip = "127.0.15.3";
+    let _up = up(&lab(ip));
+    let s = TcpStream::connect(format!("{ip}:19100")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (&s).write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        r.read_line(&mut head).unwrap();
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("content-type: text/event-stream"), "{head}");
+    assert!(head.to_lowercase().contains("cache-control: no-cache"), "{head}");
+    // The body is chunked; read until three whole events are in (the first block is the hello).
+    let mut body = String::new();
+    let started = Instant::now();
+    while body.matches("event: report\n").count() < 3 {
+        assert!(started.elapsed() < START, "no events in {body:?}");
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0u8; n + 2];
+        r.read_exact(&mut chunk).unwrap();
+        body.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+    assert!(body.starts_with("retry: 1000\n: netpulse"), "{body}");
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("event: report\ndata: "))
+        .take(3)
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let times: Vec<f64> = events.iter().map(|e| e["targets"]["t"][0].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[1] > w[0]), "one event per report, in order: {times:?}");
+    for e in &events {
+        assert_eq!(e["targets"]["t"].as_array().unwrap().len(), 1, "an event carries one row");
+        assert_eq!(e["targets"]["targets"].as_array().unwrap().len(), 7, "{e}");
+        let t = &e["targets"]["targets"][0];
+        assert!(t.get("probes").is_some() && t.get("rtt_p95_ms").is_some() && t.get("sent_total").is_some(), "{t}");
+        assert_eq!(t["history"]["sent"].as_array().unwrap().len(), 1, "{t}");
+        assert_eq!(e["balancers"]["balancers"].as_array().unwrap().len(), 2, "{e}");
+        assert!(e["interfaces"]["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{e}");
+    }
+}
+
+// ---- a headless Chromium, driven over the DevTools protocol ---------------------------------------
+
+/// A headless Chromium with one page, killed when dropped.
+struct Browser {
+    child: Child,
+    ws: tungstenite::WebSocket<TcpStream>,
+    session: String,
+    next: u64,
+    /// Console messages and uncaught exceptions of the page, for failure messages.
+    log: Vec<String>,
+}
+
+impl Browser {
+    fn start(width: u32, height: u32) -> Browser {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spawned = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
+            .args(["--disable-background-networking", "--disable-extensions", "--remote-debugging-port=0"])
+            .arg(format!("--user-data-dir={}", dir.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                panic!("cannot start chromium ({e}): these tests need Debian's `chromium` (apt-get install chromium)")
+            }
+        };
+        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let url = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                panic!("chromium exited before listening for DevTools");
+            }
+            if let Some(at) = line.find("ws://") {
+                break line[at..].trim().to_string();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let host = url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
+        let stream = TcpStream::connect(&host).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+        let mut b = Browser { child, ws, session: String::new(), next: 0, log: Vec::new() };
+        let target = b.call("Target.createTarget", json!({"url": "about:blank"}));
+        let attached = b.call("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}));
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b.call("Runtime.enable", json!({}));
+        b.call("Page.enable", json!({}));
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        b
+    }
+
+    /// Sends one command (to the page once attached) and waits for its answer.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params).unwrap_or_else(|e| panic!("DevTools {method}: {e}"))
+    }
+
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = json!(self.session);
+        }
+        self.ws.send(tungstenite::Message::text(msg.to_string())).unwrap();
+        loop {
+            let m = self.ws.read().unwrap_or_else(|e| panic!("DevTools {method}: {e}"));
+            let tungstenite::Message::Text(text) = m else { continue };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            if v["id"] == id {
+                return match v.get("error") {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(v["result"].clone()),
+                };
+            }
+            match v["method"].as_str() {
+                Some("Runtime.consoleAPICalled") => {
+                    let args: Vec<String> =
+                        v["params"]["args"].as_array().into_iter().flatten().map(|a| a["value"].to_string()).collect();
+                    self.log.push(format!("console.{}: {}", v["params"]["type"], args.join(" ")));
+                }
+                Some("Runtime.exceptionThrown") => {
+                    self.log.push(format!("exception: {}", v["params"]["exceptionDetails"]));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url}));
+    }
+
+    /// Evaluates `js` in the page and returns its value; `None` while the page cannot tell (it
+    /// is loading: no document yet, or the context went away with a navigation).
+    fn eval(&mut self, js: &str) -> Option<Value> {
+        let args = json!({"expression": js, "returnByValue": true, "awaitPromise": true});
+        let r = self.try_call("Runtime.evaluate", args).ok()?;
+        if let Some(e) = r.get("exceptionDetails") {
+            self.log.push(format!("evaluating the test's script: {e}"));
+            return None;
+        }
+        Some(r["result"]["value"].clone())
+    }
+
+    /// What a person would see now (see [`LOOK`]), once the page has loaded.
+    fn look(&mut self) -> Option<Value> {
+        self.eval(LOOK).filter(|v| v["stats"].is_object())
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a person would see, read from the page by the test itself (not by the page's own code):
+/// its text, and for every canvas how many pixels are drawn in a colour (not the grey of grids
+/// and labels: series, bands, loss marks, sparkline bars).
+const LOOK: &str = r#"(() => {
+  if (!document.body || !document.getElementById("stream")) return null;
+  const canvases = [...document.querySelectorAll("canvas")].map((c) => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let colored = 0, red = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      const hi = Math.max(d[i], d[i + 1], d[i + 2]), lo = Math.min(d[i], d[i + 1], d[i + 2]);
+      if (d[i + 3] > 0 && hi - lo > 60) colored++;
+      if (d[i + 3] > 200 && d[i] > 200 && d[i + 1] < 120 && d[i + 2] < 120) red++;
+    }
+    const owner = c.closest("[data-target],[data-iface],[data-balancer],figure");
+    const name = owner ? (owner.dataset.target || owner.dataset.iface || owner.dataset.balancer || owner.querySelector("b")?.textContent || "chart") : "?";
+    return { name, chart: c.closest(".chart")?.id || null, width: c.width, colored, red };
+  });
+  const np = window.netpulse || {};
+  return { text: document.body.innerText, canvases, stats: np.stats || null,
+           stream: document.getElementById("stream").textContent };
+})()"#;
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts")
+}
+
+fn updates(look: &Value) -> u64 {
+    look["stats"]["updates"].as_u64().unwrap_or(0)
+}
+
+/// Every canvas on the page has drawn something in colour.
+fn all_drawn(look: &Value) -> bool {
+    let canvases = look["canvases"].as_array().unwrap();
+    !canvases.is_empty() && canvases.iter().all(|c| c["colored"].as_u64() > Some(0))
+}
+
+#[test]
+fn the_dashboard_shows_every_target_and_backend_live_and_reconnects_after_a_restart() {
+    let ip = "127.0.15.4";
+    let config = lab(ip);
+    let mut lab_proc = up(&config);
+    traffic(ip);
+    let names: Vec<String> = api(ip, "/api/v1/targets")["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 7, "four HTTP and two UDP backends, and one more target: {names:?}");
+    let backends: Vec<String> =
+        (18001..=18003).chain([18009]).chain(12526..=12527).map(|p| format!("{ip}:{p}")).collect();
+
+    let mut b = Browser::start(1400, 1900);
+    b.navigate(&format!("http://{ip}:19100/"));
+    let look = wait_until("the page to show live data and draw every chart", START, || {
+        let look = b.look()?;
+        (updates(&look) >= 3 && all_drawn(&look) && look["canvases"].as_array().unwrap().len() >= 12).then_some(look)
+    });
+    let text = look["text"].as_str().unwrap();
+    for n in names.iter().chain(&backends) {
+        assert!(text.contains(n.as_str()), "{n} is not on the page:\n{text}");
+    }
+    assert!(text.contains("degraded"), "the verdict is in the header:\n{text}");
+    let header = text.lines().find(|l| l.contains("down: ")).unwrap_or_else(|| panic!("no `down:` in\n{text}"));
+    assert!(
+        header.contains("tcp://127.0.15.4:9") && header.contains(":18009/"),
+        "the header names what is down: {header}"
+    );
+    assert!(text.contains("web · http on 127.0.15.4:18000") && text.contains("ping · udp on"), "{text}");
+    assert!(text.contains("out of rotation"), "a backend's health says why:\n{text}");
+    assert!(text.contains("Mbit/s") && text.contains(" ms"), "rates and times have units:\n{text}");
+    // Sparklines (one per target and interface), the RTT, interface and two balancer charts.
+    let charts: Vec<&Value> =
+        look["canvases"].as_array().unwrap().iter().filter(|c| c["width"].as_u64() > Some(200)).collect();
+    assert_eq!(charts.len(), 4, "{look}");
+    assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
+    // Clicking a lossy target charts it, its lost probes in red.
+    let lossy = format!("udp://{ip}:12526");
+    b.eval(&format!("document.querySelector('tr[data-target=\"{lossy}\"]').click()")).unwrap();
+    wait_until("the lossy target's chart to mark its lost probes", START, || {
+        let look = b.look()?;
+        let chart = look["canvases"].as_array()?.iter().find(|c| c["chart"] == "target-chart")?.clone();
+        let titled = look["text"].as_str()?.contains(&format!("{lossy} round trip per interval"));
+        (titled && chart["red"].as_u64() > Some(0) && chart["colored"].as_u64() > chart["red"].as_u64()).then_some(())
+    });
+    b.screenshot(&artifacts().join("web.png"));
+
+    // The server goes away: the page says so, and comes back with it.
+    lab_proc.signal_and_wait("TERM", START);
+    wait_until("the page to say it is reconnecting", START, || {
+        (b.look()?["stream"].as_str() == Some("reconnecting…")).then_some(())
+    });
+    let before = updates(&b.look().unwrap());
+    let _lab_again = up(&config);
+    let look = wait_until("new reports after the restart", START, || {
+        let look = b.look()?;
+        (look["stream"].as_str() == Some("live") && updates(&look) >= before + 3 && all_drawn(&look)).then_some(look)
+    });
+    let text = look["text"].as_str().unwrap();
+    for n in names.iter().chain(&backends) {
+        assert!(text.contains(n.as_str()), "{n} is not on the page after the restart:\n{text}");
+    }
+    assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
+    b.screenshot(&artifacts().join("web-after-restart.png"));
+}
+
+/// The scale figure of BENCHMARKS.md: `cargo test --release --test web -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it with --ignored --nocapture"]
+fn measure_the_page_with_1000_targets() {
+    let ip = "127.0.15.5";
+    let _servers = Proc::up(&["serve", "udp", "--bind", ip, "--ports", "20000-20999", "-q"]);
+    let mut args: Vec<String> =
+        ["monitor", "--web", &format!("{ip}:19100"), "--format", "json"].map(String::from).to_vec();
+    args.extend((20000..21000).map(|p| format!("udp://{ip}:{p}")));
+    let mut cmd = common::netpulse();
+    cmd.args(&args);
+    let _monitor = Proc::spawn_command(cmd);
+    common::wait_tcp(addr(&format!("{ip}:19100")));
+    let mut b = Browser::start(1400, 1000);
+    b.navigate(&format!("http://{ip}:19100/"));
+    let look = wait_until("30 updates of 1,000 targets", Duration::from_secs(120), || {
+        let look = b.look()?;
+        (updates(&look) >= 30).then_some(look)
+    });
+    let r = &look["stats"]["renderMs"];
+    let avg = r["sum"].as_f64().unwrap() / r["n"].as_f64().unwrap();
+    println!(
+        "1,000 targets: an update takes {avg:.1} ms on average, {:.1} ms at most, from the event's arrival to a \
+         laid-out page ({} updates; the last: parse {:.1} ms, script {:.1} ms, style and layout {:.1} ms)",
+        r["max"].as_f64().unwrap(),
+        r["n"],
+        look["stats"]["parseMs"].as_f64().unwrap_or(f64::NAN),
+        r["jsMs"].as_f64().unwrap_or(f64::NAN),
+        r["layoutMs"].as_f64().unwrap_or(f64::NAN),
+    );
+    b.screenshot(&artifacts().join("web-1000.png"));
+}
