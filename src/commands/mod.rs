@@ -52,13 +52,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Diagnostics (health changes, stop summaries, accept errors) go to stderr through `tracing`,
 /// with a timestamp and a level, filtered by `RUST_LOG` (default: `info`). The access log and
-/// command output are stdout's; the final error line is printed plainly by [`run`].
+/// command output are stdout's; the final error line is printed plainly by [`run`]. While a
+/// dashboard owns the terminal, both go to its log pane (see [`crate::log::Pane`]).
 fn diagnostics() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(crate::log::Diagnostics)
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .try_init();
