@@ -31,7 +31,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netpulse: {e:#}");
+            let _ = writeln!(io::stderr(), "netpulse: {e:#}");
             let usage = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -62,6 +62,9 @@ fn diagnostics() {
         .with_writer(crate::log::Diagnostics)
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        // A stderr that is gone (the terminal closed) must not turn a log line into a panic:
+        // tracing-subscriber would report the failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .try_init();
 }
 
