@@ -475,10 +475,9 @@ async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
     stop.cancel();
     // The terminal back first, so that what stopping says is printed on it.
     if let Some(d) = dashboard {
-        match tokio::task::spawn_blocking(move || d.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("the dashboard failed: {e}"),
-            Err(e) => tracing::warn!("the dashboard failed: {e}"),
+        let closed = tokio::task::spawn_blocking(move || d.close()).await;
+        if let Err(e) = closed.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
+            failure.get_or_insert(e.context("the dashboard failed"));
         }
     }
     let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {

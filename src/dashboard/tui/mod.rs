@@ -268,7 +268,7 @@ fn run(
         if !balancers.is_empty() {
             let at = Instant::now();
             let snapshots: Vec<_> = balancers.iter().map(|b| b.snapshot(at)).collect();
-            state.balancers(&snapshots, at, SystemTime::now());
+            state.take_balancers(&snapshots, at, SystemTime::now());
         }
     };
     read_balancers(&mut state);
@@ -279,12 +279,10 @@ fn run(
             return Ok(());
         }
         if dirty {
-            if !state.paused {
-                let taken = pane().taken();
-                if taken != log_seen {
-                    log_seen = taken;
-                    state.set_log(pane().tail(state::LOG_LINES).into_iter().collect());
-                }
+            let taken = pane().taken();
+            if taken != log_seen {
+                log_seen = taken;
+                state.set_log(pane().tail(state::LOG_LINES));
             }
             terminal.draw(|f| render::draw(f, &state))?;
             dirty = false;
@@ -293,28 +291,19 @@ fn run(
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
+                // While paused the live view still takes everything; the frozen one is drawn
+                // (the header says how far behind it is).
                 Msg::Report(r) => {
-                    let paused = state.paused;
-                    state.report(r);
-                    if !paused {
-                        read_balancers(&mut state);
-                        dirty = true;
-                    }
+                    state.absorb(&r);
+                    read_balancers(&mut state);
+                    dirty = true;
                 }
                 Msg::Tick => {
-                    if !state.paused {
-                        read_balancers(&mut state);
-                        dirty = true;
-                    }
+                    read_balancers(&mut state);
+                    dirty |= !state.paused();
                 }
                 Msg::Input(Event::Key(k)) => match state.key(k) {
                     state::Action::Quit => return Ok(()),
-                    state::Action::Resume => {
-                        state.catch_up();
-                        read_balancers(&mut state);
-                        log_seen = u64::MAX;
-                        dirty = true;
-                    }
                     state::Action::Redraw => dirty = true,
                     state::Action::None => {}
                 },

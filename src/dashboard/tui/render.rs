@@ -89,7 +89,7 @@ pub fn draw(f: &mut Frame, s: &State) {
             Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).spacing(1).areas(body);
         sections(f, s, t, left, &[Section::Targets, Section::Chart]);
         let mut right_side = vec![];
-        if !s.balancers.is_empty() {
+        if !s.view().balancers.is_empty() {
             right_side.push(Section::Balancers);
         }
         right_side.push(Section::Interfaces);
@@ -99,7 +99,7 @@ pub fn draw(f: &mut Frame, s: &State) {
         sections(f, s, t, right, &right_side);
     } else {
         let mut all = vec![Section::Targets, Section::Chart];
-        if !s.balancers.is_empty() {
+        if !s.view().balancers.is_empty() {
             all.push(Section::Balancers);
         }
         all.push(Section::Interfaces);
@@ -148,11 +148,11 @@ impl Section {
     fn rows(self, s: &State) -> (u16, u16) {
         let n = |x: usize| u16::try_from(x).unwrap_or(u16::MAX);
         match self {
-            Section::Targets => (3, n(s.targets.len().max(1)).saturating_add(2)),
+            Section::Targets => (3, n(s.view().targets.len().max(1)).saturating_add(2)),
             Section::Chart => (5, 14),
-            Section::Balancers => (3, n(s.balancers.len() + s.backends_len()).saturating_add(3)),
-            Section::Interfaces => (3, n(s.interfaces.len().max(1)).saturating_add(2)),
-            Section::Log => (2, n(s.log.len().clamp(2, 12)).saturating_add(1)),
+            Section::Balancers => (3, n(s.view().balancers.len() + s.backends_len()).saturating_add(3)),
+            Section::Interfaces => (3, n(s.view().interfaces.len().max(1)).saturating_add(2)),
+            Section::Log => (2, n(s.view().log.len().clamp(2, 12)).saturating_add(1)),
         }
     }
 }
@@ -243,7 +243,7 @@ fn panel(f: &mut Frame, t: Theme, area: Rect, title: String, focused: bool) -> R
 
 fn header(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     let mut spans = vec![Span::styled(format!(" netpulse {} ", s.command), t.head()), Span::raw("│ ")];
-    match s.connectivity {
+    match s.view().connectivity {
         Some(c) => {
             let (word, style) = match c {
                 Connectivity::Connected => ("● connected", t.good().add_modifier(Modifier::BOLD)),
@@ -255,18 +255,21 @@ fn header(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         None if s.interval.is_some() => spans.push(Span::styled("waiting for the first report…", t.dim())),
         None => spans.push(Span::styled("no monitor", t.dim())),
     }
-    if !s.targets.is_empty() {
-        let up = s.targets.iter().filter(|x| x.summary.up).count();
-        spans.push(Span::raw(format!(" │ {up}/{} targets up", s.targets.len())));
+    if !s.view().targets.is_empty() {
+        let up = s.view().targets.iter().filter(|x| x.summary.up).count();
+        spans.push(Span::raw(format!(" │ {up}/{} targets up", s.view().targets.len())));
     }
-    if let Some(time) = &s.time {
+    if let Some(time) = &s.view().time {
         spans.push(Span::raw(format!(" │ {} UTC", hms(time))));
     }
     if let Some(i) = s.interval {
         spans.push(Span::styled(format!(" │ every {}", crate::config::Dur(i)), t.dim()));
     }
-    if s.paused {
-        let held = if s.held() > 0 { format!(" ({} reports held)", s.held()) } else { String::new() };
+    if s.paused() {
+        let held = match s.behind() {
+            0 => String::new(),
+            n => format!(" ({n} reports behind)"),
+        };
         spans.push(Span::raw(" │ "));
         spans.push(Span::styled(format!("PAUSED{held}"), t.warn().add_modifier(Modifier::BOLD | Modifier::REVERSED)));
     }
@@ -284,7 +287,7 @@ fn footer(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         Span::styled(s.focus.name(), t.title(false)),
         Span::raw("  "),
         key("p"),
-        Span::raw(if s.paused { " resume  " } else { " pause  " }),
+        Span::raw(if s.paused() { " resume  " } else { " pause  " }),
         key("?"),
         Span::raw(" help  "),
         key("q"),
@@ -435,14 +438,17 @@ fn spark_values(values: impl Iterator<Item = f64>, width: usize) -> String {
 }
 
 fn targets(f: &mut Frame, s: &State, t: Theme, area: Rect) {
-    let up = s.targets.iter().filter(|x| x.summary.up).count();
-    let title =
-        if s.targets.is_empty() { "Targets".to_string() } else { format!("Targets {up}/{} up", s.targets.len()) };
+    let up = s.view().targets.iter().filter(|x| x.summary.up).count();
+    let title = if s.view().targets.is_empty() {
+        "Targets".to_string()
+    } else {
+        format!("Targets {up}/{} up", s.view().targets.len())
+    };
     let inner = panel(f, t, area, title, s.focus == Panel::Targets);
     if inner.height == 0 {
         return;
     }
-    if s.targets.is_empty() {
+    if s.view().targets.is_empty() {
         let what = if s.command == "monitor" {
             "no targets: netpulse monitor HOST tcp://H:P udp://H:P http://H:P/PATH"
         } else {
@@ -456,7 +462,7 @@ fn targets(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     // Marker, status, six numbers of 7 and their gaps: the fixed part; the name and the
     // sparkline share the rest.
     let fixed = 2 + 5 + 6 * 8 + if with_kind { 5 } else { 0 };
-    let longest = s.targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
+    let longest = s.view().targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
     let room = w.saturating_sub(fixed + 1);
     let name_w = longest.clamp(8, 30).min(room.saturating_sub(8).max(8));
     let spark_w = w.saturating_sub(fixed + name_w + 1);
@@ -474,15 +480,16 @@ fn targets(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     let buf = f.buffer_mut();
     buf.set_line(inner.x, inner.y, &Line::styled(head, t.head()), inner.width);
     let rows = usize::from(inner.height - 1);
-    let first = scroll(s.selected_target, s.targets.len(), rows);
+    let first = scroll(s.selected_target, s.view().targets.len(), rows);
     let per_minute = s.probes_per_minute();
-    for (i, x) in s.targets.iter().enumerate().skip(first).take(rows) {
+    for (i, x) in s.view().targets.iter().enumerate().skip(first).take(rows) {
         let y = inner.y + 1 + u16::try_from(i - first).unwrap_or(0);
         let line = target_row(x, i == s.selected_target, name_w, short, with_kind, spark_w, per_minute, t);
         buf.set_line(inner.x, y, &line, inner.width);
     }
-    if s.targets.len() > rows && rows > 0 {
-        let more = format!(" {}-{} of {} ", first + 1, (first + rows).min(s.targets.len()), s.targets.len());
+    if s.view().targets.len() > rows && rows > 0 {
+        let more =
+            format!(" {}-{} of {} ", first + 1, (first + rows).min(s.view().targets.len()), s.view().targets.len());
         let x = inner.right().saturating_sub(u16::try_from(more.len()).unwrap_or(0));
         buf.set_string(x, area.y, more, t.dim());
     }
@@ -641,13 +648,14 @@ fn nice_ceiling(v: f32) -> f32 {
 }
 
 fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
-    let inner = panel(f, t, area, format!("Balancers ({})", s.balancers.len()), s.focus == Panel::Balancers);
+    let inner = panel(f, t, area, format!("Balancers ({})", s.view().balancers.len()), s.focus == Panel::Balancers);
     if inner.height == 0 {
         return;
     }
     let w = usize::from(inner.width);
     // BACKEND, STATE 12, REQ/S 7, ERR% 6, P50 7, P99 7, gaps; the share bar takes the rest.
     let addr_w = s
+        .view()
         .balancers
         .iter()
         .flat_map(|b| b.backends.iter())
@@ -670,7 +678,7 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     // Every row: a balancer's line, then its backends (numbered for the selection).
     let mut lines: Vec<(Option<usize>, Line<'static>)> = Vec::new();
     let mut n = 0;
-    for b in &s.balancers {
+    for b in &s.view().balancers {
         lines.push((None, balancer_line(b, t)));
         for be in &b.backends {
             let selected = s.focus == Panel::Balancers && n == s.selected_backend;
@@ -723,7 +731,7 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
 }
 
 fn selected_backend(s: &State) -> Option<String> {
-    let be = s.balancers.iter().flat_map(|b| b.backends.iter()).nth(s.selected_backend)?;
+    let be = s.view().balancers.iter().flat_map(|b| b.backends.iter()).nth(s.selected_backend)?;
     let why = be.why.as_deref().unwrap_or("no change since the start");
     Some(format!("  {}: {} sent since the start; last change: {why}", be.addr, be.total))
 }
@@ -748,19 +756,19 @@ fn balancer_line(b: &BalancerView, t: Theme) -> Line<'static> {
 }
 
 fn interfaces(f: &mut Frame, s: &State, t: Theme, area: Rect) {
-    let up = s.interfaces.iter().filter(|i| i.up).count();
-    let title = format!("Interfaces {up}/{} up", s.interfaces.len());
+    let up = s.view().interfaces.iter().filter(|i| i.up).count();
+    let title = format!("Interfaces {up}/{} up", s.view().interfaces.len());
     let inner = panel(f, t, area, title, s.focus == Panel::Interfaces);
     if inner.height == 0 {
         return;
     }
-    if s.interfaces.is_empty() {
-        let what = if s.time.is_none() { "waiting for the first report…" } else { "no interfaces to show" };
+    if s.view().interfaces.is_empty() {
+        let what = if s.view().time.is_none() { "waiting for the first report…" } else { "no interfaces to show" };
         f.render_widget(Paragraph::new(Span::styled(what, t.dim())), inner);
         return;
     }
     let w = usize::from(inner.width);
-    let name_w = s.interfaces.iter().map(|i| i.name.chars().count()).max().unwrap_or(4).clamp(5, 16);
+    let name_w = s.view().interfaces.iter().map(|i| i.name.chars().count()).max().unwrap_or(4).clamp(5, 16);
     let fixed = 2 + name_w + 1 + 5 + 12 + 1 + 12 + 1 + 6 + 1 + 6 + 1;
     let spark_w = w.saturating_sub(fixed);
     let head = format!(
@@ -776,8 +784,8 @@ fn interfaces(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     let buf = f.buffer_mut();
     buf.set_line(inner.x, inner.y, &Line::styled(head, t.head()), inner.width);
     let rows = usize::from(inner.height - 1);
-    let first = scroll(s.selected_iface, s.interfaces.len(), rows);
-    for (k, (i, x)) in s.interfaces.iter().enumerate().skip(first).take(rows).enumerate() {
+    let first = scroll(s.selected_iface, s.view().interfaces.len(), rows);
+    for (k, (i, x)) in s.view().interfaces.iter().enumerate().skip(first).take(rows).enumerate() {
         let line = iface_row(x, i == s.selected_iface && s.focus == Panel::Interfaces, name_w, spark_w, t);
         buf.set_line(inner.x, inner.y + 1 + u16::try_from(k).unwrap_or(0), &line, inner.width);
     }
@@ -810,15 +818,15 @@ fn log(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     if inner.height == 0 {
         return;
     }
-    if s.log.is_empty() {
+    if s.view().log.is_empty() {
         f.render_widget(Paragraph::new(Span::styled("no log lines yet", t.dim())), inner);
         return;
     }
     let rows = usize::from(inner.height);
-    let end = s.log.len().saturating_sub(s.log_back);
+    let end = s.view().log.len().saturating_sub(s.log_back);
     let start = end.saturating_sub(rows);
     let buf = f.buffer_mut();
-    for (k, l) in s.log[start..end].iter().enumerate() {
+    for (k, l) in s.view().log[start..end].iter().enumerate() {
         let style = match l.kind {
             LineKind::Error => t.bad(),
             LineKind::Warn => t.warn(),

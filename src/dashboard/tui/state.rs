@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -26,8 +25,6 @@ pub const RATE_HISTORY: usize = 300;
 pub const TRAFFIC_WINDOW: Duration = Duration::from_secs(60);
 /// Traffic samples kept per balancer at most (the window at a 100 ms interval).
 const TRAFFIC_SAMPLES: usize = 601;
-/// Reports held while paused, applied on resume (older ones are dropped beyond this).
-const PAUSED_REPORTS: usize = 3600;
 /// Log lines the model copies from the pane (what the log panel can scroll back through).
 pub const LOG_LINES: usize = 500;
 
@@ -337,8 +334,6 @@ pub enum Action {
     /// Nothing changed.
     None,
     Redraw,
-    /// Just resumed: apply what came while paused, then redraw.
-    Resume,
     Quit,
 }
 
@@ -364,11 +359,9 @@ impl Options {
     }
 }
 
-/// The whole model.
-#[derive(Debug)]
-pub struct State {
-    pub command: &'static str,
-    pub interval: Option<Duration>,
+/// What the dashboard shows: everything taken from reports, snapshots and the log.
+#[derive(Debug, Clone, Default)]
+pub struct View {
     /// The newest report's time and verdict (none before the first report).
     pub time: Option<String>,
     pub connectivity: Option<Connectivity>,
@@ -376,6 +369,19 @@ pub struct State {
     pub interfaces: Vec<IfaceView>,
     pub balancers: Vec<BalancerView>,
     pub log: Vec<PaneLine>,
+    /// Reports taken.
+    pub reports: u64,
+}
+
+/// The whole model: the live view, a frozen copy of it while paused (what is drawn then; the
+/// live one goes on taking reports, so nothing is missed and memory stays bounded), and the
+/// viewer's place.
+#[derive(Debug)]
+pub struct State {
+    pub command: &'static str,
+    pub interval: Option<Duration>,
+    pub live: View,
+    frozen: Option<View>,
     pub log_pane: bool,
     pub focus: Panel,
     pub selected_target: usize,
@@ -384,13 +390,9 @@ pub struct State {
     pub selected_backend: usize,
     /// Lines scrolled back from the newest in the log (0: following).
     pub log_back: usize,
-    pub paused: bool,
     pub help: bool,
     pub color: bool,
-    /// Reports taken (shown while paused as how far behind the view is).
-    pub reports: u64,
     iface_filter: Vec<String>,
-    held: VecDeque<Arc<Report>>,
 }
 
 impl State {
@@ -398,25 +400,32 @@ impl State {
         Self {
             command: o.command,
             interval: o.interval,
-            time: None,
-            connectivity: None,
-            targets: Vec::new(),
-            interfaces: Vec::new(),
-            balancers: Vec::new(),
-            log: Vec::new(),
+            live: View::default(),
+            frozen: None,
             log_pane: o.log_pane,
             focus: Panel::Targets,
             selected_target: 0,
             selected_iface: 0,
             selected_backend: 0,
             log_back: 0,
-            paused: false,
             help: false,
             color: o.color,
-            reports: 0,
             iface_filter: o.ifaces.clone(),
-            held: VecDeque::new(),
         }
+    }
+
+    /// What to draw: the live view, or the frozen one while paused.
+    pub fn view(&self) -> &View {
+        self.frozen.as_ref().unwrap_or(&self.live)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// Reports taken since the pause (shown while paused: how far behind the view is).
+    pub fn behind(&self) -> u64 {
+        self.frozen.as_ref().map_or(0, |f| self.live.reports - f.reports)
     }
 
     /// Probes per minute at the monitor's interval (what "loss 1m" is taken over).
@@ -425,41 +434,17 @@ impl State {
         (TRAFFIC_WINDOW.as_secs_f64() / interval.as_secs_f64()).ceil().max(1.0) as usize
     }
 
-    /// A report: shown now, or held while paused.
-    pub fn report(&mut self, r: Arc<Report>) {
-        if self.paused {
-            if self.held.len() == PAUSED_REPORTS {
-                self.held.pop_front();
-            }
-            self.held.push_back(r);
-        } else {
-            self.absorb(&r);
-        }
-    }
-
-    /// Reports held while paused.
-    pub fn held(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Applies the reports held while paused.
-    pub fn catch_up(&mut self) {
-        while let Some(r) = self.held.pop_front() {
-            self.absorb(&r);
-        }
-    }
-
     /// Takes one report into the model.
     pub fn absorb(&mut self, r: &Report) {
-        self.reports += 1;
-        self.time = Some(r.time.clone());
-        self.connectivity = Some(r.connectivity);
-        let same = self.targets.len() == r.targets.len()
-            && self.targets.iter().zip(&r.targets).all(|(v, t)| v.name == t.target);
+        self.live.reports += 1;
+        self.live.time = Some(r.time.clone());
+        self.live.connectivity = Some(r.connectivity);
+        let same = self.live.targets.len() == r.targets.len()
+            && self.live.targets.iter().zip(&r.targets).all(|(v, t)| v.name == t.target);
         if !same {
             // Another set of targets: keep the history of those still there.
-            let mut old = std::mem::take(&mut self.targets);
-            self.targets = r
+            let mut old = std::mem::take(&mut self.live.targets);
+            self.live.targets = r
                 .targets
                 .iter()
                 .map(|t| match old.iter().position(|v| v.name == t.target) {
@@ -468,7 +453,7 @@ impl State {
                 })
                 .collect();
         }
-        for (v, t) in self.targets.iter_mut().zip(&r.targets) {
+        for (v, t) in self.live.targets.iter_mut().zip(&r.targets) {
             v.summary = t.summary.clone();
             for p in &t.probes {
                 v.points.push(Point { rtt_ms: p.rtt_ms.map(|ms| ms as f32), up: p.up });
@@ -479,11 +464,11 @@ impl State {
             .iter()
             .filter(|i| self.iface_filter.is_empty() || self.iface_filter.contains(&i.name))
             .collect();
-        let same =
-            self.interfaces.len() == shown.len() && self.interfaces.iter().zip(&shown).all(|(v, i)| v.name == i.name);
+        let same = self.live.interfaces.len() == shown.len()
+            && self.live.interfaces.iter().zip(&shown).all(|(v, i)| v.name == i.name);
         if !same {
-            let mut old = std::mem::take(&mut self.interfaces);
-            self.interfaces = shown
+            let mut old = std::mem::take(&mut self.live.interfaces);
+            self.live.interfaces = shown
                 .iter()
                 .map(|i| match old.iter().position(|v| v.name == i.name) {
                     Some(at) => old.swap_remove(at),
@@ -499,7 +484,7 @@ impl State {
                 })
                 .collect();
         }
-        for (v, i) in self.interfaces.iter_mut().zip(&shown) {
+        for (v, i) in self.live.interfaces.iter_mut().zip(&shown) {
             v.up = i.up;
             v.rx_bytes_per_sec = i.rx_bytes_per_sec;
             v.tx_bytes_per_sec = i.tx_bytes_per_sec;
@@ -511,13 +496,13 @@ impl State {
     }
 
     /// Takes the balancers' snapshots, taken at `at` (monotonic) and `now` (wall clock).
-    pub fn balancers(&mut self, snapshots: &[BalancerSnapshot], at: Instant, now: SystemTime) {
-        if self.balancers.len() != snapshots.len()
-            || self.balancers.iter().zip(snapshots).any(|(v, s)| v.name != s.name || v.proto != s.proto)
+    pub fn take_balancers(&mut self, snapshots: &[BalancerSnapshot], at: Instant, now: SystemTime) {
+        if self.live.balancers.len() != snapshots.len()
+            || self.live.balancers.iter().zip(snapshots).any(|(v, s)| v.name != s.name || v.proto != s.proto)
         {
-            self.balancers = snapshots.iter().map(BalancerView::new).collect();
+            self.live.balancers = snapshots.iter().map(BalancerView::new).collect();
         }
-        for (v, s) in self.balancers.iter_mut().zip(snapshots) {
+        for (v, s) in self.live.balancers.iter_mut().zip(snapshots) {
             v.update(s, at, now);
         }
         self.clamp();
@@ -525,14 +510,14 @@ impl State {
 
     /// The log lines to show (the pane's newest).
     pub fn set_log(&mut self, lines: Vec<PaneLine>) {
-        self.log = lines;
+        self.live.log = lines;
         self.clamp();
     }
 
     /// The panels shown, in Tab order.
     pub fn panels(&self) -> Vec<Panel> {
         let mut p = vec![Panel::Targets];
-        if !self.balancers.is_empty() {
+        if !self.view().balancers.is_empty() {
             p.push(Panel::Balancers);
         }
         p.push(Panel::Interfaces);
@@ -543,23 +528,23 @@ impl State {
     }
 
     pub fn shows_log(&self) -> bool {
-        self.log_pane || !self.log.is_empty()
+        self.log_pane || !self.view().log.is_empty()
     }
 
     pub fn backends_len(&self) -> usize {
-        self.balancers.iter().map(|b| b.backends.len()).sum()
+        self.view().balancers.iter().map(|b| b.backends.len()).sum()
     }
 
     /// The selected target, if any.
     pub fn target(&self) -> Option<&TargetView> {
-        self.targets.get(self.selected_target)
+        self.view().targets.get(self.selected_target)
     }
 
     fn clamp(&mut self) {
-        self.selected_target = self.selected_target.min(self.targets.len().saturating_sub(1));
-        self.selected_iface = self.selected_iface.min(self.interfaces.len().saturating_sub(1));
+        self.selected_target = self.selected_target.min(self.view().targets.len().saturating_sub(1));
+        self.selected_iface = self.selected_iface.min(self.view().interfaces.len().saturating_sub(1));
         self.selected_backend = self.selected_backend.min(self.backends_len().saturating_sub(1));
-        self.log_back = self.log_back.min(self.log.len().saturating_sub(1));
+        self.log_back = self.log_back.min(self.view().log.len().saturating_sub(1));
         if !self.panels().contains(&self.focus) {
             self.focus = Panel::Targets;
         }
@@ -569,11 +554,11 @@ impl State {
     fn step(&mut self, by: isize) {
         let step = |i: usize, len: usize| i.saturating_add_signed(by).min(len.saturating_sub(1));
         match self.focus {
-            Panel::Targets => self.selected_target = step(self.selected_target, self.targets.len()),
-            Panel::Interfaces => self.selected_iface = step(self.selected_iface, self.interfaces.len()),
+            Panel::Targets => self.selected_target = step(self.selected_target, self.view().targets.len()),
+            Panel::Interfaces => self.selected_iface = step(self.selected_iface, self.view().interfaces.len()),
             Panel::Balancers => self.selected_backend = step(self.selected_backend, self.backends_len()),
             Panel::Log => {
-                self.log_back = self.log_back.saturating_add_signed(-by).min(self.log.len().saturating_sub(1))
+                self.log_back = self.log_back.saturating_add_signed(-by).min(self.view().log.len().saturating_sub(1))
             }
         }
     }
@@ -598,10 +583,11 @@ impl State {
         match k.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('p') | KeyCode::Char(' ') => {
-                self.paused = !self.paused;
-                if !self.paused {
-                    return Action::Resume;
-                }
+                self.frozen = match self.frozen {
+                    Some(_) => None,
+                    None => Some(self.live.clone()),
+                };
+                self.clamp();
             }
             KeyCode::Tab | KeyCode::BackTab => {
                 let panels = self.panels();
@@ -700,7 +686,7 @@ mod tests {
         let mut s = State::new(&options());
         s.absorb(&report(&[Some(1.0); 40]));
         s.absorb(&report(&[None, Some(2.0), None, Some(3.0), Some(1.0), Some(1.0), Some(1.0), Some(1.0), None, None]));
-        let t = &s.targets[0];
+        let t = &s.live.targets[0];
         assert_eq!(t.points.len(), 50);
         assert_eq!(t.loss_pct_last(10), Some(40.0));
         assert_eq!(t.loss_pct_last(s.probes_per_minute()), Some(4.0 * 100.0 / 50.0));
@@ -712,10 +698,10 @@ mod tests {
         let mut s = State::new(&options());
         let t0 = Instant::now();
         let now = SystemTime::now();
-        s.balancers(&[http("web", &[10, 10, 10, 10], 2.0)], t0, now);
-        assert_eq!(s.balancers[0].rate, None, "one snapshot gives no rate");
-        s.balancers(&[http("web", &[20, 20, 20, 20], 2.0)], t0 + Duration::from_secs(2), now);
-        let b = &s.balancers[0];
+        s.take_balancers(&[http("web", &[10, 10, 10, 10], 2.0)], t0, now);
+        assert_eq!(s.live.balancers[0].rate, None, "one snapshot gives no rate");
+        s.take_balancers(&[http("web", &[20, 20, 20, 20], 2.0)], t0 + Duration::from_secs(2), now);
+        let b = &s.live.balancers[0];
         assert_eq!(b.rate, Some(20.0));
         assert_eq!(b.err_pct, Some(0.0));
         for be in &b.backends {
@@ -726,8 +712,8 @@ mod tests {
             assert!(be.for_secs.is_some(), "since the balancer started");
         }
         // A backend that takes no more traffic loses its share; the window keeps the minute.
-        s.balancers(&[http("web", &[30, 30, 30, 20], 2.0)], t0 + Duration::from_secs(3), now);
-        let b = &s.balancers[0];
+        s.take_balancers(&[http("web", &[30, 30, 30, 20], 2.0)], t0 + Duration::from_secs(3), now);
+        let b = &s.live.balancers[0];
         assert_eq!(b.backends[3].rate, Some(0.0));
         assert_eq!(b.backends[3].share, Some(10.0 / 70.0));
     }
@@ -747,12 +733,13 @@ mod tests {
         s.key(key(KeyCode::Char('k')));
         assert_eq!(s.selected_target, 0);
         s.key(key(KeyCode::Char('p')));
-        assert!(s.paused);
-        s.report(Arc::new(report(&[None])));
-        assert_eq!((s.held(), s.targets[0].points.len()), (1, 1), "held while paused");
-        assert_eq!(s.key(key(KeyCode::Char('p'))), Action::Resume);
-        s.catch_up();
-        assert_eq!(s.targets[0].points.len(), 2);
+        assert!(s.paused());
+        s.absorb(&report(&[None]));
+        assert_eq!(s.behind(), 1);
+        assert_eq!(s.view().targets[0].points.len(), 1, "the view is frozen while paused");
+        assert_eq!(s.live.targets[0].points.len(), 2, "but nothing is missed");
+        assert_eq!(s.key(key(KeyCode::Char('p'))), Action::Redraw);
+        assert_eq!(s.view().targets[0].points.len(), 2);
         s.key(key(KeyCode::Tab));
         assert_eq!(s.focus, Panel::Interfaces, "no balancers: Tab skips them");
         s.key(key(KeyCode::Char('?')));
@@ -777,7 +764,7 @@ mod tests {
             });
         }
         s.absorb(&r);
-        assert_eq!(s.interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["lo"]);
-        assert_eq!(s.interfaces[0].rates.iter().copied().collect::<Vec<_>>(), [3.0]);
+        assert_eq!(s.live.interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["lo"]);
+        assert_eq!(s.live.interfaces[0].rates.iter().copied().collect::<Vec<_>>(), [3.0]);
     }
 }

@@ -218,8 +218,8 @@ mod frames {
         s.absorb(&lab_report());
         let t0 = Instant::now();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_316_645);
-        s.balancers(&lab_balancers(100), t0, now);
-        s.balancers(&lab_balancers(110), t0 + Duration::from_secs(1), now);
+        s.take_balancers(&lab_balancers(100), t0, now);
+        s.take_balancers(&lab_balancers(110), t0 + Duration::from_secs(1), now);
         s.set_log(vec![
             PaneLine { kind: LineKind::Info, text: "netpulse is up:".into() },
             PaneLine {
@@ -354,7 +354,10 @@ mod frames {
         let t = text(&frame(&s, 80, 24));
         assert!(t.contains("Help") && t.contains("q  Ctrl-C"), "{t}");
         s.help = false;
-        s.paused = true;
+        s.key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('p'),
+            crossterm::event::KeyModifiers::NONE,
+        ));
         let t = text(&frame(&s, 80, 24));
         assert!(t.lines().next().unwrap().contains("PAUSED"), "{t}");
         s.focus = crate::dashboard::tui::state::Panel::Balancers;
