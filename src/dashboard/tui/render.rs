@@ -389,10 +389,11 @@ fn fit_right(text: &str, width: usize) -> String {
     format!("{head}…")
 }
 
-/// A target's name without its scheme, for narrow tables (the kind has its own column or the
-/// chart's title says it).
+/// A target's name without its scheme (and the root path), for narrow tables: the chart's
+/// title gives it whole.
 fn short_name(name: &str) -> &str {
-    name.split_once("://").map_or(name, |(_, rest)| rest)
+    let rest = name.split_once("://").map_or(name, |(_, rest)| rest);
+    rest.strip_suffix('/').filter(|r| !r.contains('/')).unwrap_or(rest)
 }
 
 /// The first row shown of a list of `len` rows in `rows` rows so that `selected` is visible.
@@ -462,11 +463,15 @@ fn targets(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     // Marker, status, six numbers of 7 and their gaps: the fixed part; the name and the
     // sparkline share the rest.
     let fixed = 2 + 5 + 6 * 8 + if with_kind { 5 } else { 0 };
-    let longest = s.view().targets.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
+    // Full names when they fit beside a sparkline of 8, else without their scheme.
+    let width_of = |short: bool| {
+        let name = |x: &TargetView| if short { short_name(&x.name).chars().count() } else { x.name.chars().count() };
+        s.view().targets.iter().map(name).max().unwrap_or(0).clamp(8, 30)
+    };
     let room = w.saturating_sub(fixed + 1);
-    let name_w = longest.clamp(8, 30).min(room.saturating_sub(8).max(8));
+    let short = width_of(false) + 8 > room;
+    let name_w = width_of(short).min(room.saturating_sub(6).max(8));
     let spark_w = w.saturating_sub(fixed + name_w + 1);
-    let short = name_w < longest;
     let mut head = format!("  {:<name_w$} ", "TARGET");
     if with_kind {
         head.push_str("KIND ");
@@ -544,7 +549,13 @@ fn chart(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     };
     let inner_w = usize::from(area.width.saturating_sub(8)).max(1);
     let per_col = x.points.capacity().div_ceil(inner_w).max(1);
-    let title = format!("RTT of {} ({}) · ━ median ░ min–max {LOST} lost · {per_col} probes/column", x.name, x.kind);
+    let mut title = format!("RTT of {} ({})", x.name, x.kind);
+    let legend = format!(" · ━ median ░ min–max {LOST} lost · {per_col} probes/column");
+    if title.chars().count() + legend.chars().count() + 4 <= usize::from(area.width) {
+        title.push_str(&legend);
+    } else {
+        title.push_str(&format!(" · {per_col} probes/column"));
+    }
     let inner = panel(f, t, area, title, false);
     if inner.height < 2 || inner.width < 10 {
         return;
@@ -590,9 +601,7 @@ fn rtt_chart(
         rows - 1 - ((frac * (rows - 1) as f32).round() as usize)
     };
     // The axis: labels at the top, middle and bottom rows.
-    for (row, v) in
-        [(0, top), (rows / 2, top * (rows - 1 - rows / 2) as f32 / (rows - 1).max(1) as f32), (rows - 1, 0.0)]
-    {
+    for (row, v) in [(0, top), (row_of(top / 2.0), top / 2.0), (rows - 1, 0.0)] {
         let label = format!("{:>6}ms", ms(Some(f64::from(v))));
         buf.set_string(area.x, plot.y + u16::try_from(row).unwrap_or(0), fit_left(&label, 8), t.dim());
     }

@@ -265,12 +265,13 @@ mod frames {
         assert!(t.contains("DEGRADED"), "{t}");
         assert!(t.contains("6/7 targets up"), "{t}");
         for name in HTTP.iter().chain(&UDP) {
-            let short = name.split_once("://").unwrap().1;
+            let short = name.split_once("://").unwrap().1.trim_end_matches('/');
             assert!(t.contains(short), "{short} missing:\n{t}");
         }
         assert!(t.contains("q quit"), "{t}");
         assert!(t.contains("RTT of http://127.0.16.1:8001/"), "the chart follows the selection:\n{t}");
         assert!(t.lines().all(|l| l.chars().count() == 80), "no line wraps");
+        assert!(!t.contains('…'), "nothing cut:\n{t}");
     }
 
     #[test]
