@@ -83,6 +83,19 @@ pub struct MonitorArgs {
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     pub window: usize,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
+}
+
+/// The terminal dashboard's flags (`up`, `monitor`).
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Print lines instead of drawing the dashboard, even on a terminal
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Show only this interface in the dashboard (repeatable; default: all)
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +131,8 @@ pub struct UpArgs {
     /// No access-log lines
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
 }
 
 #[derive(Debug, Subcommand)]

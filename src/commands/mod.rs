@@ -31,7 +31,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netpulse: {e:#}");
+            let _ = writeln!(io::stderr(), "netpulse: {e:#}");
             let usage = e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
@@ -52,15 +52,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Diagnostics (health changes, stop summaries, accept errors) go to stderr through `tracing`,
 /// with a timestamp and a level, filtered by `RUST_LOG` (default: `info`). The access log and
-/// command output are stdout's; the final error line is printed plainly by [`run`].
+/// command output are stdout's; the final error line is printed plainly by [`run`]. While a
+/// dashboard owns the terminal, both go to its log pane (see [`crate::log::Pane`]).
 fn diagnostics() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(crate::log::Diagnostics)
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        // A stderr that is gone (the terminal closed) must not turn a log line into a panic:
+        // tracing-subscriber would report the failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -1,15 +1,18 @@
-//! `netpulse monitor`: the monitor engine with the line printer as its sink (and the web
-//! dashboard, JSON API and Prometheus with `--web` or `--metrics`), until `--count` reports or Ctrl-C.
+//! `netpulse monitor`: the monitor engine with the dashboard (on a terminal) or the line
+//! printer as its sink (and the web dashboard, JSON API and Prometheus with `--web` or
+//! `--metrics`), until `--count` reports, `q` or Ctrl-C.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::UsageError;
 use crate::cli::MonitorArgs;
-use crate::dashboard::print;
 use crate::dashboard::web::Web;
+use crate::dashboard::{print, tui};
 use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
 
@@ -33,6 +36,34 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         rt.spawn(web.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();
         rt.spawn(async move { web.serve(listener, sinks).await });
+    }
+    if dashboard_wanted(&args) {
+        let options = tui::Options {
+            command: "monitor",
+            interval: Some(monitor.plan().interval),
+            ifaces: args.dashboard.ifaces.clone(),
+            color: tui::Options::color_from_env(),
+            log_pane: false,
+        };
+        let dashboard = tui::Dashboard::start(options, Some(monitor.subscribe()), Arc::from(Vec::new()), "")
+            .context("cannot start the dashboard (--no-tui prints lines instead)")?;
+        let quit = dashboard.quit_requested();
+        let result = rt.block_on(async {
+            let ctrl_c = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = super::shutdown_signal() => {}
+                    _ = quit.cancelled() => {}
+                }
+                ctrl_c.cancel();
+            });
+            monitor.run(stop.clone()).await
+        });
+        sinks.cancel();
+        let closed = dashboard.close();
+        result?;
+        closed.context("the dashboard failed")?;
+        return Ok(ExitCode::SUCCESS);
     }
     let reports = monitor.subscribe();
     let format = args.format;
@@ -63,4 +94,13 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     sinks.cancel();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard runs on a terminal, for the table format, while the monitor runs on.
+fn dashboard_wanted(args: &MonitorArgs) -> bool {
+    !args.dashboard.no_tui
+        && args.format == print::Format::Table
+        && !args.once
+        && args.count.is_none()
+        && std::io::stdout().is_terminal()
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::cli::UpArgs;
 use crate::config::{
     Affinity, CheckKind, Config, Dur, HealthCheckConfig, HttpBalancerConfig, MonitorConfig, UdpBalancerConfig,
 };
+use crate::dashboard::tui;
 use crate::dashboard::web::Web;
 use crate::health::{HealthFeed, Watched};
 use crate::log::Log;
@@ -41,7 +43,14 @@ pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
     };
-    start(config, log(args.quiet))
+    let dashboard = (!args.dashboard.no_tui && std::io::stdout().is_terminal()).then(|| tui::Options {
+        command: "up",
+        interval: config.monitor.as_ref().map(|m| m.interval.0),
+        ifaces: args.dashboard.ifaces.clone(),
+        color: tui::Options::color_from_env(),
+        log_pane: true,
+    });
+    start_with(config, log(args.quiet), dashboard)
 }
 
 /// Everything a config asks for, bound but not yet running.
@@ -155,6 +164,11 @@ impl Checks {
 /// Binds everything `config` asks for, prints what listens where, and runs it until Ctrl-C or
 /// SIGTERM.
 pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
+    start_with(config, log, None)
+}
+
+/// [`start`], with the terminal dashboard when `dashboard` says how.
+fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Result<ExitCode> {
     // Hosts the mock backends, the monitor and signal handling; balancers run on threads of
     // their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -166,7 +180,16 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
     fit_descriptors(&mut config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
     say(&bound.banner)?;
-    rt.block_on(serve(bound))?;
+    let dashboard = match dashboard {
+        Some(options) => {
+            let reports = bound.monitor.as_ref().map(|w| w.monitor.subscribe());
+            let d = tui::Dashboard::start(options, reports, bound.balancers.clone(), &bound.banner)
+                .context("cannot start the dashboard (--no-tui prints lines instead)")?;
+            Some(d)
+        }
+        None => None,
+    };
+    rt.block_on(serve(bound, dashboard))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -379,7 +402,15 @@ fn watch(
     Ok(Watch { monitor: Monitor::new(plan), metrics, health })
 }
 
-async fn serve(bound: Bound) -> Result<()> {
+async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
+    // `q` or Ctrl-C in the dashboard (a key in raw mode, not a signal) stops as SIGINT does.
+    let quit = dashboard.as_ref().map(tui::Dashboard::quit_requested);
+    let quit = async move {
+        match quit {
+            Some(q) => q.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     for (checker, feed) in bound.checkers {
@@ -440,12 +471,20 @@ async fn serve(bound: Bound) -> Result<()> {
     let mut failure = None;
     tokio::select! {
         _ = shutdown_signal() => {}
+        _ = quit => {}
         Some(done) = tasks.join_next() => {
             failure = Some(done.map_err(anyhow::Error::from).and_then(|r| r).err()
                 .unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly")));
         }
     }
     stop.cancel();
+    // The terminal back first, so that what stopping says is printed on it.
+    if let Some(d) = dashboard {
+        let closed = tokio::task::spawn_blocking(move || d.close()).await;
+        if let Err(e) = closed.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
+            failure.get_or_insert(e.context("the dashboard failed"));
+        }
+    }
     let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
         while let Some(done) = tasks.join_next().await {
             if let Ok(Err(e)) = done {
