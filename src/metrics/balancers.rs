@@ -75,7 +75,7 @@ fn common(page: &mut Page, balancers: &[BalancerSnapshot]) {
         "When the backend last changed state (or its balancer started, if it never did), in seconds since the Unix epoch.",
     );
     for (b, be) in backends() {
-        if let Some(t) = be.since.as_deref().or(Some(&b.started)).and_then(unix_seconds) {
+        if let Some(t) = unix_seconds(&be.since) {
             f.sample(&labels(b, be), t);
         }
     }

@@ -76,7 +76,9 @@ fn interfaces(page: &mut Page, interfaces: &[InterfaceStats]) {
 fn probes(page: &mut Page, targets: &[TargetReport]) {
     type Gauge = fn(&TargetReport) -> f64;
     let newest: [(&str, &str, Gauge); 2] = [
-        ("probe_success", "Displays whether or not the probe was a success.", |t| f64::from(u8::from(t.summary.up))),
+        ("probe_success", "Displays whether or not the probe was a success.", |t| {
+            f64::from(u8::from(t.summary.up && t.newest.as_ref().is_some_and(crate::probe::Sample::up)))
+        }),
         (
             "probe_duration_seconds",
             "Returns how long the probe took to complete in seconds.",

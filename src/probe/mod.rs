@@ -87,8 +87,17 @@ pub enum Outcome {
 /// the target's otherwise.
 pub fn failure(e: &std::io::Error) -> Outcome {
     match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local(e.to_string()),
-        _ => Outcome::Failed(e.to_string()),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Outcome::Local(words(e)),
+        _ => Outcome::Failed(words(e)),
+    }
+}
+
+/// An I/O error as a person reads it: `Connection refused`, without Rust's ` (os error 111)`.
+pub fn words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
     }
 }
 

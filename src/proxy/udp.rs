@@ -101,10 +101,15 @@ impl UdpStats {
 
 impl std::fmt::Display for UdpStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::stats::traffic::plural;
         write!(
             f,
-            "{} requests, {} replies, {} dropped, {} flows opened, {} evicted",
-            self.requests, self.replies, self.dropped, self.flows_opened, self.flows_evicted
+            "{}, {}, {} dropped, {} opened, {} evicted",
+            plural(self.requests, "request", "requests"),
+            plural(self.replies, "reply", "replies"),
+            self.dropped,
+            plural(self.flows_opened, "flow", "flows"),
+            self.flows_evicted
         )
     }
 }

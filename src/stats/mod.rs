@@ -157,6 +157,9 @@ mod tests {
     }
 }
 
+/// Probes lost in a row that take a target down (one refused probe does at once).
+pub const LOST_BEFORE_DOWN: usize = 3;
+
 /// The last `capacity` samples of one target, summarised on demand.
 #[derive(Debug, Clone)]
 pub struct Window {
@@ -218,6 +221,23 @@ impl Window {
         self.samples.push_back(s);
     }
 
+    /// Whether the target is up: its newest probe (by sequence, not the one that settled last:
+    /// a timeout settles late) answered; or it was only lost and one of the last
+    /// [`LOST_BEFORE_DOWN`] answered — a lossy link is lossy, not down. A refusal or a bad
+    /// status is down at once.
+    fn up(&self) -> bool {
+        let Some(newest) = self.newest() else { return false };
+        if newest.up() {
+            return true;
+        }
+        if !matches!(newest.outcome, crate::probe::Outcome::Timeout) {
+            return false;
+        }
+        let mut recent: Vec<&crate::probe::Sample> = self.samples.iter().collect();
+        recent.sort_unstable_by_key(|s| std::cmp::Reverse(s.seq));
+        recent.iter().take(LOST_BEFORE_DOWN).any(|s| s.up())
+    }
+
     pub fn summary(&self) -> WindowSummary {
         let mut rtts: Vec<f64> = self.samples.iter().filter_map(|s| s.rtt).map(|d| d.as_secs_f64() * 1000.0).collect();
         let sent = self.samples.len() as u64;
@@ -242,8 +262,7 @@ impl Window {
             rtt_p95_ms: percentile(&rtts, 95.0),
             rtt_p99_ms: percentile(&rtts, 99.0),
             rtt_last_ms: self.last_rtt_ms,
-            // The newest probe decides, not the one that settled last (a timeout settles late).
-            up: self.samples.iter().max_by_key(|s| s.seq).is_some_and(crate::probe::Sample::up),
+            up: self.up(),
         }
     }
 }
@@ -286,7 +305,7 @@ mod window_tests {
         assert_eq!((s.rtt_min_ms, s.rtt_max_ms), (Some(1.0), Some(99.0)));
         assert_eq!(s.rtt_p50_ms, Some(49.0)); // 45th of the 90 replies (1..=99 without multiples of 10)
         assert_eq!(s.rtt_p99_ms, Some(99.0));
-        assert!(!s.up, "the last probe timed out");
+        assert!(s.up, "the last probe timed out, but the two before it answered: lossy, not down");
         // The window slides: 100 more replies push every loss out.
         for i in 101..=200u64 {
             w.push(reply(i, 5.0));
@@ -295,6 +314,21 @@ mod window_tests {
         assert_eq!((s.sent, s.received, s.loss_pct), (100, 100, 0.0));
         assert_eq!(s.rtt_mdev_ms, Some(0.0));
         assert!(s.up);
+    }
+
+    #[test]
+    fn a_target_is_down_after_three_lost_probes_or_one_refusal() {
+        let mut w = Window::new(10);
+        w.push(reply(1, 1.0));
+        for seq in 2..=3 {
+            w.push(Sample { seq, rtt: None, outcome: Outcome::Timeout });
+            assert!(w.summary().up, "{seq}: lost, but probe 1 answered within the last three");
+        }
+        w.push(Sample { seq: 4, rtt: None, outcome: Outcome::Timeout });
+        assert!(!w.summary().up, "three lost in a row");
+        w.push(reply(5, 1.0));
+        w.push(Sample { seq: 6, rtt: None, outcome: Outcome::Failed("Connection refused".into()) });
+        assert!(!w.summary().up, "a refusal is an answer: down at once");
     }
 
     #[test]

@@ -116,13 +116,15 @@ impl LatencyCells {
 /// last is above the last bound). Histograms merge by adding counts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Histogram {
+    /// The buckets' upper bounds ([`LATENCY_BOUNDS_MS`]); the last count is above them all.
+    pub bounds_ms: &'static [f64],
     pub counts: Vec<u64>,
     pub sum_ms: f64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { counts: vec![0; BUCKETS], sum_ms: 0.0 }
+        Self { bounds_ms: &LATENCY_BOUNDS_MS, counts: vec![0; BUCKETS], sum_ms: 0.0 }
     }
 }
 
@@ -141,6 +143,7 @@ impl Histogram {
     /// The counts since `earlier` (a snapshot of the same cells taken before).
     pub fn since(&self, earlier: &Histogram) -> Histogram {
         Histogram {
+            bounds_ms: self.bounds_ms,
             counts: self.counts.iter().zip(&earlier.counts).map(|(a, b)| a.saturating_sub(*b)).collect(),
             sum_ms: (self.sum_ms - earlier.sum_ms).max(0.0),
         }
@@ -465,7 +468,7 @@ impl BalancerStats {
                 BackendSnapshot {
                     addr: b.addr,
                     state,
-                    since: change.map(|c| crate::clock::UtcTime::from_system(c.at).rfc3339()),
+                    since: crate::clock::UtcTime::from_system(change.map_or(self.started, |c| c.at)).rfc3339(),
                     why: change.map(|c| c.why.clone()),
                     ejected_for_ms: b
                         .ejected_until
@@ -663,11 +666,11 @@ impl std::fmt::Display for UdpTotals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests, {} replies, {} dropped, {} flows opened, {} evicted",
-            self.requests,
-            self.replies,
+            "{}, {}, {} dropped, {} opened, {} evicted",
+            plural(self.requests, "request", "requests"),
+            plural(self.replies, "reply", "replies"),
             self.dropped(),
-            self.flows_opened,
+            plural(self.flows_opened, "flow", "flows"),
             self.flows_evicted
         )
     }
@@ -700,8 +703,8 @@ pub enum BackendState {
 pub struct BackendSnapshot {
     pub addr: SocketAddr,
     pub state: BackendState,
-    /// When its state last changed, and why (absent while it never changed).
-    pub since: Option<String>,
+    /// When its state last changed (the balancer's start while it never did), and why.
+    pub since: String,
     pub why: Option<String>,
     /// Time left of an ejection.
     pub ejected_for_ms: Option<u64>,
@@ -734,15 +737,20 @@ impl BalancerSnapshot {
             t.responses.pairs().iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{n} {c}")).collect();
         let errors: u64 = self.backends.iter().filter_map(|b| b.http.as_ref()).map(|h| h.errors_total()).sum();
         Some(format!(
-            "{} requests ({}), {} retried, {} backend errors, {} with no backend, {} connections",
-            t.requests,
+            "{} ({}), {} retried, {}, {} with no backend, {}",
+            plural(t.requests, "request", "requests"),
             if classes.is_empty() { "none answered".to_string() } else { classes.join(", ") },
             t.retries,
-            errors,
+            plural(errors, "backend error", "backend errors"),
             t.no_backend,
-            t.clients_accepted
+            plural(t.clients_accepted, "connection", "connections")
         ))
     }
+}
+
+/// `1 request`, `2 requests`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
 
 /// Every balancer of a process, for the sinks to read.

@@ -283,7 +283,7 @@ impl BalancerView {
                     (Some(o), Some(n)) => Some(n.since(o)),
                     _ => None,
                 };
-                let since = b.since.as_deref().and_then(parse_time).or(started);
+                let since = parse_time(&b.since).or(started);
                 BackendView {
                     addr: b.addr,
                     state: b.state,
@@ -653,7 +653,7 @@ mod tests {
                 BackendSnapshot {
                     addr: SocketAddr::from(([127, 0, 16, 1], 8001 + i as u16)),
                     state: BackendState::Up,
-                    since: None,
+                    since: String::new(),
                     why: None,
                     ejected_for_ms: None,
                     http: Some(HttpBackendCounts {

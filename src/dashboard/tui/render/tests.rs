@@ -140,7 +140,7 @@ mod frames {
         BackendSnapshot {
             addr: addr(port),
             state,
-            since: None,
+            since: String::new(),
             why: (state == BackendState::Down).then(|| "3 probes in a row got no answer".to_string()),
             ejected_for_ms: None,
             http: None,
