@@ -753,6 +753,90 @@ pub fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
 
+/// What the figures of a backend are made of, HTTP or UDP alike.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts<'a> {
+    /// HTTP: attempts sent to it; UDP: datagrams.
+    pub requests: u64,
+    /// HTTP: failed attempts and 5xx answers; UDP: datagrams sent less replies received (a
+    /// reply that comes later than the span counts against the span it was sent in).
+    pub errors: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub latency: Option<&'a Histogram>,
+}
+
+/// A backend's cumulative counts in the terms both protocols share.
+pub fn counts(b: &BackendSnapshot) -> Counts<'_> {
+    if let Some(h) = &b.http {
+        Counts {
+            requests: h.requests,
+            errors: h.errors_total() + h.responses.c5xx,
+            bytes_sent: h.bytes_sent,
+            bytes_received: h.bytes_received,
+            latency: Some(&h.latency),
+        }
+    } else if let Some(u) = &b.udp {
+        Counts {
+            requests: u.datagrams_sent,
+            errors: u.datagrams_sent.saturating_sub(u.datagrams_received),
+            bytes_sent: u.bytes_sent,
+            bytes_received: u.bytes_received,
+            latency: None,
+        }
+    } else {
+        Counts::default()
+    }
+}
+
+/// A backend's figures over the recent reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recent {
+    pub requests_per_s: f64,
+    /// Errors per request (`None` without requests).
+    pub error_pct: Option<f64>,
+    /// Its share of the balancer's requests (`None` while the balancer had none).
+    pub share_pct: Option<f64>,
+    /// Latency quantiles of the answers in the span (HTTP only).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub sent_bytes_per_s: f64,
+    pub received_bytes_per_s: f64,
+}
+
+/// Each backend's [`Recent`] figures between two snapshots of one balancer `secs` apart (the
+/// dashboards take them over the same span, so they agree).
+pub fn recent(now: &BalancerSnapshot, then: Option<&BalancerSnapshot>, secs: f64) -> Vec<Recent> {
+    let deltas: Vec<(Counts<'_>, Counts<'_>)> = now
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let earlier = then.and_then(|t| t.backends.get(i)).filter(|e| e.addr == b.addr).map(counts);
+            (counts(b), earlier.unwrap_or_default())
+        })
+        .collect();
+    let total: u64 = deltas.iter().map(|(n, e)| n.requests.saturating_sub(e.requests)).sum();
+    let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    deltas
+        .iter()
+        .map(|(n, e)| {
+            let requests = n.requests.saturating_sub(e.requests);
+            let errors = n.errors.saturating_sub(e.errors);
+            let latency = n.latency.map(|h| e.latency.map_or_else(|| h.clone(), |e| h.since(e)));
+            Recent {
+                requests_per_s: rate(requests),
+                error_pct: (requests > 0).then(|| (errors as f64 * 100.0 / requests as f64).min(100.0)),
+                share_pct: (total > 0).then(|| requests as f64 * 100.0 / total as f64),
+                p50_ms: latency.as_ref().and_then(|h| h.quantile(0.5)),
+                p99_ms: latency.as_ref().and_then(|h| h.quantile(0.99)),
+                sent_bytes_per_s: rate(n.bytes_sent.saturating_sub(e.bytes_sent)),
+                received_bytes_per_s: rate(n.bytes_received.saturating_sub(e.bytes_received)),
+            }
+        })
+        .collect()
+}
+
 /// Every balancer of a process, for the sinks to read.
 pub type Balancers = Arc<[Arc<BalancerStats>]>;
 

@@ -16,7 +16,7 @@ use serde::ser::{SerializeSeq, Serializer};
 
 use crate::iface::InterfaceStats;
 use crate::monitor::report::{Connectivity, Report, TargetReport};
-use crate::stats::traffic::{BackendSnapshot, BalancerSnapshot, Histogram};
+use crate::stats::traffic::{self, BalancerSnapshot};
 
 /// Reports a chart goes back (five minutes at the default interval)...
 pub const HISTORY: usize = 300;
@@ -123,87 +123,6 @@ impl TargetSeries {
     }
 }
 
-/// What the figures of a backend are made of, HTTP or UDP alike.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts<'a> {
-    /// HTTP: attempts sent to it; UDP: datagrams.
-    requests: u64,
-    /// HTTP: failed attempts and 5xx answers; UDP: requests left without a reply.
-    errors: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    latency: Option<&'a Histogram>,
-}
-
-fn counts(b: &BackendSnapshot) -> Counts<'_> {
-    if let Some(h) = &b.http {
-        Counts {
-            requests: h.requests,
-            errors: h.errors_total() + h.responses.c5xx,
-            bytes_sent: h.bytes_sent,
-            bytes_received: h.bytes_received,
-            latency: Some(&h.latency),
-        }
-    } else if let Some(u) = &b.udp {
-        Counts {
-            requests: u.datagrams_sent,
-            errors: u.unanswered,
-            bytes_sent: u.bytes_sent,
-            bytes_received: u.bytes_received,
-            latency: None,
-        }
-    } else {
-        Counts::default()
-    }
-}
-
-/// A backend's figures over the recent reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Recent {
-    pub requests_per_s: f64,
-    /// Errors per request (`None` without requests).
-    pub error_pct: Option<f64>,
-    /// Its share of the balancer's requests (`None` while the balancer had none).
-    pub share_pct: Option<f64>,
-    /// Latency quantiles of the answers in the span (HTTP only).
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub sent_bytes_per_s: f64,
-    pub received_bytes_per_s: f64,
-}
-
-/// Each backend's [`Recent`] figures between two snapshots of one balancer `secs` apart.
-fn recent(now: &BalancerSnapshot, then: Option<&BalancerSnapshot>, secs: f64) -> Vec<Recent> {
-    let deltas: Vec<(Counts<'_>, Counts<'_>)> = now
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let earlier = then.and_then(|t| t.backends.get(i)).filter(|e| e.addr == b.addr).map(counts);
-            (counts(b), earlier.unwrap_or_default())
-        })
-        .collect();
-    let total: u64 = deltas.iter().map(|(n, e)| n.requests.saturating_sub(e.requests)).sum();
-    let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    deltas
-        .iter()
-        .map(|(n, e)| {
-            let requests = n.requests.saturating_sub(e.requests);
-            let errors = n.errors.saturating_sub(e.errors);
-            let latency = n.latency.map(|h| e.latency.map_or_else(|| h.clone(), |e| h.since(e)));
-            Recent {
-                requests_per_s: rate(requests),
-                error_pct: (requests > 0).then(|| (errors as f64 * 100.0 / requests as f64).min(100.0)),
-                share_pct: (total > 0).then(|| requests as f64 * 100.0 / total as f64),
-                p50_ms: latency.as_ref().and_then(|h| h.quantile(0.5)),
-                p99_ms: latency.as_ref().and_then(|h| h.quantile(0.99)),
-                sent_bytes_per_s: rate(n.bytes_sent.saturating_sub(e.bytes_sent)),
-                received_bytes_per_s: rate(n.bytes_received.saturating_sub(e.bytes_received)),
-            }
-        })
-        .collect()
-}
-
 impl State {
     pub fn new(interval_ms: u64) -> Self {
         Self { interval_ms, keep: HISTORY, ..Self::default() }
@@ -274,7 +193,7 @@ impl State {
             let before = previous.as_ref().and_then(|(pt, p)| Some((t - pt, p.get(i).filter(|p| p.name == b.name)?)));
             for (j, s) in series.iter_mut().enumerate() {
                 let point = before.and_then(|(secs, p)| {
-                    let (n, e) = (counts(&b.backends[j]), counts(p.backends.get(j)?));
+                    let (n, e) = (traffic::counts(&b.backends[j]), traffic::counts(p.backends.get(j)?));
                     (secs > 0.0).then(|| {
                         (
                             n.requests.saturating_sub(e.requests) as f64 / secs,
@@ -382,7 +301,7 @@ impl State {
                             .collect()
                     })
                     .unwrap_or_default();
-                (recent(b, then, secs), history)
+                (traffic::recent(b, then, secs), history)
             })
             .collect();
         BalancersView { t: Tail(&self.times, rows), recent_s: secs, snapshots, balancers }
@@ -463,7 +382,7 @@ pub struct BalancersView<'a> {
     /// The span the recent figures cover, in seconds.
     pub recent_s: f64,
     snapshots: Arc<[BalancerSnapshot]>,
-    balancers: Vec<(Vec<Recent>, Vec<BackendColumns<'a>>)>,
+    balancers: Vec<(Vec<traffic::Recent>, Vec<BackendColumns<'a>>)>,
 }
 
 /// Per report: requests and errors per second (see [`Recent`] for what counts).
@@ -479,7 +398,7 @@ impl Serialize for BalancersView<'_> {
         struct Balancer<'b, 'a> {
             #[serde(flatten)]
             snapshot: &'b BalancerSnapshot,
-            recent: &'b [Recent],
+            recent: &'b [traffic::Recent],
             history: &'b [BackendColumns<'a>],
         }
         #[derive(Serialize)]
