@@ -430,6 +430,37 @@ impl Config {
         if let Some(m) = self.monitor.as_ref().and_then(|m| m.metrics) {
             by_proto.push((m.0, "monitor.metrics", "tcp"));
         }
+        // Names label every statistic and metric: one balancer each, printable.
+        let names: Vec<(&str, &str)> = self
+            .balance
+            .http
+            .iter()
+            .map(|b| ("http", b.name.as_str()))
+            .chain(self.balance.udp.iter().map(|b| ("udp", b.name.as_str())))
+            .collect();
+        for (i, (kind, name)) in names.iter().enumerate() {
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(format!(
+                    "balance.{kind} name {name:?}: give a name of printable characters (it labels logs and metrics)"
+                ));
+            }
+            if names[..i].iter().any(|(_, other)| other == name) {
+                return Err(format!(
+                    "two balancers are named \"{name}\": give each its own `name =` (it labels logs and metrics)"
+                ));
+            }
+        }
+        let backends = self
+            .balance
+            .http
+            .iter()
+            .map(|b| ("http", &b.name, &b.backends.0))
+            .chain(self.balance.udp.iter().map(|b| ("udp", &b.name, &b.backends.0)));
+        for (kind, name, list) in backends {
+            if let Some((_, a)) = list.iter().enumerate().find(|(i, a)| list[..*i].contains(a)) {
+                return Err(format!("balance.{kind} \"{name}\": backend {a} is listed twice; list each backend once"));
+            }
+        }
         for proto in ["tcp", "udp"] {
             seen.clear();
             for &(addr, who, _) in by_proto.iter().filter(|x| x.2 == proto) {
@@ -769,6 +800,21 @@ mod tests {
         assert_eq!(udp.listen.0, "127.0.0.1:8888".parse().unwrap());
         assert_eq!(udp.affinity, Affinity::None);
         assert_eq!(c.serve.udp.as_ref().unwrap().ports.0, vec![2526, 2527, 2528]);
+    }
+
+    #[test]
+    fn balancer_names_are_unique_and_printable_and_backends_listed_once() {
+        let two = "[[balance.http]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n\
+                   [[balance.http]]\nlisten = \"127.0.0.1:3\"\nbackends = [\"127.0.0.1:2\"]\n";
+        let e = Config::parse(two, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("two balancers are named \"http\""), "{e}");
+        let odd =
+            "[[balance.udp]]\nname = \"a\\u001b]2;x\\u0007\"\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n";
+        let e = Config::parse(odd, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("printable characters"), "{e}");
+        let dup = "[[balance.http]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\", \"127.0.0.1:2\"]\n";
+        let e = Config::parse(dup, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("backend 127.0.0.1:2 is listed twice"), "{e}");
     }
 
     #[test]

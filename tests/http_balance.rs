@@ -527,3 +527,98 @@ fn the_balancer_prints_its_totals_on_stop() {
         "{out}"
     );
 }
+
+/// A backend that accepts and answers `reply` to every request on every connection.
+fn raw_backend(at: &str, reply: fn(&mut std::net::TcpStream)) {
+    let listener = TcpListener::bind(at).unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                reply(&mut conn);
+            });
+        }
+    });
+}
+
+#[test]
+fn retries_count_only_attempts_made_and_a_client_that_leaves_is_not_a_2xx() {
+    // Two backends that never answer: one request, one retry (there is no third backend).
+    raw_backend("127.0.17.4:8001", |_| thread::sleep(Duration::from_secs(5)));
+    raw_backend("127.0.17.4:8002", |_| thread::sleep(Duration::from_secs(5)));
+    // One that streams a body far larger than the client will read.
+    raw_backend("127.0.17.4:8003", |c| {
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n");
+        let chunk = vec![b'x'; 64 * 1024];
+        while c.write_all(&chunk).is_ok() {}
+    });
+    let mut slow = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.17.4:8000",
+        "--check",
+        "none",
+        "--quiet",
+        "--timeout",
+        "300ms",
+        "--eject-after",
+        "0",
+        "--backend",
+        "127.0.17.4:8001,127.0.17.4:8002",
+    ]);
+    assert_eq!(get(addr("127.0.17.4:8000"), "/").status, 504);
+    assert!(slow.signal_and_wait("TERM", Duration::from_secs(10)).success());
+    let out = slow.output();
+    assert!(out.contains("stopped: 1 request (1 5xx), 1 retried, 2 backend errors"), "{out}");
+
+    let mut big = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.17.5:8000",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.17.4:8003",
+    ]);
+    let mut client = std::net::TcpStream::connect("127.0.17.5:8000").unwrap();
+    client.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = vec![0u8; 256 * 1024];
+    client.read_exact(&mut got).unwrap();
+    drop(client);
+    assert!(big.signal_and_wait("TERM", Duration::from_secs(10)).success());
+    let out = big.output();
+    assert!(out.contains("stopped: 1 request (1 left early), 0 retried, 0 backend errors"), "{out}");
+}
+
+#[test]
+fn pooled_connections_to_a_backend_that_went_away_are_closed() {
+    let mut backend = Proc::up(&["serve", "http", "--bind", "127.0.17.6", "--ports", "8001", "--quiet"]);
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.17.6:8000",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.17.6:8001",
+    ]);
+    assert_eq!(get(addr("127.0.17.6:8000"), "/").status, 200);
+    backend.kill();
+    // The pooled connection got the backend's FIN: it must not sit in CLOSE_WAIT until the next
+    // request (with no traffic, that could be forever).
+    let close_wait = || {
+        let out = std::process::Command::new("ss")
+            .args(["-Htn", "state", "close-wait", "dst", "127.0.17.6:8001"])
+            .output()
+            .expect("ss (iproute2)");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    wait_until("the pooled connection to close", Duration::from_secs(10), || (close_wait() == 0).then_some(()));
+}

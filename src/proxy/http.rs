@@ -145,6 +145,19 @@ impl Pool {
         found
     }
 
+    /// Closes the idle connections the backend closed (or that sat too long), so a dead
+    /// backend does not keep sockets in CLOSE_WAIT until its next request.
+    fn sweep(&self, gauge: Option<&HttpBackendCells>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(conn, since)| {
+            let quiet = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            quiet && since.elapsed() < POOL_IDLE_TIMEOUT
+        });
+        if let Some(g) = gauge {
+            g.idle.set(idle.len() as i64);
+        }
+    }
+
     fn put(&self, conn: Upstream, gauge: Option<&HttpBackendCells>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
@@ -227,12 +240,30 @@ struct Outcome {
     keep_client: bool,
     /// The backend broke off its response after the head went out (counts against it).
     cut_short: bool,
+    /// The client left before the whole response reached it (not the backend's fault).
+    client_left: bool,
     /// The attempts that failed before this one: backend and why (for the access log).
     retried: Vec<(SocketAddr, String)>,
     /// Time from sending the request to the response head, when one came.
     head_after: Option<Duration>,
     /// Response bytes relayed from the backend.
     received: u64,
+}
+
+impl Outcome {
+    /// An exchange that ended with `status` and nothing else to say (no backend answer relayed).
+    fn answer(backend: Option<SocketAddr>, status: u16, keep_client: bool) -> Self {
+        Self {
+            backend,
+            status,
+            keep_client,
+            cut_short: false,
+            client_left: false,
+            retried: Vec::new(),
+            head_after: None,
+            received: 0,
+        }
+    }
 }
 
 impl HttpBalancer {
@@ -314,15 +345,19 @@ impl HttpBalancer {
     }
 }
 
-/// Every few seconds, when many of this worker's connections have closed since the most it had
+/// Every few seconds: closes pooled connections their backend closed; and when many of this
+/// worker's connections have closed since the most it had
 /// (at least [`TRIM_AFTER`], and at least half of them), gives the memory they used back to the
 /// OS, so a burst of clients does not leave the process large.
-async fn give_back_memory(permits: Arc<Semaphore>, most: Arc<AtomicUsize>, shutdown: CancellationToken) {
+async fn keep_tidy(permits: Arc<Semaphore>, most: Arc<AtomicUsize>, worker: Arc<Worker>, shutdown: CancellationToken) {
     let slots = permits.available_permits();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TRIM_EVERY) => {}
             _ = shutdown.cancelled() => return,
+        }
+        for (i, pool) in worker.pools.iter().enumerate() {
+            pool.sweep(worker.backend(i));
         }
         let open = slots.saturating_sub(permits.available_permits());
         let peak = most.load(Ordering::Relaxed);
@@ -361,7 +396,7 @@ impl Proxy {
         // The most connections open at once since memory was last given back.
         let most = Arc::new(AtomicUsize::new(0));
         let slots = permits.available_permits();
-        let trim = tokio::spawn(give_back_memory(permits.clone(), most.clone(), shutdown.clone()));
+        let trim = tokio::spawn(keep_tidy(permits.clone(), most.clone(), pools.clone(), shutdown.clone()));
         let mut warn = crate::log::Throttled::default();
         while let Some((stream, peer, permit)) =
             net::accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await
@@ -546,7 +581,7 @@ impl Proxy {
             c.cbuf.consume(head.len);
             cells.requests.inc();
             let outcome = self.exchange(w, &mut c, &head, &shutdown).await;
-            if outcome.status == 499 {
+            if outcome.status == 499 || outcome.client_left {
                 cells.client_aborts.inc();
             } else {
                 cells.response(outcome.status);
@@ -665,13 +700,23 @@ impl Proxy {
         c.req.extend_from_slice(b"\r\n");
         let body = match BodyInHand::take(c, head) {
             Ok(body) => body,
-            Err(e) => return self.fail(c, head, None, e, true).await,
+            Err(e) => {
+                w.cells.refused.inc();
+                return self.fail(c, head, None, e, true).await;
+            }
         };
         let mut tried: Vec<usize> = Vec::new();
         let mut retried: Vec<(SocketAddr, String)> = Vec::new();
         let mut host_len = 0;
         let mut last: Option<(SocketAddr, ProxyError, bool)> = None;
         while let Some((index, backend)) = self.backends.pick_index(Instant::now(), &tried) {
+            // Another attempt after a failure: a retry, counted now that there is a backend for it.
+            if let Some(&before) = tried.last() {
+                w.cells.retries.inc();
+                if let Some(b) = w.backend(before) {
+                    b.retried.inc();
+                }
+            }
             if !head.has_host {
                 let line = format!("Host: {backend}\r\n");
                 c.req.splice(host_at..host_at + host_len, line.bytes());
@@ -681,13 +726,15 @@ impl Proxy {
                 Ok(mut outcome) => {
                     outcome.retried = retried;
                     if let Some(b) = w.backend(index) {
-                        b.response(outcome.status);
+                        // A response cut short is the backend's failure, not an answer.
+                        if outcome.cut_short {
+                            b.error(HttpError::Broken);
+                        } else {
+                            b.response(outcome.status);
+                        }
                         b.bytes_received.add(outcome.received);
                         if let Some(d) = outcome.head_after {
                             b.latency.record(d);
-                        }
-                        if outcome.cut_short {
-                            b.error(HttpError::Broken);
                         }
                     }
                     if outcome.cut_short {
@@ -714,10 +761,6 @@ impl Proxy {
                         break;
                     }
                     tracing::debug!("{}: {backend} failed; trying another backend", self.name);
-                    w.cells.retries.inc();
-                    if let Some(b) = w.backend(index) {
-                        b.retried.inc();
-                    }
                     tried.push(index);
                 }
             }
@@ -754,6 +797,10 @@ impl Proxy {
         // Only a request that may be sent twice is sent again after the backend may have seen
         // part of it.
         let replayable = body.whole && head.idempotent;
+        // One attempt, however many connections it takes (a dead pooled one is replaced).
+        if let Some(b) = cells {
+            b.requests.inc();
+        }
         loop {
             let reused = pooled.is_some();
             let mut upstream = match pooled.take() {
@@ -768,7 +815,6 @@ impl Proxy {
                 },
             };
             if let Some(b) = cells {
-                b.requests.inc();
                 b.bytes_sent.add(c.req.len() as u64);
             }
             if let Err(e) = write_within(&mut upstream, &c.req, self.timeout).await {
@@ -840,15 +886,12 @@ impl Proxy {
                 }
                 // The client already has the head: it can only be closed. Whose fault it was
                 // decides whether the backend is blamed; the log keeps the status it sent.
-                Err(Relay::AfterHead { status, backend_failed }) => {
+                Err(Relay::AfterHead { backend_failed, so_far }) => {
                     return Ok(Outcome {
-                        backend: Some(backend),
-                        status,
                         keep_client: false,
                         cut_short: backend_failed,
-                        retried: Vec::new(),
-                        head_after: None,
-                        received: 0,
+                        client_left: !backend_failed,
+                        ..so_far
                     });
                 }
             }
@@ -1009,6 +1052,7 @@ impl Proxy {
             status: resp.status,
             keep_client,
             cut_short: false,
+            client_left: false,
             retried: Vec::new(),
             head_after: Some(head_after),
             received: resp.len as u64,
@@ -1037,7 +1081,9 @@ impl Proxy {
                     } else {
                         chunked.feed(input, |_| {})
                     };
-                    let used = used.map_err(|_| Relay::AfterHead { status: resp.status, backend_failed: true })?;
+                    let Ok(used) = used else {
+                        return Err(Relay::AfterHead { backend_failed: true, so_far: outcome });
+                    };
                     (used, chunked.is_done())
                 }
                 Framing::UntilClose => (c.bbuf.bytes().len(), false),
@@ -1048,9 +1094,9 @@ impl Proxy {
             c.bbuf.consume(take);
             outcome.received += take as u64;
             if !c.out.is_empty() || first {
-                write_within(&mut c.client, &c.out, self.timeout)
-                    .await
-                    .map_err(|_| Relay::AfterHead { status: resp.status, backend_failed: false })?;
+                if write_within(&mut c.client, &c.out, self.timeout).await.is_err() {
+                    return Err(Relay::AfterHead { backend_failed: false, so_far: outcome });
+                }
                 c.out.clear();
                 first = false;
             }
@@ -1061,7 +1107,7 @@ impl Proxy {
             }
             match fill_within(&mut c.bbuf, upstream, self.timeout).await {
                 Ok(0) if resp.framing == Framing::UntilClose => return Ok((outcome, false)),
-                Ok(0) | Err(_) => return Err(Relay::AfterHead { status: resp.status, backend_failed: true }),
+                Ok(0) | Err(_) => return Err(Relay::AfterHead { backend_failed: true, so_far: outcome }),
                 Ok(_) => {}
             }
         }
@@ -1078,15 +1124,7 @@ impl Proxy {
     ) -> Outcome {
         let status = e.status();
         if matches!(e, ProxyError::Client(_)) {
-            return Outcome {
-                backend,
-                status,
-                keep_client: false,
-                cut_short: false,
-                retried: Vec::new(),
-                head_after: None,
-                received: 0,
-            };
+            return Outcome::answer(backend, status, false);
         }
         if let ProxyError::Resources(err) = &e {
             let name = &self.name;
@@ -1105,15 +1143,7 @@ impl Proxy {
             page.truncate(end);
         }
         let written = write_within(&mut c.client, &page, self.timeout).await.is_ok();
-        Outcome {
-            backend,
-            status,
-            keep_client: keep_client && written,
-            cut_short: false,
-            retried: Vec::new(),
-            head_after: None,
-            received: 0,
-        }
+        Outcome::answer(backend, status, keep_client && written)
     }
 }
 
@@ -1175,7 +1205,7 @@ enum Relay {
     /// Failed before the client saw anything: the client gets an error page.
     BeforeHead(ProxyError),
     /// Failed after the head went out: the client connection can only be closed.
-    AfterHead { status: u16, backend_failed: bool },
+    AfterHead { backend_failed: bool, so_far: Outcome },
 }
 
 /// A complete short response of our own.

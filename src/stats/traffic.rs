@@ -453,6 +453,7 @@ impl BalancerStats {
     pub fn snapshot(&self, now: Instant) -> BalancerSnapshot {
         let set = self.set.load();
         let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let wall = SystemTime::now();
         let mut backends: Vec<BackendSnapshot> = set
             .backends()
             .iter()
@@ -464,12 +465,19 @@ impl BalancerStats {
                 } else {
                     BackendState::Up
                 };
-                let change = changes.get(&b.addr);
+                let mut change = changes.get(&b.addr).cloned();
+                // An ejection that is over ended by itself (no event marks it): it is the change.
+                if let Some(until) = b.ejected_until.filter(|&t| t <= now) {
+                    let ended = wall - (now - until);
+                    if b.healthy && change.as_ref().is_none_or(|c| c.at < ended) {
+                        change = Some(Change { at: ended, why: "back in rotation: its ejection ended".into() });
+                    }
+                }
                 BackendSnapshot {
                     addr: b.addr,
                     state,
-                    since: crate::clock::UtcTime::from_system(change.map_or(self.started, |c| c.at)).rfc3339(),
-                    why: change.map(|c| c.why.clone()),
+                    since: crate::clock::UtcTime::from_system(change.as_ref().map_or(self.started, |c| c.at)).rfc3339(),
+                    why: change.map(|c| c.why),
                     ejected_for_ms: b
                         .ejected_until
                         .filter(|&t| t > now)
@@ -733,8 +741,11 @@ impl BalancerSnapshot {
     /// The HTTP balancer's closing line: `N requests (2xx …), …`.
     pub fn http_line(&self) -> Option<String> {
         let t = self.http.as_ref()?;
-        let classes: Vec<String> =
+        let mut classes: Vec<String> =
             t.responses.pairs().iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{n} {c}")).collect();
+        if t.client_aborts > 0 {
+            classes.push(format!("{} left early", t.client_aborts));
+        }
         let errors: u64 = self.backends.iter().filter_map(|b| b.http.as_ref()).map(|h| h.errors_total()).sum();
         Some(format!(
             "{} ({}), {} retried, {}, {} with no backend, {}",
@@ -865,6 +876,30 @@ mod tests {
         twice.merge(&h);
         assert_eq!(twice.count(), 12);
         assert_eq!(twice.since(&h), h);
+    }
+
+    #[test]
+    fn an_ejection_that_ended_is_the_backends_last_change() {
+        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
+        let set = Arc::new(ArcSwap::from_pointee(BackendSet::new(&addrs)));
+        let stats = BalancerStats::new("web", Proto::Http, "round-robin", set.clone());
+        let now = Instant::now();
+        let eject = |until: Instant| {
+            set.rcu(|s| {
+                let mut next = (**s).clone();
+                next.set_ejected(addrs[0], Some(until));
+                next
+            })
+        };
+        stats.note(addrs[0], "ejected for 30ms after failing: answered 500");
+        eject(now + Duration::from_millis(30));
+        let during = stats.snapshot(Instant::now());
+        assert_eq!(during.backends[0].state, BackendState::Ejected);
+        assert!(during.backends[0].ejected_for_ms.is_some_and(|ms| ms <= 30));
+        std::thread::sleep(Duration::from_millis(40));
+        let after = stats.snapshot(Instant::now());
+        assert_eq!(after.backends[0].state, BackendState::Up);
+        assert_eq!(after.backends[0].why.as_deref(), Some("back in rotation: its ejection ended"));
     }
 
     #[test]
