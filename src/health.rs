@@ -87,15 +87,9 @@ impl HealthFeed {
     }
 
     /// Applies every report until the monitor ends.
-    pub async fn follow(mut self, mut reports: broadcast::Receiver<Arc<Report>>) {
-        loop {
-            match reports.recv().await {
-                Ok(report) => self.apply(&report),
-                // A missed report is a missed round of checks; the next one counts.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
+    pub async fn follow(mut self, reports: broadcast::Receiver<Arc<Report>>) {
+        // A missed report is a missed round of checks; the next one counts.
+        crate::monitor::report::each_report(reports, |report| self.apply(&report)).await
     }
 
     /// Records each backend's newest probe result; swaps the set of every balancer whose
@@ -164,20 +158,8 @@ mod tests {
                 let outcome = if up { Outcome::Http(200) } else { Outcome::Failed("refused".into()) };
                 let sample = Sample { seq, rtt: None, outcome };
                 let mut w = Window::new(1);
-                w.push(sample.clone());
-                let summary = w.summary();
-                TargetReport {
-                    id: TargetId(id),
-                    target: format!("t{id}"),
-                    probe: ProbeKind::Http,
-                    summary,
-                    newest: Some(sample),
-                    probes: Vec::new(),
-                    sent_total: 0,
-                    received_total: 0,
-                    rtt_sum_ms: 0.0,
-                    duration_ms: None,
-                }
+                w.push(sample);
+                TargetReport::from_window(TargetId(id), &format!("t{id}"), ProbeKind::Http, &w)
             })
             .collect();
         Report { time: String::new(), interfaces: vec![], targets, connectivity: Connectivity::Connected }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Proc, addr, get, udp_client, wait_until};
+use common::{Proc, addr, get, label_names, udp_client, wait_until};
 
 const QUICK: Duration = Duration::from_secs(10);
 
@@ -131,31 +131,6 @@ fn families(page: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
         }
     }
     out
-}
-
-/// The names in `a="x",b="y\"z"`.
-fn label_names(labels: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = labels;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        names.push(name.trim_start_matches(',').to_string());
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    chars.next();
-                }
-                '"' => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        rest = &after[(end + 1).min(after.len())..];
-    }
-    names
 }
 
 /// `a_{x,y}_b` as `a_x_b`, `a_y_b`.

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{Proc, addr, get, udp_client, wait_until};
+use common::{Proc, addr, get, label_names, udp_client, wait_until};
 use serde_json::Value;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
@@ -458,31 +458,6 @@ fn exported(page: &str) -> BTreeMap<String, BTreeSet<String>> {
         labels.extend(["job".to_string(), "instance".to_string()]);
     }
     out
-}
-
-/// The names in `a="x",b="y\"z"`.
-fn label_names(labels: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = labels;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        names.push(name.trim_start_matches(',').to_string());
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    chars.next();
-                }
-                '"' => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        rest = &after[(end + 1).min(after.len())..];
-    }
-    names
 }
 
 /// What a PromQL expression names: series with the labels each is matched on, labels in

@@ -104,24 +104,18 @@ impl Changes {
 
 /// Logs every change until the monitor ends: down and disconnected as warnings, the rest as
 /// information.
-pub async fn follow(mut reports: broadcast::Receiver<Arc<Report>>) {
+pub async fn follow(reports: broadcast::Receiver<Arc<Report>>) {
     let mut changes = Changes::default();
-    loop {
-        match reports.recv().await {
-            Ok(report) => {
-                for e in changes.of(&report) {
-                    match &e {
-                        Event::TargetDown { .. } => tracing::warn!("{e}"),
-                        Event::Verdict { to, .. } if *to != Connectivity::Connected => tracing::warn!("{e}"),
-                        _ => tracing::info!("{e}"),
-                    }
-                }
+    crate::monitor::report::each_report(reports, |report| {
+        for e in changes.of(&report) {
+            match &e {
+                Event::TargetDown { .. } => tracing::warn!("{e}"),
+                Event::Verdict { to, .. } if *to != Connectivity::Connected => tracing::warn!("{e}"),
+                _ => tracing::info!("{e}"),
             }
-            // Missed reports only delay a change to the next one.
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -136,26 +130,12 @@ mod tests {
             .enumerate()
             .map(|(i, state)| {
                 let mut w = Window::new(1);
-                let newest = state.map(|up| {
-                    let outcome = if up { Outcome::Connected } else { Outcome::Failed("Connection refused".into()) };
+                if let Some(up) = state {
+                    let outcome = if *up { Outcome::Connected } else { Outcome::Failed("Connection refused".into()) };
                     let rtt = up.then(|| std::time::Duration::from_millis(2));
-                    Sample { seq: 1, rtt, outcome }
-                });
-                if let Some(s) = &newest {
-                    w.push(s.clone());
+                    w.push(Sample { seq: 1, rtt, outcome });
                 }
-                TargetReport {
-                    id: TargetId(i),
-                    target: format!("tcp://t{i}"),
-                    probe: ProbeKind::Tcp,
-                    summary: w.summary(),
-                    newest,
-                    probes: Vec::new(),
-                    sent_total: 0,
-                    received_total: 0,
-                    rtt_sum_ms: 0.0,
-                    duration_ms: None,
-                }
+                TargetReport::from_window(TargetId(i), &format!("tcp://t{i}"), ProbeKind::Tcp, &w)
             })
             .collect();
         let connectivity = crate::monitor::report::verdict(&[], &targets);

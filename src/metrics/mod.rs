@@ -59,15 +59,8 @@ impl Exporter {
     }
 
     /// Keeps the newest report until the monitor ends (a sink).
-    pub async fn follow(self, mut reports: broadcast::Receiver<Arc<Report>>) {
-        loop {
-            match reports.recv().await {
-                Ok(report) => self.update(report),
-                // Only the newest report matters for a scrape.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
+    pub async fn follow(self, reports: broadcast::Receiver<Arc<Report>>) {
+        crate::monitor::report::each_report(reports, |report| self.update(report)).await
     }
 }
 

@@ -1,7 +1,10 @@
 //! What the monitor publishes once per interval: interfaces, every target's window statistics,
 //! and the connectivity verdict. Sinks read it; none of them writes it.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 use crate::iface::InterfaceStats;
 use crate::probe::{ProbeKind, Sample};
@@ -65,6 +68,36 @@ pub struct TargetReport {
     /// How long the newest probe ran, answered or not: to its answer, its refusal or its
     /// timeout (blackbox_exporter's `probe_duration_seconds`); `None` before the first.
     pub duration_ms: Option<f64>,
+}
+
+impl TargetReport {
+    /// A target's line made from its window alone (no probes since a last report, no totals).
+    pub fn from_window(id: TargetId, target: &str, probe: ProbeKind, window: &crate::stats::Window) -> Self {
+        Self {
+            id,
+            target: target.to_string(),
+            probe,
+            summary: window.summary(),
+            newest: window.newest().cloned(),
+            probes: Vec::new(),
+            sent_total: 0,
+            received_total: 0,
+            rtt_sum_ms: 0.0,
+            duration_ms: None,
+        }
+    }
+}
+
+/// Calls `f` with every report until the monitor ends. A subscriber that falls behind skips
+/// the reports it missed: every sink wants the newest, not a backlog.
+pub async fn each_report(mut reports: broadcast::Receiver<Arc<Report>>, mut f: impl FnMut(Arc<Report>)) {
+    loop {
+        match reports.recv().await {
+            Ok(report) => f(report),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// One probe as sinks draw it.

@@ -271,3 +271,28 @@ pub fn udp_client(ip: &str) -> UdpSocket {
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
+
+/// The names in `a="x",b="y\"z"`.
+pub fn label_names(labels: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = labels;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        names.push(name.trim_start_matches(',').to_string());
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    names
+}
