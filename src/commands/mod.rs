@@ -3,6 +3,7 @@
 //! `up`'s start-up path, so they bind, report and stop the same way.
 
 mod balance;
+mod history;
 mod monitor;
 mod ping;
 mod serve;
@@ -47,6 +48,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping(args) => ping::run(args),
         Command::Monitor(args) => monitor::run(args),
         Command::Status(args) => status::run(args),
+        Command::History(args) => history::run(&args),
     }
 }
 

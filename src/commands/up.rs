@@ -36,10 +36,16 @@ use crate::serve::udp::{Faults, UdpServers};
 use crate::stats::traffic::{BalancerStats, Balancers};
 
 pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
     };
+    if args.record.no_history {
+        config.history.enabled = false;
+    } else if let Some(path) = args.record.history {
+        config.history.enabled = true;
+        config.history.path = Some(path);
+    }
     start(config, log(args.quiet))
 }
 
@@ -54,6 +60,8 @@ struct Bound {
     checkers: Vec<(Monitor, HealthFeed)>,
     /// Every balancer's statistics, for the sinks.
     balancers: Balancers,
+    /// The history file the monitor's reports are recorded into.
+    history: Option<crate::history::Store>,
     banner: String,
 }
 
@@ -274,6 +282,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
     }
     let balancers: Balancers = http.iter().map(HttpBalancer::stats).chain(udp.iter().map(UdpBalancer::stats)).collect();
+    let mut history = None;
     let monitor = match &config.monitor {
         Some(m) => {
             let w = watch(m, &balancers, &http, &udp, checks, sources)?;
@@ -283,6 +292,9 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
                 let _ = writeln!(banner, "  metrics        http://{}/metrics", addr.0);
                 tries.push(format!("curl http://{}/metrics", addr.0));
             }
+            let (store, line) = open_history(&config.history);
+            let _ = writeln!(banner, "  history        {line}");
+            history = store;
             Some(w)
         }
         None => None,
@@ -294,7 +306,36 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, history, banner })
+}
+
+/// Opens the history file `[history]` names, and the banner's words on it. A file that cannot
+/// be used is one warning; everything else runs without history.
+pub(super) fn open_history(h: &crate::config::HistoryConfig) -> (Option<crate::history::Store>, String) {
+    use crate::history::{Destination, Store};
+    match h.destination(None, false) {
+        Some(Destination::Off) => (None, "off".into()),
+        None => {
+            tracing::warn!("history: no home directory to keep it in; give --history FILE (running without history)");
+            (None, "off (no home directory; give --history FILE)".into())
+        }
+        Some(Destination::File(path, keep)) => match Store::open(&path, keep) {
+            Ok(store) => {
+                let line = format!(
+                    "{} (kept: intervals {}, minutes {}, hours {})",
+                    path.display(),
+                    crate::history::plot::human_duration(keep.raw.as_secs_f64()),
+                    crate::history::plot::human_duration(keep.minutes.as_secs_f64()),
+                    crate::history::plot::human_duration(keep.hours.as_secs_f64())
+                );
+                (Some(store), line)
+            }
+            Err(e) => {
+                tracing::warn!("history: {e}; running without history");
+                (None, format!("off (cannot use {})", path.display()))
+            }
+        },
+    }
 }
 
 /// The banner's line on a balancer's health checks.
@@ -380,6 +421,7 @@ fn watch(
 async fn serve(bound: Bound) -> Result<()> {
     let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut recorder = None;
     for (checker, feed) in bound.checkers {
         tokio::spawn(feed.follow(checker.subscribe()));
         let stop = stop.clone();
@@ -395,6 +437,13 @@ async fn serve(bound: Bound) -> Result<()> {
             tokio::spawn(feed.follow(w.monitor.subscribe()));
         }
         tokio::spawn(crate::dashboard::events::follow(w.monitor.subscribe()));
+        if let Some(store) = bound.history {
+            let balancers = bound.balancers.clone();
+            match crate::history::writer::Recorder::start(store, w.monitor.subscribe(), balancers) {
+                Ok(r) => recorder = Some(r),
+                Err(e) => tracing::warn!("history: cannot start its writer: {e}; running without history"),
+            }
+        }
         let stop = stop.clone();
         tasks.spawn(async move { w.monitor.run(stop).await.context("monitor") });
     }
@@ -452,6 +501,9 @@ async fn serve(bound: Bound) -> Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    if let Some(r) = recorder {
+        let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;
     }
     // Each HTTP balancer's totals, as the UDP ones print theirs.
     for b in bound.balancers.iter() {
