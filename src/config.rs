@@ -896,6 +896,35 @@ mod tests {
     }
 
     #[test]
+    fn history_is_on_by_default_and_its_retention_is_checked() {
+        use crate::history::Destination;
+        let h = Config::embedded_default().history;
+        assert!(h.enabled && h.path.is_none());
+        assert_eq!((h.keep_raw.0, h.keep_hours.0), (Duration::from_secs(48 * 3600), Duration::from_secs(365 * 86_400)));
+        for (text, says) in [
+            ("keep_raw = \"10s\"", "keep_raw"),
+            ("keep_minutes = \"1h\"", "keep_minutes"),
+            ("keep_hours = \"7d\"", "keep_hours"),
+            ("path = \"\"", "path is empty"),
+            ("keep = \"1d\"", "unknown field"),
+        ] {
+            let e = Config::parse(&format!("[history]\n{text}\n"), "t.toml").unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let c = Config::parse("[history]\nkeep_raw = \"1h\"\nkeep_minutes = \"2d\"\nkeep_hours = \"30d\"\n", "t.toml")
+            .unwrap();
+        let file = std::path::Path::new("/x/h.db");
+        let Some(Destination::File(path, keep)) = c.history.destination(Some(file), false) else { panic!() };
+        assert_eq!(
+            (path.as_path(), keep.raw, keep.minutes),
+            (file, Duration::from_secs(3600), Duration::from_secs(172_800))
+        );
+        assert_eq!(c.history.destination(Some(file), true), Some(Destination::Off), "--no-history wins");
+        let off = Config::parse("[history]\nenabled = false\n", "t.toml").unwrap();
+        assert_eq!(off.history.destination(None, false), Some(Destination::Off));
+    }
+
+    #[test]
     fn two_listeners_on_one_address_are_refused() {
         let text = "[serve.http]\nports = \"8001-8002\"\n[[balance.http]]\nlisten = \"127.0.0.1:8002\"\nbackends = [\"127.0.0.1:8001\"]\n";
         let e = Config::parse(text, "t.toml").unwrap_err().to_string();

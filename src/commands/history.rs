@@ -13,11 +13,12 @@ use serde::Serialize;
 use super::{UsageError, say};
 use crate::cli::{HistoryArgs, HistoryFormat};
 use crate::history::plot::{self, human_duration, human_step};
-use crate::history::query::{EventRow, Point, TargetInfo};
+use crate::history::query::{CounterSummary, EventRow, Point, TargetInfo};
 use crate::history::{Reader, Summary, now_ms, rfc3339};
 
 /// Steps a default step is chosen from, in seconds.
-const STEPS: [i64; 15] = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 10_800, 21_600, 43_200, 86_400, 604_800];
+const STEPS: [i64; 19] =
+    [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 604_800];
 /// Points a default series has at most (json, csv).
 const DEFAULT_POINTS: i64 = 300;
 /// Points any series may have.
@@ -168,6 +169,10 @@ fn table(
             );
         }
     }
+    // Interfaces and backends, unless the question was about some targets.
+    if args.targets.is_empty() {
+        counters_table(&mut o, &reader.counters(from, to)?);
+    }
     if args.plot {
         for t in targets {
             let steps = reader.steps(t.id, from, to, step, step)?;
@@ -186,6 +191,70 @@ fn table(
     Ok(o)
 }
 
+/// Bytes as a person reads them: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[i]) }
+}
+
+fn counters_table(o: &mut String, list: &[CounterSummary]) {
+    let get = |c: &CounterSummary, k: &str| c.counts.get(k).copied().unwrap_or(0);
+    let width = list.iter().map(|c| c.name.len()).max().unwrap_or(0).max(9);
+    let backends: Vec<&CounterSummary> = list.iter().filter(|c| c.kind != "interface").collect();
+    if !backends.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}",
+            "backend", "requests", "5xx", "errors", "sent", "received", "out of rotation"
+        );
+        for c in backends {
+            let (requests, sent, received) = if c.kind == "udp_backend" {
+                (get(c, "datagrams_sent"), get(c, "bytes_sent"), get(c, "bytes_received"))
+            } else {
+                (get(c, "requests"), get(c, "bytes_sent"), get(c, "bytes_received"))
+            };
+            let errors = if c.kind == "udp_backend" { get(c, "unanswered") } else { get(c, "errors") };
+            let _ = writeln!(
+                o,
+                "{:width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}",
+                c.name,
+                requests,
+                get(c, "responses_5xx"),
+                errors,
+                bytes(sent),
+                bytes(received),
+                human_duration(c.down_s)
+            );
+        }
+    }
+    let links: Vec<&CounterSummary> = list.iter().filter(|c| c.kind == "interface").collect();
+    if !links.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n{:width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}",
+            "interface", "received", "sent", "errors", "drops", "down"
+        );
+        for c in links {
+            let _ = writeln!(
+                o,
+                "{:width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}",
+                c.name,
+                bytes(get(c, "rx_bytes")),
+                bytes(get(c, "tx_bytes")),
+                get(c, "rx_errors") + get(c, "tx_errors"),
+                get(c, "rx_dropped") + get(c, "tx_dropped"),
+                if c.down_s > 0.0 { human_duration(c.down_s) } else { "-".into() }
+            );
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct TargetJson {
     #[serde(flatten)]
@@ -200,6 +269,8 @@ struct HistoryJson {
     until: String,
     step_s: f64,
     targets: Vec<TargetJson>,
+    /// Interfaces and balancer backends: their counters summed over the range.
+    counters: Vec<CounterSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<Vec<EventRow>>,
 }
@@ -222,6 +293,7 @@ fn json(
         until: rfc3339(to),
         step_s: step as f64 / 1000.0,
         targets: list,
+        counters: if args.targets.is_empty() { reader.counters(from, to)? } else { Vec::new() },
         events: if args.events { Some(reader.events(from, to, &args.targets)?) } else { None },
     };
     Ok(serde_json::to_string_pretty(&doc)? + "\n")

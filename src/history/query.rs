@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::record::{Agg, Record};
-use super::store::{self, read_journal, read_raw, read_target_rollups, rolled_until};
+use super::record::{Agg, CounterAgg, Record};
+use super::store::{self, read_counter_rollups, read_journal, read_raw, read_target_rollups, rolled_until};
 use super::{HOUR_MS, HistoryError, MINUTE_MS, ceil_to, floor_to, rfc3339, shown};
 
 /// Where a part of a range is read from.
@@ -166,6 +166,21 @@ pub struct Outage {
     pub loss_pct: Option<f64>,
 }
 
+/// An interface or a balancer's backend over a range: its counters summed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CounterSummary {
+    /// `interface`, `http_backend` or `udp_backend`.
+    pub kind: String,
+    /// The interface, or `balancer/address`.
+    pub name: String,
+    /// Time recorded in the range, and of it, time the link was down or the backend out of
+    /// rotation.
+    pub recorded_s: f64,
+    pub down_s: f64,
+    /// How much each counter grew (bytes, packets, requests by class, ...).
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
 /// An outage as read from the events: start, end, still going, what ended it, why it began.
 type Span = (i64, i64, bool, String, String);
 
@@ -211,14 +226,15 @@ impl Reader {
         run().map_err(|e| self.err(e))
     }
 
-    fn bounds(&self, series: i64) -> rusqlite::Result<Bounds> {
+    /// How far back each level of `series` reaches (`rollups`: the table of its kind).
+    fn bounds(&self, series: i64, rollups: &str) -> rusqlite::Result<Bounds> {
         let min = |sql: &str| -> rusqlite::Result<Option<i64>> {
             self.conn.prepare_cached(sql)?.query_row(params![series], |r| r.get(0))
         };
         Ok(Bounds {
             journal: self.conn.query_row("SELECT min(t) FROM journal", [], |r| r.get(0))?,
             raw: min("SELECT min(t) FROM raw WHERE series = ?1")?,
-            minutes: min("SELECT min(t) FROM target_rollup WHERE res = 60 AND series = ?1")?,
+            minutes: min(&format!("SELECT min(t) FROM {rollups} WHERE res = 60 AND series = ?1"))?,
             rolled: rolled_until(&self.conn)?.unwrap_or(i64::MIN),
         })
     }
@@ -241,7 +257,7 @@ impl Reader {
         }
         let slot = |t: i64| usize::try_from((t - from) / step).ok().filter(|&i| i < n);
         let run = |out: &mut Vec<(i64, Agg)>| -> rusqlite::Result<()> {
-            let b = self.bounds(series)?;
+            let b = self.bounds(series, "target_rollup")?;
             let mut records: Vec<(i64, Record)> = Vec::new();
             for (source, a, z) in plan(from, to, level_step, &b) {
                 match source {
@@ -268,6 +284,68 @@ impl Reader {
         };
         run(&mut out).map_err(|e| self.err(e))?;
         Ok(out)
+    }
+
+    /// Every interface and backend recorded, with its counters summed over [from, to); those
+    /// with nothing recorded in the range are left out.
+    pub fn counters(&self, from: i64, to: i64) -> Result<Vec<CounterSummary>, HistoryError> {
+        if self.empty {
+            return Ok(Vec::new());
+        }
+        let run = || -> rusqlite::Result<Vec<CounterSummary>> {
+            let series: Vec<(i64, String, String, String)> = {
+                let mut q = self.conn.prepare(
+                    "SELECT id, kind, name, fields FROM series WHERE kind != 'target' ORDER BY kind DESC, name",
+                )?;
+                q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut out = Vec::new();
+            for (id, kind, name, fields) in series {
+                let b = self.bounds(id, "counter_rollup")?;
+                let mut total = CounterAgg::default();
+                for (source, a, z) in plan(from, to, (to - from) / 100, &b) {
+                    let records = match source {
+                        Source::Journal => read_journal(&self.conn, id, a, z)?,
+                        Source::Raw => read_raw(&self.conn, id, a, z)?,
+                        Source::Minutes | Source::Hours => {
+                            let res = if source == Source::Minutes { 60 } else { 3600 };
+                            for (_, c) in read_counter_rollups(&self.conn, res, id, a, z)? {
+                                total.merge(&c);
+                            }
+                            continue;
+                        }
+                    };
+                    for (_, r) in records {
+                        if let Record::Counters(c) = r {
+                            total.add_interval(&c);
+                        }
+                    }
+                }
+                if total.span_ms == 0 {
+                    continue;
+                }
+                let names = fields.split(',').filter(|f| !f.is_empty());
+                out.push(CounterSummary {
+                    kind,
+                    name,
+                    recorded_s: total.span_ms as f64 / 1000.0,
+                    down_s: total.down_ms as f64 / 1000.0,
+                    counts: names.map(String::from).zip(total.sums.iter().copied()).collect(),
+                });
+            }
+            Ok(out)
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The per-step series of the target named `target` (as the monitor names it), or `None`
+    /// when it was never recorded: what an HTTP API serves.
+    pub fn series_of(&self, target: &str, from: i64, to: i64, step: i64) -> Result<Option<Vec<Point>>, HistoryError> {
+        match self.targets()?.into_iter().find(|t| t.target == target) {
+            Some(t) => self.series(t.id, from, to, step).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The target's aggregate over [from, to).

@@ -61,7 +61,8 @@ pub struct Store {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     pub(crate) retention: Retention,
-    ids: HashMap<(String, String), i64>,
+    /// Series ids by kind and name.
+    ids: HashMap<String, HashMap<String, i64>>,
     prune_cursor: i64,
     _lock: Flock<File>,
 }
@@ -144,7 +145,7 @@ impl Store {
 
     /// The id of a series, made on first sight.
     pub(crate) fn series_id(&mut self, kind: &str, name: &str, detail: &str, fields: &str) -> rusqlite::Result<i64> {
-        if let Some(&id) = self.ids.get(&(kind.to_string(), name.to_string())) {
+        if let Some(&id) = self.ids.get(kind).and_then(|m| m.get(name)) {
             return Ok(id);
         }
         self.conn
@@ -154,7 +155,7 @@ impl Store {
             .conn
             .prepare_cached("SELECT id FROM series WHERE kind = ?1 AND name = ?2")?
             .query_row(params![kind, name], |r| r.get(0))?;
-        self.ids.insert((kind.to_string(), name.to_string()), id);
+        self.ids.entry(kind.to_string()).or_default().insert(name.to_string(), id);
         Ok(id)
     }
 

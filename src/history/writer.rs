@@ -110,6 +110,18 @@ fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: B
     w.stop();
 }
 
+/// Writes `reports` one after another as the writer thread does, on this thread, then stops:
+/// for benchmarks and tests that feed the writer synthetic reports.
+#[doc(hidden)]
+pub fn replay(store: Store, reports: impl IntoIterator<Item = Report>) {
+    let mut w = Writer::new(store, Arc::from(Vec::new()));
+    w.start();
+    for r in reports {
+        w.interval(&r);
+    }
+    w.stop();
+}
+
 /// The writer's memory between reports: what the previous one said, to turn cumulative
 /// counters into deltas and states into events.
 struct Writer {
