@@ -202,7 +202,7 @@ fn main() {
             let mut sums = Vec::new();
             for _ in 0..11 {
                 let t = Instant::now();
-                let s = reader.summary(&target, from, to).unwrap();
+                let s = reader.summary(&target, from, to, 3000).unwrap();
                 assert!(s.sent > 0);
                 sums.push(t.elapsed());
             }

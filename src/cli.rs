@@ -77,6 +77,9 @@ pub struct HistoryArgs {
     /// Draw each target's median RTT and its loss in the terminal
     #[arg(long)]
     pub plot: bool,
+    /// List outages at least this long (shorter ones, a lost probe or two, are only counted)
+    #[arg(long, default_value = "3s", value_name = "DUR")]
+    pub min_outage: Dur,
     /// The history file (default: $XDG_DATA_HOME/netpulse/history.db)
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,

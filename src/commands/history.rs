@@ -98,6 +98,10 @@ fn step(args: &HistoryArgs, range: i64) -> Result<i64> {
     Ok(step)
 }
 
+fn min_outage(args: &HistoryArgs) -> i64 {
+    i64::try_from(args.min_outage.0.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn terminal_width() -> usize {
     terminal_size::terminal_size()
         .map(|(w, _)| usize::from(w.0))
@@ -135,7 +139,7 @@ fn table(
         );
     }
     for t in targets {
-        let s = reader.summary(t, from, to)?;
+        let s = reader.summary(t, from, to, min_outage(args))?;
         if s.sent == 0 && s.recorded_s == 0.0 {
             let _ = writeln!(o, "{:width$}  {:5}  nothing recorded in this range", s.target, s.probe);
             continue;
@@ -166,6 +170,14 @@ fn table(
                 x.start,
                 human_duration(x.duration_s),
                 x.why
+            );
+        }
+        if s.short_outages > 0 {
+            let _ = writeln!(
+                o,
+                "  and {} time(s) down for less than {} (see --min-outage)",
+                s.short_outages,
+                human_step(min_outage(args))
             );
         }
     }
@@ -285,7 +297,10 @@ fn json(
 ) -> Result<String> {
     let mut list = Vec::new();
     for t in targets {
-        list.push(TargetJson { summary: reader.summary(t, from, to)?, series: reader.series(t.id, from, to, step)? });
+        list.push(TargetJson {
+            summary: reader.summary(t, from, to, min_outage(args))?,
+            series: reader.series(t.id, from, to, step)?,
+        });
     }
     let doc = HistoryJson {
         file: path.display().to_string(),
@@ -324,19 +339,18 @@ fn csv(
         return Ok(o);
     }
     o.push_str(
-        "target,time,sent,received,loss_pct,uptime_pct,rtt_min_ms,rtt_avg_ms,rtt_max_ms,rtt_p50_ms,rtt_p95_ms,rtt_p99_ms,jitter_ms\n",
+        "target,time,sent,received,loss_pct,rtt_min_ms,rtt_avg_ms,rtt_max_ms,rtt_p50_ms,rtt_p95_ms,rtt_p99_ms,jitter_ms\n",
     );
     for t in targets {
         for p in reader.series(t.id, from, to, step)? {
             let _ = writeln!(
                 o,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{}",
                 field(&t.target),
                 p.time,
                 p.sent,
                 p.received,
                 num(p.loss_pct),
-                num(p.uptime_pct),
                 num(p.rtt_min_ms),
                 num(p.rtt_avg_ms),
                 num(p.rtt_max_ms),

@@ -92,7 +92,6 @@ pub struct Point {
     pub sent: u64,
     pub received: u64,
     pub loss_pct: Option<f64>,
-    pub uptime_pct: Option<f64>,
     pub rtt_min_ms: Option<f64>,
     pub rtt_avg_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
@@ -110,7 +109,6 @@ impl Point {
             sent: a.sent,
             received: a.received,
             loss_pct: a.loss_pct(),
-            uptime_pct: a.uptime_pct(),
             rtt_min_ms: a.rtt_min_ms(),
             rtt_avg_ms: a.rtt_avg_ms(),
             rtt_max_ms: a.rtt_max_ms(),
@@ -127,6 +125,7 @@ impl Point {
 pub struct Summary {
     pub target: String,
     pub probe: String,
+    /// Share of the recorded time it was not in an outage.
     pub uptime_pct: Option<f64>,
     pub loss_pct: Option<f64>,
     pub sent: u64,
@@ -142,6 +141,8 @@ pub struct Summary {
     /// Time covered by recordings in the range.
     pub recorded_s: f64,
     pub outages: Vec<Outage>,
+    /// Times it was down for less than the shortest outage asked for (not listed).
+    pub short_outages: usize,
 }
 
 /// A stretch of time a target was down: from the report that found it down to the one that
@@ -179,6 +180,17 @@ pub struct CounterSummary {
     pub down_s: f64,
     /// How much each counter grew (bytes, packets, requests by class, ...).
     pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A target's outages over a range.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outages {
+    /// Those at least as long as asked (or still going on).
+    pub list: Vec<Outage>,
+    /// How many were shorter.
+    pub shorter: usize,
+    /// Time down in all of them, within the range.
+    pub down_ms: i64,
 }
 
 /// An outage as read from the events: start, end, still going, what ended it, why it began.
@@ -397,10 +409,12 @@ impl Reader {
         )
     }
 
-    /// The target's outages that overlap [from, to), each clipped to it.
-    pub fn outages(&self, target: &TargetInfo, from: i64, to: i64) -> Result<Vec<Outage>, HistoryError> {
+    /// The target's outages that overlap [from, to), each clipped to it, that lasted at least
+    /// `min_ms` (or are still going on); and how many shorter ones there were (a lost probe or
+    /// two on a lossy link is loss, not an outage).
+    pub fn outages(&self, target: &TargetInfo, from: i64, to: i64, min_ms: i64) -> Result<Outages, HistoryError> {
         if self.empty {
-            return Ok(Vec::new());
+            return Ok(Outages::default());
         }
         let run = || -> rusqlite::Result<Vec<Span>> {
             // The state at `from`: the last word on the target (or a stop) before it.
@@ -444,8 +458,12 @@ impl Reader {
             }
             Ok(out)
         };
-        let spans = run().map_err(|e| self.err(e))?;
-        spans
+        let mut spans = run().map_err(|e| self.err(e))?;
+        let down_ms = spans.iter().map(|(s, e, ..)| (e.min(&to) - s.max(&from)).max(0)).sum();
+        let before = spans.len();
+        spans.retain(|(s, e, ongoing, ..)| *ongoing || e.min(&to) - s.max(&from) >= min_ms);
+        let short = before - spans.len();
+        let list = spans
             .into_iter()
             .map(|(s, e, ongoing, ended_by, why)| {
                 let (s, e) = (s.max(from), e.min(to));
@@ -464,16 +482,28 @@ impl Reader {
                     loss_pct: agg.loss_pct(),
                 })
             })
-            .collect()
+            .collect::<Result<_, HistoryError>>()?;
+        Ok(Outages { list, shorter: short, down_ms })
     }
 
-    /// Everything about one target over [from, to).
-    pub fn summary(&self, target: &TargetInfo, from: i64, to: i64) -> Result<Summary, HistoryError> {
+    /// Everything about one target over [from, to); outages shorter than `min_outage_ms` are
+    /// only counted.
+    pub fn summary(
+        &self,
+        target: &TargetInfo,
+        from: i64,
+        to: i64,
+        min_outage_ms: i64,
+    ) -> Result<Summary, HistoryError> {
         let a = self.aggregate(target.id, from, to)?;
+        let outages = self.outages(target, from, to, min_outage_ms)?;
+        // Uptime: the recorded time not in an outage.
+        let down = u64::try_from(outages.down_ms).unwrap_or(0).min(a.span_ms);
+        let uptime_pct = (a.span_ms > 0).then(|| (a.span_ms - down) as f64 * 100.0 / a.span_ms as f64);
         Ok(Summary {
             target: target.target.clone(),
             probe: target.probe.clone(),
-            uptime_pct: a.uptime_pct(),
+            uptime_pct,
             loss_pct: a.loss_pct(),
             sent: a.sent,
             received: a.received,
@@ -486,7 +516,8 @@ impl Reader {
             rtt_p99_ms: a.quantile_ms(0.99),
             jitter_ms: a.jitter_ms(),
             recorded_s: a.span_ms as f64 / 1000.0,
-            outages: self.outages(target, from, to)?,
+            outages: outages.list,
+            short_outages: outages.shorter,
         })
     }
 }

@@ -39,26 +39,48 @@ pub(crate) struct CounterInterval {
 
 const DOWN: u8 = 1;
 const COUNTERS: u8 = 2;
+/// The span is the time since the previous interval of the chunk (not written).
+const SPAN_IS_GAP: u8 = 4;
+/// Every probe was answered with its RTT kept: sent = received = the RTTs, none lost.
+const ALL_ANSWERED: u8 = 8;
 
 impl Record {
-    /// Appends the byte form: span (varint), flags, then the target's counts and RTTs or the
-    /// counters' deltas (varints).
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the byte form: a flags byte, the span (varint) unless it is `gap`, then the
+    /// target's counts and RTTs (µs) or the counters' deltas, as varints. In a chunk, an
+    /// interval with one answered probe takes 5 or 6 bytes with its time.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, gap: Option<u64>) {
+        let (span_ms, down, mut flags) = match self {
+            Self::Target(t) => (t.span_ms, t.down, 0),
+            Self::Counters(c) => (c.span_ms, c.down, COUNTERS),
+        };
+        if down {
+            flags |= DOWN;
+        }
+        if gap == Some(span_ms) {
+            flags |= SPAN_IS_GAP;
+        }
+        let all = matches!(self, Self::Target(t)
+            if t.lost == 0 && t.sent == t.received && t.received == t.rtts_us.len() as u64);
+        if all {
+            flags |= ALL_ANSWERED;
+        }
+        out.push(flags);
+        if flags & SPAN_IS_GAP == 0 {
+            put_varint(out, span_ms);
+        }
         match self {
             Self::Target(t) => {
-                put_varint(out, t.span_ms);
-                out.push(if t.down { DOWN } else { 0 });
-                put_varint(out, t.sent);
-                put_varint(out, t.received);
-                put_varint(out, t.lost);
+                if !all {
+                    put_varint(out, t.sent);
+                    put_varint(out, t.received);
+                    put_varint(out, t.lost);
+                }
                 put_varint(out, t.rtts_us.len() as u64);
                 for &r in &t.rtts_us {
                     put_varint(out, r);
                 }
             }
             Self::Counters(c) => {
-                put_varint(out, c.span_ms);
-                out.push(COUNTERS | if c.down { DOWN } else { 0 });
                 put_varint(out, c.deltas.len() as u64);
                 for &d in &c.deltas {
                     put_varint(out, d);
@@ -67,23 +89,30 @@ impl Record {
         }
     }
 
-    /// Reads one record from the front of `bytes`.
-    pub(crate) fn decode(bytes: &mut &[u8]) -> Option<Self> {
-        let span_ms = take_varint(bytes)?;
+    /// Reads one record from the front of `bytes` (`gap` as given to [`Record::encode`]).
+    pub(crate) fn decode(bytes: &mut &[u8], gap: Option<u64>) -> Option<Self> {
         let (&flags, rest) = bytes.split_first()?;
         *bytes = rest;
+        let span_ms = if flags & SPAN_IS_GAP != 0 { gap? } else { take_varint(bytes)? };
         let down = flags & DOWN != 0;
-        if flags & COUNTERS != 0 {
+        let list = |bytes: &mut &[u8]| -> Option<Vec<u64>> {
             let n = take_varint(bytes)?;
-            let deltas = (0..n.min(4096)).map(|_| take_varint(bytes)).collect::<Option<Vec<_>>>()?;
-            return Some(Self::Counters(CounterInterval { span_ms, down, deltas }));
+            if n > bytes.len() as u64 {
+                return None;
+            }
+            (0..n).map(|_| take_varint(bytes)).collect()
+        };
+        if flags & COUNTERS != 0 {
+            return Some(Self::Counters(CounterInterval { span_ms, down, deltas: list(bytes)? }));
         }
-        let (sent, received, lost) = (take_varint(bytes)?, take_varint(bytes)?, take_varint(bytes)?);
-        let n = take_varint(bytes)?;
-        if n > bytes.len() as u64 {
-            return None;
-        }
-        let rtts_us = (0..n).map(|_| take_varint(bytes)).collect::<Option<Vec<_>>>()?;
+        let counts = if flags & ALL_ANSWERED != 0 {
+            None
+        } else {
+            Some((take_varint(bytes)?, take_varint(bytes)?, take_varint(bytes)?))
+        };
+        let rtts_us = list(bytes)?;
+        let n = rtts_us.len() as u64;
+        let (sent, received, lost) = counts.unwrap_or((n, n, 0));
         Some(Self::Target(TargetInterval { span_ms, down, sent, received, lost, rtts_us }))
     }
 }
@@ -241,13 +270,16 @@ impl CounterAgg {
     }
 }
 
-/// A raw chunk: the intervals of one series in one minute, each as (ms after the chunk's
-/// time, record).
+/// A raw chunk: the intervals of one series in one minute, each as the time since the previous
+/// one (the first: since the chunk's time) and its record, whose span is that gap when equal.
 pub(crate) fn encode_chunk(t0: i64, intervals: &[(i64, &Record)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(intervals.len() * 8);
-    for (t, r) in intervals {
-        put_varint(&mut out, u64::try_from(t - t0).unwrap_or(0));
-        r.encode(&mut out);
+    let mut out = Vec::with_capacity(intervals.len() * 6);
+    let mut prev = t0;
+    for (i, (t, r)) in intervals.iter().enumerate() {
+        let gap = u64::try_from(t - prev).unwrap_or(0);
+        put_varint(&mut out, gap);
+        r.encode(&mut out, (i > 0).then_some(gap));
+        prev = *t;
     }
     out
 }
@@ -255,10 +287,12 @@ pub(crate) fn encode_chunk(t0: i64, intervals: &[(i64, &Record)]) -> Vec<u8> {
 /// The intervals of a chunk with their end times; stops at the first byte that does not parse.
 pub(crate) fn decode_chunk(t0: i64, mut bytes: &[u8]) -> Vec<(i64, Record)> {
     let mut out = Vec::new();
+    let mut t = t0;
     while !bytes.is_empty() {
-        let Some(dt) = take_varint(&mut bytes) else { break };
-        let Some(r) = Record::decode(&mut bytes) else { break };
-        out.push((t0.saturating_add(i64::try_from(dt).unwrap_or(0)), r));
+        let Some(gap) = take_varint(&mut bytes) else { break };
+        let Some(r) = Record::decode(&mut bytes, (!out.is_empty()).then_some(gap)) else { break };
+        t = t.saturating_add(i64::try_from(gap).unwrap_or(0));
+        out.push((t, r));
     }
     out
 }
@@ -269,7 +303,7 @@ pub(crate) fn encode_interval(records: &[(i64, Record)]) -> Vec<u8> {
     put_varint(&mut out, records.len() as u64);
     for (id, r) in records {
         put_varint(&mut out, u64::try_from(*id).unwrap_or(0));
-        r.encode(&mut out);
+        r.encode(&mut out, None);
     }
     out
 }
@@ -279,7 +313,7 @@ pub(crate) fn decode_interval(mut bytes: &[u8]) -> Vec<(i64, Record)> {
     let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
         let Some(id) = take_varint(&mut bytes) else { break };
-        let Some(r) = Record::decode(&mut bytes) else { break };
+        let Some(r) = Record::decode(&mut bytes, None) else { break };
         out.push((i64::try_from(id).unwrap_or(0), r));
     }
     out
@@ -290,7 +324,7 @@ pub(crate) fn find_in_interval(mut bytes: &[u8], want: i64) -> Option<Record> {
     let n = take_varint(&mut bytes)?;
     for _ in 0..n {
         let id = i64::try_from(take_varint(&mut bytes)?).ok()?;
-        let r = Record::decode(&mut bytes)?;
+        let r = Record::decode(&mut bytes, None)?;
         if id == want {
             return Some(r);
         }
@@ -328,9 +362,15 @@ mod tests {
 
     #[test]
     fn an_interval_with_one_answered_probe_takes_a_few_bytes() {
-        let mut out = Vec::new();
-        Record::Target(probe(1000, &[812], 0)).encode(&mut out);
-        assert_eq!(out.len(), 9, "{out:?}");
+        let one = Record::Target(TargetInterval { down: false, ..probe(1000, &[812], 0) });
+        let lost = Record::Target(probe(1000, &[], 1));
+        let minute: Vec<(i64, &Record)> = (0..60).map(|i| (i * 1000, if i == 7 { &lost } else { &one })).collect();
+        let chunk = encode_chunk(0, &minute);
+        assert!(chunk.len() <= 60 * 6 + 6, "{} bytes for a minute: six an interval", chunk.len());
+        let back = decode_chunk(0, &chunk);
+        assert_eq!(back.len(), 60);
+        assert!(back.iter().zip(&minute).all(|(a, b)| a.0 == b.0 && &a.1 == b.1), "round trip");
+        assert_eq!(back[0].1, one, "the first interval keeps its own span");
     }
 
     #[test]

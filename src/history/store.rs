@@ -159,6 +159,11 @@ impl Store {
         Ok(id)
     }
 
+    /// The id of a series already seen by this writer.
+    pub(crate) fn known(&self, kind: &str, name: &str) -> Option<i64> {
+        self.ids.get(kind).and_then(|m| m.get(name)).copied()
+    }
+
     /// Forgets the cached ids (after a failed transaction, which may have rolled back new ones).
     pub(crate) fn forget_ids(&mut self) {
         self.ids.clear();
@@ -314,33 +319,38 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes expired rows of the next `batch` series (at most [`PRUNE_ROWS`] per series and
-    /// level) and of the events: small steps, so no write waits on a big delete.
-    pub(crate) fn prune(&mut self, now: i64, batch: i64) -> rusqlite::Result<()> {
+    /// Deletes expired rows of the next few series (each series' turn comes about once a
+    /// minute of intervals at 1 s), at most [`PRUNE_ROWS`] rows' worth of time per series and
+    /// level, and a batch of old events: small steps, so no write waits on a big delete.
+    pub(crate) fn prune(&mut self, now: i64) -> rusqlite::Result<()> {
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let (raw, minutes, hours) =
             (now - ms(self.retention.raw), now - ms(self.retention.minutes), now - ms(self.retention.hours));
-        let ids: Vec<i64> = {
-            let mut q = self.conn.prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-            q.query_map(params![self.prune_cursor, batch], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        let last: Option<i64> = self.conn.prepare_cached("SELECT max(id) FROM series")?.query_row([], |r| r.get(0))?;
+        let batch = last.unwrap_or(0) / 60 + 1;
+        let ids: Vec<(i64, String)> = {
+            let mut q = self.conn.prepare_cached("SELECT id, kind FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            q.query_map(params![self.prune_cursor, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
         };
-        self.prune_cursor = if (ids.len() as i64) < batch { 0 } else { ids.last().copied().unwrap_or(0) };
-        for id in ids {
+        self.prune_cursor = if (ids.len() as i64) < batch { 0 } else { ids.last().map_or(0, |i| i.0) };
+        // Each delete takes the rows older than the cutoff, but no more than PRUNE_ROWS rows'
+        // worth of time after the oldest one (one seek to find it).
+        for (id, kind) in ids {
             self.conn
                 .prepare_cached(
-                    "DELETE FROM raw WHERE series = ?1 AND t < min(?2, coalesce(
-                       (SELECT t FROM raw WHERE series = ?1 ORDER BY t LIMIT 1 OFFSET ?3), ?2))",
+                    "DELETE FROM raw WHERE series = ?1
+                     AND t < min(?2, (SELECT min(t) FROM raw WHERE series = ?1) + ?3)",
                 )?
-                .execute(params![id, raw, PRUNE_ROWS])?;
-            for table in ["target_rollup", "counter_rollup"] {
-                for (res, cutoff) in [(60, minutes), (3600, hours)] {
-                    self.conn
-                        .prepare_cached(&format!(
-                            "DELETE FROM {table} WHERE res = ?1 AND series = ?2 AND t < min(?3, coalesce(
-                               (SELECT t FROM {table} WHERE res = ?1 AND series = ?2 ORDER BY t LIMIT 1 OFFSET ?4), ?3))"
-                        ))?
-                        .execute(params![res, id, cutoff, PRUNE_ROWS])?;
-                }
+                .execute(params![id, raw, PRUNE_ROWS * MINUTE_MS])?;
+            let table = if kind == "target" { "target_rollup" } else { "counter_rollup" };
+            for (res, cutoff) in [(60, minutes), (3600, hours)] {
+                self.conn
+                    .prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE res = ?1 AND series = ?2
+                         AND t < min(?3, (SELECT min(t) FROM {table} WHERE res = ?1 AND series = ?2) + ?4)"
+                    ))?
+                    .execute(params![res, id, cutoff, PRUNE_ROWS * res * 1000])?;
             }
         }
         self.conn

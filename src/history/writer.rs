@@ -8,6 +8,10 @@
 //! exactly, only their RTT samples are lost, and a warning says so. A write that fails (disk
 //! full, file gone read-only) is rolled back and warned about once; monitoring goes on and the
 //! writer tries again at the next interval.
+//!
+//! Outages are the writer's word, not each report's: a target is in an outage once
+//! [`DOWN_AFTER`] reports in a row found it down (dated from the first), so a lossy link's lost
+//! probes show as loss, and the events of a year stay few.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +24,8 @@ use tokio::sync::broadcast;
 use super::record::{CounterInterval, Record, TargetInterval, encode_interval};
 use super::store::Store;
 use super::{HOUR_MS, MINUTE_MS, floor_to, now_ms, parse_rfc3339, shown};
-use crate::dashboard::events::{Changes, Event};
-use crate::monitor::report::Report;
+use crate::dashboard::events::why_down;
+use crate::monitor::report::{Connectivity, Report};
 use crate::stats::traffic::{BackendState, BalancerSnapshot, Balancers};
 
 /// Counters of an interface, in the order they are stored.
@@ -44,8 +48,10 @@ pub const HTTP_BACKEND_FIELDS: [&str; 10] = [
 pub const UDP_BACKEND_FIELDS: [&str; 5] =
     ["datagrams_sent", "bytes_sent", "datagrams_received", "bytes_received", "unanswered"];
 
-/// Series pruned per interval (each series gets its turn every `series / PRUNE_BATCH` intervals).
-const PRUNE_BATCH: i64 = 256;
+/// Reports in a row that must find a target down before it counts as an outage (HAProxy's
+/// `fall 3`): a lost probe or two on a lossy link is loss, not an outage. The outage then starts
+/// at the first of those reports.
+pub const DOWN_AFTER: u32 = 3;
 /// At most one "falling behind" warning per this long.
 const LAG_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -127,7 +133,10 @@ pub fn replay(store: Store, reports: impl IntoIterator<Item = Report>) {
 struct Writer {
     store: Store,
     balancers: Balancers,
-    changes: Changes,
+    /// Per target: its run of down reports (and when and why it began), whether it is in an
+    /// outage.
+    states: HashMap<i64, Outage>,
+    verdict: Option<Connectivity>,
     prev_t: i64,
     /// Per target series: the cumulative probe totals of the previous report.
     totals: HashMap<i64, (u64, u64)>,
@@ -144,7 +153,8 @@ impl Writer {
         Self {
             store,
             balancers,
-            changes: Changes::default(),
+            states: HashMap::new(),
+            verdict: None,
             prev_t: now_ms(),
             totals: HashMap::new(),
             counters: HashMap::new(),
@@ -239,15 +249,15 @@ impl Writer {
         let (prev_minute, prev_hour) = (floor_to(self.prev_t, MINUTE_MS), floor_to(self.prev_t, HOUR_MS));
         self.write("an interval", |w| {
             let mut records = Vec::with_capacity(report.targets.len() + report.interfaces.len());
-            w.targets(report, span, &mut records)?;
-            let mut events = w.interfaces(report, span, &mut records)?;
-            events.extend(w.balancer_backends(&snapshots, span, &mut records)?);
-            events.extend(w.changes.of(report).into_iter().map(event_row));
+            let mut events = w.targets(report, t, span, &mut records)?;
+            let now = |(kind, subject, detail)| (t, kind, subject, detail);
+            events.extend(w.interfaces(report, span, &mut records)?.into_iter().map(now));
+            events.extend(w.balancer_backends(&snapshots, span, &mut records)?.into_iter().map(now));
             if !records.is_empty() {
                 w.store.append(t, &encode_interval(&records))?;
             }
-            for (kind, subject, detail) in events {
-                w.store.event(t, kind, &subject, &detail)?;
+            for (at, kind, subject, detail) in events {
+                w.store.event(at, kind, &subject, &detail)?;
             }
             if floor_to(t, MINUTE_MS) != prev_minute {
                 w.store.pack(floor_to(t, MINUTE_MS))?;
@@ -255,13 +265,23 @@ impl Writer {
             if floor_to(t, HOUR_MS) != prev_hour {
                 w.store.roll_hours(t)?;
             }
-            w.store.prune(t, PRUNE_BATCH)
+            w.store.prune(t)
         });
         // A failed interval is lost with its deltas and events; the next one goes on from here.
         self.prev_t = t;
     }
 
-    fn targets(&mut self, report: &Report, span: u64, out: &mut Vec<(i64, Record)>) -> rusqlite::Result<()> {
+    /// The targets' records, and their outages beginning and ending (and the verdict changing)
+    /// as events.
+    fn targets(
+        &mut self,
+        report: &Report,
+        now: i64,
+        span: u64,
+        out: &mut Vec<(i64, Record)>,
+    ) -> rusqlite::Result<Vec<Timed>> {
+        let mut events = Vec::new();
+        let mut changed_at: Option<i64> = None;
         for t in &report.targets {
             // A target with no probe settled yet has nothing to say.
             if t.newest.is_none() && t.probes.is_empty() {
@@ -287,8 +307,58 @@ impl Writer {
             }
             self.totals.insert(id, (t.sent_total, t.received_total));
             out.push((id, Record::Target(rec)));
+            let state = self.states.entry(id).or_default();
+            if t.summary.up {
+                state.run = 0;
+                if std::mem::take(&mut state.down) {
+                    let rtt = t.summary.rtt_last_ms.map(|ms| format!(" ({ms:.3} ms)")).unwrap_or_default();
+                    events.push((now, "target_up", t.target.clone(), format!("target {} is up again{rtt}", t.target)));
+                    changed_at = Some(changed_at.map_or(now, |c| c.min(now)));
+                }
+            } else {
+                state.run += 1;
+                if state.run == 1 {
+                    state.began = Some((now, why_down(t)));
+                }
+                if state.run >= DOWN_AFTER && !state.down {
+                    state.down = true;
+                    let (at, why) = state.began.clone().unwrap_or((now, why_down(t)));
+                    events.push((at, "target_down", t.target.clone(), why));
+                    changed_at = Some(changed_at.map_or(at, |c| c.min(at)));
+                }
+            }
         }
-        Ok(())
+        // The verdict, from the targets in an outage, once every target has been probed.
+        let probed: Vec<(i64, &str)> = report
+            .targets
+            .iter()
+            .filter(|t| t.newest.is_some())
+            .filter_map(|t| Some((self.store.known("target", &t.target)?, t.target.as_str())))
+            .collect();
+        if !report.targets.is_empty() && probed.len() == report.targets.len() {
+            let down: Vec<&str> =
+                probed.iter().filter(|(id, _)| self.states.get(id).is_some_and(|s| s.down)).map(|p| p.1).collect();
+            let verdict = match down.len() {
+                0 => Connectivity::Connected,
+                n if n == probed.len() => Connectivity::Disconnected,
+                _ => Connectivity::Degraded,
+            };
+            let was = self.verdict.replace(verdict);
+            if was.unwrap_or(Connectivity::Connected) != verdict {
+                let name = |c: Connectivity| match c {
+                    Connectivity::Connected => "connected",
+                    Connectivity::Degraded => "degraded",
+                    Connectivity::Disconnected => "disconnected",
+                };
+                let from = name(was.unwrap_or(Connectivity::Connected));
+                let mut detail = format!("connectivity: {} (was {from})", name(verdict));
+                if !down.is_empty() {
+                    detail.push_str(&format!("; down: {}", down.join(", ")));
+                }
+                events.push((changed_at.unwrap_or(now), "verdict", name(verdict).to_string(), detail));
+            }
+        }
+        Ok(events)
     }
 
     fn interfaces(
@@ -376,15 +446,17 @@ fn deltas(prev: &[u64], now: &[u64]) -> Vec<u64> {
     now.iter().zip(prev.iter().chain(std::iter::repeat(&0))).map(|(&n, &p)| if n >= p { n - p } else { n }).collect()
 }
 
-fn event_row(e: Event) -> (&'static str, String, String) {
-    match &e {
-        Event::TargetDown { target, why } => ("target_down", target.clone(), why.clone()),
-        Event::TargetUp { target, .. } => ("target_up", target.clone(), e.to_string()),
-        Event::Verdict { to, .. } => {
-            let to = serde_json::to_value(to).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            ("verdict", to, e.to_string())
-        }
-    }
+/// An event to write: its time, kind, subject and detail.
+type Timed = (i64, &'static str, String, String);
+
+/// A target's run of down reports.
+#[derive(Debug, Default)]
+struct Outage {
+    run: u32,
+    /// When and why the run began.
+    began: Option<(i64, String)>,
+    /// In an outage (the run reached [`DOWN_AFTER`]).
+    down: bool,
 }
 
 #[cfg(test)]
