@@ -282,7 +282,8 @@ fn the_example_config_runs_the_documented_default_lab() {
     let mut up = Proc::up_command(cmd);
     let out = up.output();
     assert!(out.contains(&documented_default_banner("127.0.9.1", &data)), "{out}");
-    assert!(up.signal_and_wait("TERM", Duration::from_secs(5)).success());
+    let status = up.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}: {}", up.output());
     // And `--help` lists every command of the design.
     let (code, out) = run(&["--help"], QUICK);
     assert_eq!(code, 0);

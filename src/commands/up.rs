@@ -172,8 +172,12 @@ pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
     let mut config = config;
     fit_descriptors(&mut config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
+    let stop = {
+        let _runtime = rt.enter();
+        shutdown_signal()
+    };
     say(&bound.banner)?;
-    rt.block_on(serve(bound))?;
+    rt.block_on(serve(bound, stop))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -418,7 +422,7 @@ fn watch(
     Ok(Watch { monitor: Monitor::new(plan), metrics, health })
 }
 
-async fn serve(bound: Bound) -> Result<()> {
+async fn serve(bound: Bound, signalled: impl std::future::Future<Output = ()>) -> Result<()> {
     let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let mut recorder = None;
@@ -484,7 +488,7 @@ async fn serve(bound: Bound) -> Result<()> {
     }
     let mut failure = None;
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         Some(done) = tasks.join_next() => {
             failure = Some(done.map_err(anyhow::Error::from).and_then(|r| r).err()
                 .unwrap_or_else(|| anyhow::anyhow!("a server stopped unexpectedly")));
