@@ -393,3 +393,39 @@ fn bad_history_queries_get_one_clear_line() {
     let axis = text.lines().find(|l| l.contains('└')).unwrap();
     assert!(axis.chars().count() <= 100 && axis.chars().count() > 60, "{axis}");
 }
+
+#[test]
+fn a_database_of_another_program_is_left_alone() {
+    let dir = scratch("foreign");
+    let file = dir.join("other.db");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table notes(x)'); c.commit()",
+        ])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = std::fs::read(&file).unwrap();
+    let (code, out) = run(
+        &[
+            "monitor",
+            "tcp://127.0.18.11:9",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("is a database of another program"), "{out}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "not a byte changed");
+}

@@ -109,8 +109,21 @@ fn terminal_width() -> usize {
         .unwrap_or(80)
 }
 
+/// A percentage to two decimals that never rounds to 100 % or 0 % when it is not (99.999 %
+/// uptime is not 100 %).
 fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{}%", crate::stats::format_g((v * 100.0).round() / 100.0)))
+    let show = |v: f64| {
+        let r = (v * 100.0).round() / 100.0;
+        let r = if r >= 100.0 && v < 100.0 {
+            99.99
+        } else if r <= 0.0 && v > 0.0 {
+            0.01
+        } else {
+            r
+        };
+        format!("{}%", crate::stats::format_g(r))
+    };
+    v.map_or_else(|| "-".into(), show)
 }
 
 fn ms(v: Option<f64>) -> String {

@@ -61,6 +61,8 @@ pub enum HistoryError {
     Io { path: String, source: std::io::Error },
     #[error("{path} is not a netpulse history file ({source}); move it away or give another file with --history")]
     NotHistory { path: String, source: rusqlite::Error },
+    #[error("{path} is a database of another program; give netpulse its own file with --history")]
+    Foreign { path: String },
     #[error("{path} was written by a newer netpulse (schema {found}, this one knows {known})")]
     Newer { path: String, found: i64, known: i64 },
     #[error(

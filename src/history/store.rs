@@ -84,7 +84,7 @@ fn prepare(conn: &Connection, path: &Path) -> Result<i64, HistoryError> {
         .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
         .map_err(not_ours)?;
     if app != APPLICATION_ID && (app != 0 || tables > 0) {
-        return Err(not_ours(rusqlite::Error::InvalidQuery));
+        return Err(HistoryError::Foreign { path: shown(path) });
     }
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(not_ours)?;
     if version > SCHEMA {
