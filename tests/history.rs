@@ -344,7 +344,17 @@ fn up_records_backends_leaving_and_rejoining_the_rotation() {
     assert_eq!(names.len(), 2, "both backends are recorded targets: {names:?}");
     let down =
         doc["targets"].as_array().unwrap().iter().find(|t| t["target"].as_str().unwrap().contains(":8002")).unwrap();
-    assert_eq!(down["outages"].as_array().unwrap().len(), 1, "{down}");
+    assert_eq!(down["outages"].as_array().unwrap().len(), 1, "{}", down["outages"]);
+    // Each backend's counters are recorded too, and the time it was out of rotation.
+    let counters = doc["counters"].as_array().unwrap();
+    let backend = |port: u16| {
+        let name = format!("web/{ip}:{port}");
+        counters.iter().find(|c| c["name"] == name.as_str()).unwrap_or_else(|| panic!("no {name}: {counters:?}"))
+    };
+    assert_eq!(backend(8001)["kind"], "http_backend");
+    assert!(backend(8001)["counts"]["requests"].is_u64(), "{}", backend(8001));
+    assert!(backend(8002)["down_s"].as_f64().unwrap() > 0.0, "{}", backend(8002));
+    assert_eq!(backend(8001)["down_s"].as_f64(), Some(0.0), "{}", backend(8001));
 }
 
 #[test]

@@ -506,6 +506,26 @@ mod store_tests {
     }
 
     #[test]
+    fn intervals_the_writer_missed_keep_their_probe_counts() {
+        let dir = std::env::temp_dir().join(format!("netpulse-unit-lag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let t0 = now_ms() + 1000;
+        w.interval(&report(t0, 1, Some(900), (1, 1)));
+        // Reports 2 and 3 (one lost probe, one answered) never reached the writer.
+        w.interval(&report(t0 + 3000, 4, Some(1100), (4, 3)));
+        w.stop();
+        let r = Reader::open(&path).unwrap();
+        let target = r.targets().unwrap().remove(0);
+        let a = r.aggregate(target.id, t0 - 10_000, t0 + 10_000).unwrap();
+        assert_eq!((a.sent, a.received), (4, 3), "counts from the cumulative totals");
+        assert_eq!(a.loss_pct(), Some(25.0));
+        assert_eq!(a.rtt_count(), 2, "only the RTTs the writer saw");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn rollups_are_exact_percentiles_merge_and_old_rows_are_pruned() {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-history-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
