@@ -439,3 +439,29 @@ fn a_database_of_another_program_is_left_alone() {
     assert!(warnings[0].contains("is a database of another program"), "{out}");
     assert_eq!(std::fs::read(&file).unwrap(), before, "not a byte changed");
 }
+
+#[test]
+fn a_writer_held_up_by_a_lock_never_holds_up_the_monitor() {
+    let dir = scratch("locked");
+    let file = dir.join("h.db");
+    let mut mon = monitor(&file, &["tcp://127.0.18.12:9"]);
+    let seen = wait_reports(&mon, 0, 3, None);
+    // Another process takes the file's write lock and keeps it.
+    let script = "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); \
+                  c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)";
+    let mut holder =
+        Command::new("python3").args(["-c", script]).arg(&file).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    // The writer waits for the lock (5 s), gives up on that interval with one warning...
+    mon.wait_for("history: cannot write", QUICK);
+    // ...while the monitor went on reporting every interval.
+    wait_reports(&mon, seen, 20, None);
+    assert!(holder.try_wait().unwrap().is_none(), "the lock was held all along");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    mon.wait_for("history: recording into", QUICK);
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    assert_eq!(mon.output().matches("history: cannot write").count(), 1, "{}", mon.output());
+}
