@@ -98,16 +98,6 @@ pub enum Destination {
     File(PathBuf, Retention),
 }
 
-impl Destination {
-    /// The path, for banners and errors.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Off => "off".into(),
-            Self::File(p, _) => p.display().to_string(),
-        }
-    }
-}
-
 /// `path` shown to a person.
 pub(crate) fn shown(path: &Path) -> String {
     path.display().to_string()
