@@ -39,6 +39,58 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// One-shot connectivity verdict: exit 0 connected, 1 degraded, 2 disconnected
     Status(StatusArgs),
+    /// What happened while you were away: uptime, loss, RTT percentiles, outages, events
+    History(HistoryArgs),
+}
+
+/// Where `up` and `monitor` record their history.
+#[derive(Debug, Args)]
+pub struct HistoryFlags {
+    /// Record history into this SQLite file (default: [history] path, else
+    /// $XDG_DATA_HOME/netpulse/history.db)
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Record no history
+    #[arg(long, conflicts_with = "history")]
+    pub no_history: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Targets as the monitor names them, e.g. udp://127.0.0.1:2526 (default: every target recorded)
+    pub targets: Vec<String>,
+    /// Start of the range: a duration ago (24h, 90m, 7d) or an RFC 3339 time
+    #[arg(long, default_value = "24h", value_name = "TIME")]
+    pub since: crate::history::TimeSpec,
+    /// End of the range: a duration ago or an RFC 3339 time (default: now)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<crate::history::TimeSpec>,
+    /// Step of the series (json, csv, --plot); default: one that fits the range
+    #[arg(long, value_name = "DUR")]
+    pub step: Option<Dur>,
+    /// table (per target: summary and outages), json (with the series) or csv (the series)
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: HistoryFormat,
+    /// List the events too: targets down and up, backends out and in, links, verdicts, starts and stops
+    #[arg(long)]
+    pub events: bool,
+    /// Draw each target's median RTT and its loss in the terminal
+    #[arg(long)]
+    pub plot: bool,
+    /// List outages at least this long (shorter ones, a lost probe or two, are only counted)
+    #[arg(long, default_value = "3s", value_name = "DUR")]
+    pub min_outage: Dur,
+    /// The history file (default: $XDG_DATA_HOME/netpulse/history.db)
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+}
+
+/// How `netpulse history` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +137,8 @@ pub struct MonitorArgs {
     pub window: usize,
     #[command(flatten)]
     pub dashboard: DashboardArgs,
+    #[command(flatten)]
+    pub record: HistoryFlags,
 }
 
 /// The terminal dashboard's flags (`up`, `monitor`).
@@ -133,6 +187,8 @@ pub struct UpArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub dashboard: DashboardArgs,
+    #[command(flatten)]
+    pub record: HistoryFlags,
 }
 
 #[derive(Debug, Subcommand)]

@@ -40,6 +40,90 @@ pub struct Config {
     pub balance: BalanceConfig,
     /// The monitor `up` runs over the balancers' backends (and any extra targets).
     pub monitor: Option<MonitorConfig>,
+    /// Where the monitor's history is recorded, and for how long.
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// `[history]`: the monitor's intervals remembered in an SQLite file (on by default).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The file (default: `$XDG_DATA_HOME/netpulse/history.db`).
+    pub path: Option<std::path::PathBuf>,
+    /// How long every interval is kept as it was, one row per target and minute, and one per
+    /// target and hour (and the events).
+    #[serde(default = "default_keep_raw")]
+    pub keep_raw: Dur,
+    #[serde(default = "default_keep_minutes")]
+    pub keep_minutes: Dur,
+    #[serde(default = "default_keep_hours")]
+    pub keep_hours: Dur,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            keep_raw: default_keep_raw(),
+            keep_minutes: default_keep_minutes(),
+            keep_hours: default_keep_hours(),
+        }
+    }
+}
+
+fn default_keep_raw() -> Dur {
+    Dur(crate::history::Retention::default().raw)
+}
+fn default_keep_minutes() -> Dur {
+    Dur(crate::history::Retention::default().minutes)
+}
+fn default_keep_hours() -> Dur {
+    Dur(crate::history::Retention::default().hours)
+}
+
+impl HistoryConfig {
+    fn check(&self) -> Result<(), String> {
+        let (raw, minutes, hours) = (self.keep_raw.0, self.keep_minutes.0, self.keep_hours.0);
+        if raw < Duration::from_secs(60) {
+            return Err(format!("history: keep_raw {} is too short; keep at least \"1m\"", self.keep_raw));
+        }
+        if minutes < raw.max(Duration::from_secs(3600)) {
+            return Err(format!(
+                "history: keep_minutes {} must be at least keep_raw {} and at least \"1h\"",
+                self.keep_minutes, self.keep_raw
+            ));
+        }
+        if hours < minutes {
+            return Err(format!(
+                "history: keep_hours {} must be at least keep_minutes {}",
+                self.keep_hours, self.keep_minutes
+            ));
+        }
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err("history: path is empty; give a file, or set enabled = false".into());
+        }
+        Ok(())
+    }
+
+    /// Where a run records: off with `--no-history` or `enabled = false`; else `flag` (from
+    /// `--history FILE`), the configured path, or the default one (`None` where there is no home
+    /// directory to put it in).
+    pub fn destination(&self, flag: Option<&std::path::Path>, off: bool) -> Option<crate::history::Destination> {
+        use crate::history::{Destination, Retention};
+        if off || (!self.enabled && flag.is_none()) {
+            return Some(Destination::Off);
+        }
+        let retention = Retention { raw: self.keep_raw.0, minutes: self.keep_minutes.0, hours: self.keep_hours.0 };
+        let path = flag
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| self.path.clone())
+            .or_else(crate::history::default_path)?;
+        Some(Destination::File(path, retention))
+    }
 }
 
 /// `[monitor]`: what `netpulse up` watches and where it publishes metrics.
@@ -417,6 +501,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        self.history.check()?;
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
         let tcp = self.balance.http.iter().map(|b| (b.listen.0, b.name.as_str(), "tcp"));
         let udp = self.balance.udp.iter().map(|b| (b.listen.0, b.name.as_str(), "udp"));
@@ -562,7 +647,7 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parses a duration with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`); a bare number is seconds.
+/// Parses a duration with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`, `d`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -576,8 +661,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         other => {
-            return Err(format!("'{s}' has unknown unit '{other}'; use ns, us, ms, s, m or h"));
+            return Err(format!("'{s}' has unknown unit '{other}'; use ns, us, ms, s, m, h or d"));
         }
     };
     let secs = value * scale;
@@ -853,6 +939,35 @@ mod tests {
         assert!(Config::embedded_default().monitor.unwrap().health, "probes drive the rotation by default");
         let e = Config::parse("[monitor]\ntargets = [\"ftp://x\"]\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("unknown scheme"), "{e}");
+    }
+
+    #[test]
+    fn history_is_on_by_default_and_its_retention_is_checked() {
+        use crate::history::Destination;
+        let h = Config::embedded_default().history;
+        assert!(h.enabled && h.path.is_none());
+        assert_eq!((h.keep_raw.0, h.keep_hours.0), (Duration::from_secs(48 * 3600), Duration::from_secs(365 * 86_400)));
+        for (text, says) in [
+            ("keep_raw = \"10s\"", "keep_raw"),
+            ("keep_minutes = \"1h\"", "keep_minutes"),
+            ("keep_hours = \"7d\"", "keep_hours"),
+            ("path = \"\"", "path is empty"),
+            ("keep = \"1d\"", "unknown field"),
+        ] {
+            let e = Config::parse(&format!("[history]\n{text}\n"), "t.toml").unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let c = Config::parse("[history]\nkeep_raw = \"1h\"\nkeep_minutes = \"2d\"\nkeep_hours = \"30d\"\n", "t.toml")
+            .unwrap();
+        let file = std::path::Path::new("/x/h.db");
+        let Some(Destination::File(path, keep)) = c.history.destination(Some(file), false) else { panic!() };
+        assert_eq!(
+            (path.as_path(), keep.raw, keep.minutes),
+            (file, Duration::from_secs(3600), Duration::from_secs(172_800))
+        );
+        assert_eq!(c.history.destination(Some(file), true), Some(Destination::Off), "--no-history wins");
+        let off = Config::parse("[history]\nenabled = false\n", "t.toml").unwrap();
+        assert_eq!(off.history.destination(None, false), Some(Destination::Off));
     }
 
     #[test]

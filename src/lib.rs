@@ -3,7 +3,7 @@
 //! The binary is a thin shell over [`run`]; every command is a file in `commands/`. Modules are
 //! rooms, each with a `//!` line saying its role; dependencies point one way (a module uses
 //! only those before it): `sys`, `clock`, `balance` -> `iface`, `probe` -> `stats`, `config`
-//! -> `log`, `net` -> `proxy`, `serve`, `monitor` -> sinks (`dashboard`, `metrics`, `health`)
+//! -> `log`, `net` -> `proxy`, `serve`, `monitor` -> sinks (`dashboard`, `metrics`, `health`, `history`)
 //! -> `cli` -> `commands`.
 
 pub mod balance;
@@ -13,6 +13,7 @@ mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod health;
+pub mod history;
 pub mod iface;
 pub mod log;
 pub mod metrics;

@@ -30,9 +30,10 @@ fn example_config_on(ip: &str) -> PathBuf {
 /// What `up` prints for the documented default lab (README: HTTP backends on :8001-8004 behind a
 /// balancer on :8000, UDP ping servers on :2526-2528 behind a balancer on :8888, a monitor of
 /// every backend with metrics on :9100), on `ip`.
-fn documented_default_banner(ip: &str) -> String {
+fn documented_default_banner(ip: &str, data: &std::path::Path) -> String {
     let http = (8001..=8004).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
     let udp = (2526..=2528).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
+    let history = data.join("netpulse/history.db").display().to_string();
     format!(
         "netpulse is up:\n\
          \x20 http backends  {http}\n\
@@ -44,6 +45,7 @@ fn documented_default_banner(ip: &str) -> String {
          \x20 monitor        7 targets every 1s\n\
          \x20 metrics        http://{ip}:9100/metrics\n\
          \x20 dashboard      http://{ip}:9100/ (JSON: /api/v1/)\n\
+         \x20 history        {history} (kept: intervals 2d, minutes 30d, hours 365d)\n\
          try:\n\
          \x20 curl http://{ip}:8000/\n\
          \x20 netpulse udp-ping {ip} 8888\n\
@@ -109,9 +111,12 @@ fn up_with_no_config_starts_the_embedded_default_on_127_0_0_1() {
         eprintln!("note: skipped: a port of the default lab on 127.0.0.1 is taken (is a lab running?)");
         return;
     }
-    let mut up = Proc::up(&["up"]);
+    let data = common::data_home();
+    let mut cmd = common::netpulse();
+    cmd.arg("up").env("XDG_DATA_HOME", &data);
+    let mut up = Proc::up_command(cmd);
     let out = up.output();
-    assert!(out.contains(&documented_default_banner("127.0.0.1")), "{out}");
+    assert!(out.contains(&documented_default_banner("127.0.0.1", &data)), "{out}");
     let r = get(addr("127.0.0.1:8000"), "/");
     assert_eq!((r.status, r.body.as_str()), (200, "Handled by server on port 8001\n"));
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
@@ -272,10 +277,14 @@ fn the_example_config_runs_the_documented_default_lab() {
     // The embedded default is the example file (config.rs includes it; the test with no
     // --config checks the same banner); what it runs is the lab the README documents.
     let path = example_config_on("127.0.9.1");
-    let mut up = Proc::up(&["up", "--config", path.to_str().unwrap(), "--quiet"]);
+    let data = common::data_home();
+    let mut cmd = common::netpulse();
+    cmd.args(["up", "--config", path.to_str().unwrap(), "--quiet"]).env("XDG_DATA_HOME", &data);
+    let mut up = Proc::up_command(cmd);
     let out = up.output();
-    assert!(out.contains(&documented_default_banner("127.0.9.1")), "{out}");
-    assert!(up.signal_and_wait("TERM", Duration::from_secs(5)).success());
+    assert!(out.contains(&documented_default_banner("127.0.9.1", &data)), "{out}");
+    let status = up.signal_and_wait("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status:?}: {}", up.output());
     // And `--help` lists every command of the design.
     let (code, out) = run(&["--help"], QUICK);
     assert_eq!(code, 0);

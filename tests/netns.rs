@@ -68,7 +68,7 @@ impl Host {
     /// A command run inside the namespace.
     fn exec(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, program]).args(args);
+        c.args(["netns", "exec", &self.ns, program]).args(args).env("XDG_DATA_HOME", common::data_home());
         c
     }
 }
@@ -258,7 +258,7 @@ fn byte_counts_are_exact_and_shaped_rates_are_measured() {
 fn a_link_going_down_is_reported_within_an_interval() {
     let _serial = serial();
     let host = Host::new(3, true);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netpulse"))
+    let mut child = common::netpulse()
         .args(["monitor", &host.ip(), "--interval", "300ms", "--count", "12", "--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -3,6 +3,7 @@
 //! `up`'s start-up path, so they bind, report and stop the same way.
 
 mod balance;
+mod history;
 mod monitor;
 mod ping;
 mod serve;
@@ -47,6 +48,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping(args) => ping::run(args),
         Command::Monitor(args) => monitor::run(args),
         Command::Status(args) => status::run(args),
+        Command::History(args) => history::run(&args),
     }
 }
 
@@ -91,23 +93,31 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
 
 /// Ctrl-C or SIGTERM. SIGHUP (which nginx and HAProxy users send to reload) does not stop
 /// anything: reloading is not there yet, so it is logged and the running config kept.
-async fn shutdown_signal() {
+///
+/// The signals are listened for from the call on (call it inside the runtime), not from the
+/// first poll: a command creates it before saying it is up, so that a signal sent right after
+/// stops it cleanly instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let wait = |kind: SignalKind| async move {
-        match signal(kind) {
-            Ok(mut s) => s.recv().await.is_some(),
-            Err(_) => std::future::pending::<bool>().await,
+    let (int, term, hup) =
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok(), signal(SignalKind::hangup()).ok());
+    let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+        match s {
+            Some(mut s) => s.recv().await.is_some(),
+            None => std::future::pending::<bool>().await,
         }
     };
-    let hup = async {
-        let Ok(mut s) = signal(SignalKind::hangup()) else { return std::future::pending::<()>().await };
-        while s.recv().await.is_some() {
-            tracing::warn!("SIGHUP: reloading the config is not supported yet; still running as started");
+    async move {
+        let hup = async {
+            let Some(mut s) = hup else { return std::future::pending::<()>().await };
+            while s.recv().await.is_some() {
+                tracing::warn!("SIGHUP: reloading the config is not supported yet; still running as started");
+            }
+        };
+        tokio::select! {
+            _ = wait(int) => {}
+            _ = wait(term) => {}
+            _ = hup => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = wait(SignalKind::terminate()) => {}
-        _ = hup => {}
     }
 }

@@ -37,6 +37,20 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         let sinks = sinks.clone();
         rt.spawn(async move { web.serve(listener, sinks).await });
     }
+    let mut history = crate::config::HistoryConfig::default();
+    if args.record.no_history {
+        history.enabled = false;
+    }
+    history.path = args.record.history.clone();
+    let recorder = match super::up::open_history(&history).0 {
+        Some(store) => {
+            let no_balancers = std::sync::Arc::from(Vec::new());
+            crate::history::writer::Recorder::start(store, monitor.subscribe(), no_balancers)
+                .map_err(|e| tracing::warn!("history: cannot start its writer: {e}; running without history"))
+                .ok()
+        }
+        None => None,
+    };
     if dashboard_wanted(&args) {
         let options = tui::Options {
             command: "monitor",
@@ -61,6 +75,9 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         });
         sinks.cancel();
         let closed = dashboard.close();
+        if let Some(r) = recorder {
+            r.finish(std::time::Duration::from_secs(5));
+        }
         result?;
         closed.context("the dashboard failed")?;
         return Ok(ExitCode::SUCCESS);
@@ -92,6 +109,9 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         printed.context("the printer crashed")?.map_err(anyhow::Error::from)
     });
     sinks.cancel();
+    if let Some(r) = recorder {
+        r.finish(std::time::Duration::from_secs(5));
+    }
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -47,7 +47,7 @@ fn serve_icmp(a: &ServeIcmpArgs) -> Result<ExitCode> {
         let stop = stop.clone();
         move || icmp::serve(socket, faults, log, stop)
     });
-    rt.block_on(shutdown_signal());
+    rt.block_on(async { shutdown_signal().await });
     stop.cancel();
     worker.join().map_err(|_| anyhow::anyhow!("icmp responder crashed"))??;
     Ok(ExitCode::SUCCESS)

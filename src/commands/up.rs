@@ -39,10 +39,16 @@ use crate::serve::udp::{Faults, UdpServers};
 use crate::stats::traffic::{BalancerStats, Balancers};
 
 pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
     };
+    if args.record.no_history {
+        config.history.enabled = false;
+    } else if let Some(path) = args.record.history {
+        config.history.enabled = true;
+        config.history.path = Some(path);
+    }
     let dashboard = (!args.dashboard.no_tui && std::io::stdout().is_terminal()).then(|| tui::Options {
         command: "up",
         interval: config.monitor.as_ref().map(|m| m.interval.0),
@@ -64,6 +70,8 @@ struct Bound {
     checkers: Vec<(Monitor, HealthFeed)>,
     /// Every balancer's statistics, for the sinks.
     balancers: Balancers,
+    /// The history file the monitor's reports are recorded into.
+    history: Option<crate::history::Store>,
     banner: String,
 }
 
@@ -179,6 +187,10 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
     let mut config = config;
     fit_descriptors(&mut config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
+    let stop = {
+        let _runtime = rt.enter();
+        shutdown_signal()
+    };
     say(&bound.banner)?;
     let dashboard = match dashboard {
         Some(options) => {
@@ -189,7 +201,7 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
         }
         None => None,
     };
-    rt.block_on(serve(bound, dashboard))?;
+    rt.block_on(serve(bound, stop, dashboard))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -298,6 +310,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
     }
     let balancers: Balancers = http.iter().map(HttpBalancer::stats).chain(udp.iter().map(UdpBalancer::stats)).collect();
+    let mut history = None;
     let monitor = match &config.monitor {
         Some(m) => {
             let w = watch(m, &balancers, &http, &udp, checks, sources)?;
@@ -308,6 +321,9 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
                 let _ = writeln!(banner, "  dashboard      http://{}/ (JSON: /api/v1/)", addr.0);
                 tries.push(format!("curl http://{}/metrics", addr.0));
             }
+            let (store, line) = open_history(&config.history);
+            let _ = writeln!(banner, "  history        {line}");
+            history = store;
             Some(w)
         }
         None => None,
@@ -319,7 +335,36 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, history, banner })
+}
+
+/// Opens the history file `[history]` names, and the banner's words on it. A file that cannot
+/// be used is one warning; everything else runs without history.
+pub(super) fn open_history(h: &crate::config::HistoryConfig) -> (Option<crate::history::Store>, String) {
+    use crate::history::{Destination, Store};
+    match h.destination(None, false) {
+        Some(Destination::Off) => (None, "off".into()),
+        None => {
+            tracing::warn!("history: no home directory to keep it in; give --history FILE (running without history)");
+            (None, "off (no home directory; give --history FILE)".into())
+        }
+        Some(Destination::File(path, keep)) => match Store::open(&path, keep) {
+            Ok(store) => {
+                let line = format!(
+                    "{} (kept: intervals {}, minutes {}, hours {})",
+                    path.display(),
+                    crate::history::plot::human_duration(keep.raw.as_secs_f64()),
+                    crate::history::plot::human_duration(keep.minutes.as_secs_f64()),
+                    crate::history::plot::human_duration(keep.hours.as_secs_f64())
+                );
+                (Some(store), line)
+            }
+            Err(e) => {
+                tracing::warn!("history: {e}; running without history");
+                (None, format!("off (cannot use {})", path.display()))
+            }
+        },
+    }
 }
 
 /// The banner's line on a balancer's health checks.
@@ -402,7 +447,11 @@ fn watch(
     Ok(Watch { monitor: Monitor::new(plan), metrics, health })
 }
 
-async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
+async fn serve(
+    bound: Bound,
+    signalled: impl std::future::Future<Output = ()>,
+    dashboard: Option<tui::Dashboard>,
+) -> Result<()> {
     // `q` or Ctrl-C in the dashboard (a key in raw mode, not a signal) stops as SIGINT does.
     let quit = dashboard.as_ref().map(tui::Dashboard::quit_requested);
     let quit = async move {
@@ -413,6 +462,7 @@ async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
     };
     let stop = CancellationToken::new();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut recorder = None;
     for (checker, feed) in bound.checkers {
         tokio::spawn(feed.follow(checker.subscribe()));
         let stop = stop.clone();
@@ -430,6 +480,13 @@ async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
             tokio::spawn(feed.follow(w.monitor.subscribe()));
         }
         tokio::spawn(crate::dashboard::events::follow(w.monitor.subscribe()));
+        if let Some(store) = bound.history {
+            let balancers = bound.balancers.clone();
+            match crate::history::writer::Recorder::start(store, w.monitor.subscribe(), balancers) {
+                Ok(r) => recorder = Some(r),
+                Err(e) => tracing::warn!("history: cannot start its writer: {e}; running without history"),
+            }
+        }
         let stop = stop.clone();
         tasks.spawn(async move { w.monitor.run(stop).await.context("monitor") });
     }
@@ -470,7 +527,7 @@ async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
     }
     let mut failure = None;
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         _ = quit => {}
         Some(done) = tasks.join_next() => {
             failure = Some(done.map_err(anyhow::Error::from).and_then(|r| r).err()
@@ -495,6 +552,9 @@ async fn serve(bound: Bound, dashboard: Option<tui::Dashboard>) -> Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    if let Some(r) = recorder {
+        let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;
     }
     // Each HTTP balancer's totals, as the UDP ones print theirs.
     for b in bound.balancers.iter() {

@@ -1,6 +1,7 @@
 //! Statistics over probe samples: loss, min/avg/max/mdev (printed the way ping prints them),
 //! RFC 3550 jitter and percentiles over a sliding window.
 
+pub mod loghist;
 pub mod traffic;
 
 use std::time::Duration;

@@ -24,9 +24,21 @@ pub fn wait_until<T>(what: impl fmt::Display, limit: Duration, mut f: impl FnMut
     }
 }
 
-/// The binary under test.
+/// The binary under test, with a data directory of its own (`XDG_DATA_HOME`), so that the
+/// history it records never touches the user's and no two runs share a file.
 pub fn netpulse() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_netpulse"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpulse"));
+    cmd.env("XDG_DATA_HOME", data_home());
+    cmd
+}
+
+/// A fresh directory for one run's data, under one directory per test process.
+pub fn data_home() -> std::path::PathBuf {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("netpulse-test-data-{}", std::process::id())).join(n.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A running `netpulse` whose output is collected; killed when dropped.
@@ -61,6 +73,9 @@ impl Proc {
     /// Starts `cmd` (which ends by running netpulse, e.g. under `ip netns exec`) with its output
     /// collected.
     pub fn spawn_command(mut cmd: Command) -> Proc {
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_DATA_HOME") {
+            cmd.env("XDG_DATA_HOME", data_home());
+        }
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start netpulse");
         let out = Arc::new(Mutex::new(String::new()));

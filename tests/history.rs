@@ -1,0 +1,467 @@
+//! History: what `up` and `monitor` record and `netpulse history` reads back, and the faults
+//! that must not stop monitoring (a killed process, a corrupt file, an unwritable path, a
+//! second writer, a full disk). Addresses 127.0.18.x.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Proc, get, run, wait_until};
+use serde_json::Value;
+
+const QUICK: Duration = Duration::from_secs(10);
+
+/// A fresh directory of this test's own.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netpulse-history-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `netpulse history --history FILE ARGS`: exit code and output.
+fn history(file: &Path, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["history", "--history", file.to_str().unwrap()];
+    all.extend(args);
+    run(&all, QUICK)
+}
+
+/// `netpulse history ... --format json` for one target, parsed.
+fn history_json(file: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--format", "json", "--since", "1h"];
+    all.extend(args);
+    let (code, out) = history(file, &all);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The JSON reports a `monitor --format json` printed so far.
+fn reports(p: &Proc) -> Vec<Value> {
+    p.output().lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn monitor(file: &Path, targets: &[&str]) -> Proc {
+    let mut args = vec!["monitor", "--interval", "100ms", "--format", "json", "--history", file.to_str().unwrap()];
+    args.extend(targets);
+    Proc::spawn(&args)
+}
+
+/// Waits until the monitor has printed `n` reports more than `after`, the last `n` of them
+/// with the first target `up` (if given).
+fn wait_reports(p: &Proc, after: usize, n: usize, up: Option<bool>) -> usize {
+    wait_until(format_args!("{n} more reports (up: {up:?}); output:\n{}", p.printed()), QUICK, || {
+        let r = reports(p);
+        let fits =
+            r.len() >= after + n && up.is_none_or(|up| r[r.len() - n..].iter().all(|x| x["targets"][0]["up"] == up));
+        fits.then_some(r.len())
+    })
+}
+
+fn udp_server(ip: &str) -> Proc {
+    Proc::up(&["serve", "udp", "--bind", ip, "--ports", "2526", "-q"])
+}
+
+#[test]
+fn history_counts_every_probe_the_monitor_did_and_the_outage_between() {
+    let dir = scratch("outage");
+    let file = dir.join("h.db");
+    let server = udp_server("127.0.18.1");
+    let mut mon = monitor(&file, &["udp://127.0.18.1:2526"]);
+    let seen = wait_reports(&mon, 0, 5, Some(true));
+    drop(server);
+    let seen = wait_reports(&mon, seen, 3, Some(false));
+    let _server = udp_server("127.0.18.1");
+    wait_reports(&mon, seen, 5, Some(true));
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    let last = reports(&mon).pop().unwrap();
+    let (sent, received) = (&last["targets"][0]["sent_total"], &last["targets"][0]["received_total"]);
+
+    // (The outage is short: --min-outage 0s lists it.)
+    let doc = history_json(&file, &["udp://127.0.18.1:2526", "--step", "1s", "--min-outage", "0s"]);
+    let t = &doc["targets"][0];
+    assert_eq!((&t["sent"], &t["received"]), (sent, received), "every probe the monitor counted");
+    let outages = t["outages"].as_array().unwrap();
+    assert_eq!(outages.len(), 1, "{outages:?}");
+    let o = &outages[0];
+    assert_eq!(
+        (o["loss_pct"].as_f64(), o["ended_by"].as_str(), o["ongoing"].as_bool()),
+        (Some(100.0), Some("up"), Some(false)),
+        "{o}"
+    );
+    assert!(o["sent"].as_u64().unwrap() >= 1 && o["duration_s"].as_f64().unwrap() > 0.0, "{o}");
+    assert!(t["uptime_pct"].as_f64().unwrap() < 100.0 && t["loss_pct"].as_f64().unwrap() > 0.0, "{}", t["uptime_pct"]);
+    let series = t["series"].as_array().unwrap();
+    let in_series: u64 = series.iter().map(|p| p["sent"].as_u64().unwrap()).sum();
+    assert_eq!(Some(in_series), sent.as_u64(), "the per-step series adds up to the total");
+
+    // What a person reads: the outage with its loss, and the events.
+    let (code, out) = history(&file, &["--since", "1h", "--events", "--min-outage", "0s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("udp://127.0.18.1:2526") && out.contains("  outage ") && out.contains("loss 100% of"),
+        "{out}"
+    );
+    for kind in ["start", "target_down", "target_up", "stop"] {
+        assert!(out.contains(&format!("  {kind} ")), "no {kind} event: {out}");
+    }
+    let (code, out) = history(&file, &["--since", "1h", "--format", "csv", "--step", "1m"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("target,time,sent,received,loss_pct,rtt_min_ms,"), "{out}");
+    assert!(out.lines().skip(1).all(|l| l.starts_with("udp://127.0.18.1:2526,")), "{out}");
+    assert_eq!(out.lines().count(), 61, "a header and 60 one-minute steps: {out}");
+}
+
+#[test]
+fn a_killed_monitor_loses_at_most_its_last_interval_and_the_file_opens_cleanly() {
+    let dir = scratch("kill9");
+    let file = dir.join("h.db");
+    let _server = udp_server("127.0.18.2");
+    let mut mon = monitor(&file, &["udp://127.0.18.2:2526"]);
+    wait_reports(&mon, 0, 15, None);
+    mon.kill(); // SIGKILL
+    let printed = reports(&mon);
+    let before_last = printed[printed.len() - 2]["targets"][0]["sent_total"].as_u64().unwrap();
+    let doc = history_json(&file, &[]);
+    let sent = doc["targets"][0]["sent"].as_u64().unwrap();
+    assert!(
+        sent >= before_last,
+        "history has {sent} probes; the monitor had printed {before_last} an interval before it died"
+    );
+
+    // The next run packs what the killed one left and notes where it ended.
+    let (code, out) = run(
+        &[
+            "monitor",
+            "udp://127.0.18.2:2526",
+            "--interval",
+            "100ms",
+            "--count",
+            "3",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("history:"), "no warning: {out}");
+    let (code, out) = history(&file, &["--since", "1h", "--events"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("recording ended without a stop (killed or crashed)"), "{out}");
+    let doc = history_json(&file, &[]);
+    assert!(doc["targets"][0]["sent"].as_u64().unwrap() >= sent + 3, "{doc}");
+}
+
+#[test]
+fn a_corrupt_file_is_one_warning_and_left_alone_while_monitoring_goes_on() {
+    let dir = scratch("corrupt");
+    let file = dir.join("h.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let (code, out) = run(
+        &[
+            "monitor",
+            "tcp://127.0.18.3:9",
+            "--interval",
+            "100ms",
+            "--count",
+            "3",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 3, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("is not a netpulse history file") && warnings[0].contains("--history"), "{out}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file is not overwritten");
+    let (code, out) = history(&file, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+    assert!(out.contains("is not a netpulse history file"), "{out}");
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -t tmpfs (the tests run as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unwritable_path_is_one_warning_and_up_serves_without_history() {
+    let dir = scratch("unwritable");
+    // A read-only file system...
+    let ro = dir.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let _ro = Tmpfs::mount(&ro, "ro,size=1m");
+    // ...and a "directory" that is a file.
+    std::fs::write(dir.join("file"), "x").unwrap();
+    for (n, path, why) in
+        [(4, ro.join("h.db"), "Read-only file system"), (5, dir.join("file/h.db"), "cannot create the directory")]
+    {
+        let ip = format!("127.0.18.{n}");
+        let config = dir.join(format!("{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[serve.http]\nbind = \"{ip}\"\nports = \"8001\"\n[[balance.http]]\nlisten = \"{ip}:8000\"\n\
+                 backends = [\"{ip}:8001\"]\naccess_log = false\n[monitor]\ninterval = \"100ms\"\n\
+                 [history]\npath = \"{}\"\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+        let mut up = Proc::up(&["up", "--config", config.to_str().unwrap(), "-q"]);
+        let out = up.output();
+        assert!(out.contains(&format!("  history        off (cannot use {})", path.display())), "{out}");
+        let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+        assert_eq!(warnings.len(), 1, "{out}");
+        assert!(warnings[0].contains(why) && warnings[0].contains("running without history"), "{out}");
+        assert_eq!(get(common::addr(&format!("{ip}:8000")), "/").status, 200, "balancing goes on");
+        assert!(up.signal_and_wait("TERM", QUICK).success());
+    }
+}
+
+#[test]
+fn a_second_writer_is_told_and_readers_share_the_file() {
+    let dir = scratch("two");
+    let file = dir.join("h.db");
+    let mut first = monitor(&file, &["tcp://127.0.18.6:9"]);
+    wait_reports(&first, 0, 3, None);
+    let (code, out) = run(
+        &[
+            "monitor",
+            "tcp://127.0.18.6:9",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 2, "the second monitor still monitors: {out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("is being recorded by another netpulse"), "{out}");
+    // Reading while the first one writes.
+    let doc = history_json(&file, &[]);
+    assert!(doc["targets"][0]["sent"].as_u64().unwrap() >= 2, "{doc}");
+    assert!(first.signal_and_wait("TERM", QUICK).success());
+}
+
+#[test]
+fn a_full_disk_is_one_warning_and_recording_resumes_when_there_is_room() {
+    let dir = scratch("full");
+    let _fs = Tmpfs::mount(&dir, "size=4m");
+    let file = dir.join("h.db");
+    let mut mon = monitor(&file, &["tcp://127.0.18.8:9", "tcp://127.0.18.8:10"]);
+    let seen = wait_reports(&mon, 0, 3, None);
+    // Fill the file system.
+    let filler = dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    mon.wait_for("history: cannot write", QUICK);
+    let seen = wait_reports(&mon, seen, 5, None);
+    std::fs::remove_file(&filler).unwrap();
+    mon.wait_for("history: recording into", QUICK);
+    wait_reports(&mon, seen, 3, None);
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    let out = mon.output();
+    assert_eq!(out.matches("history: cannot write").count(), 1, "one warning: {out}");
+    let doc = history_json(&file, &[]);
+    assert!(doc["targets"][0]["sent"].as_u64().unwrap() >= 6, "recorded before and after: {doc}");
+}
+
+#[test]
+fn up_records_backends_leaving_and_rejoining_the_rotation() {
+    let dir = scratch("up");
+    let file = dir.join("h.db");
+    let ip = "127.0.18.7";
+    let _one = Proc::up(&["serve", "http", "--bind", ip, "--ports", "8001", "-q"]);
+    let two = Proc::up(&["serve", "http", "--bind", ip, "--ports", "8002", "-q"]);
+    let config = dir.join("up.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[balance.http]]\nname = \"web\"\nlisten = \"{ip}:8000\"\nbackends = [\"{ip}:8001\", \"{ip}:8002\"]\n\
+             access_log = false\n[monitor]\ninterval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut up = Proc::up(&["up", "--config", config.to_str().unwrap(), "--history", file.to_str().unwrap()]);
+    assert!(
+        up.output().contains(&format!("  history        {} (kept: intervals 2d", file.display())),
+        "{}",
+        up.output()
+    );
+    let events = |kind: &str| {
+        let (code, out) = history(&file, &["--since", "1h", "--events", "--format", "csv"]);
+        assert_eq!(code, 0, "{out}");
+        out.lines().filter(|l| l.contains(&format!(",{kind},"))).map(String::from).collect::<Vec<_>>()
+    };
+    drop(two);
+    let out = wait_until("a backend_out event", QUICK, || events("backend_out").pop());
+    assert!(out.contains(&format!("web/{ip}:8002")), "{out}");
+    let _two = Proc::up(&["serve", "http", "--bind", ip, "--ports", "8002", "-q"]);
+    let back = wait_until("a backend_in event", QUICK, || events("backend_in").pop());
+    assert!(back.contains(&format!("web/{ip}:8002")), "{back}");
+    assert!(up.signal_and_wait("TERM", QUICK).success());
+    let doc = history_json(&file, &["--min-outage", "0s"]);
+    let names: Vec<&str> = doc["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "both backends are recorded targets: {names:?}");
+    let down =
+        doc["targets"].as_array().unwrap().iter().find(|t| t["target"].as_str().unwrap().contains(":8002")).unwrap();
+    assert_eq!(down["outages"].as_array().unwrap().len(), 1, "{}", down["outages"]);
+    // Each backend's counters are recorded too, and the time it was out of rotation.
+    let counters = doc["counters"].as_array().unwrap();
+    let backend = |port: u16| {
+        let name = format!("web/{ip}:{port}");
+        counters.iter().find(|c| c["name"] == name.as_str()).unwrap_or_else(|| panic!("no {name}: {counters:?}"))
+    };
+    assert_eq!(backend(8001)["kind"], "http_backend");
+    assert!(backend(8001)["counts"]["requests"].is_u64(), "{}", backend(8001));
+    assert!(backend(8002)["down_s"].as_f64().unwrap() > 0.0, "{}", backend(8002));
+    assert_eq!(backend(8001)["down_s"].as_f64(), Some(0.0), "{}", backend(8001));
+}
+
+#[test]
+fn bad_history_queries_get_one_clear_line() {
+    let dir = scratch("usage");
+    let file = dir.join("h.db");
+    let (code, out) = history(&file, &[]);
+    assert_eq!((code, out.lines().count()), (1, 1), "{out}");
+    assert!(out.contains("no history at") && out.contains("h.db"), "{out}");
+    let (code, out) = run(
+        &[
+            "monitor",
+            "tcp://127.0.18.9:9",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    for (args, says) in [
+        (vec!["--since", "yesterday"], "is not a time"),
+        (vec!["--since", "1h", "--until", "2h"], "is not before --until"),
+        (vec!["tcp://127.0.18.9:10"], "recorded targets: tcp://127.0.18.9:9"),
+        (vec!["--step", "1s", "--since", "2000d"], "points over this range"),
+    ] {
+        let (code, out) = history(&file, &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        // One line (clap adds its usual pointer to --help).
+        let lines: Vec<&str> =
+            out.lines().filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {out}");
+        assert!(lines[0].contains(says), "{args:?}: {out}");
+    }
+    // A plot is as wide as asked (COLUMNS when not on a terminal).
+    let mut cmd = common::netpulse();
+    cmd.env("COLUMNS", "100").args(["history", "--history", file.to_str().unwrap(), "--since", "10m", "--plot"]);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let axis = text.lines().find(|l| l.contains('└')).unwrap();
+    assert!(axis.chars().count() <= 100 && axis.chars().count() > 60, "{axis}");
+}
+
+#[test]
+fn a_database_of_another_program_is_left_alone() {
+    let dir = scratch("foreign");
+    let file = dir.join("other.db");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table notes(x)'); c.commit()",
+        ])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = std::fs::read(&file).unwrap();
+    let (code, out) = run(
+        &[
+            "monitor",
+            "tcp://127.0.18.11:9",
+            "--interval",
+            "100ms",
+            "--count",
+            "2",
+            "--format",
+            "json",
+            "--history",
+            file.to_str().unwrap(),
+        ],
+        QUICK,
+    );
+    assert_eq!(code, 0, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("is a database of another program"), "{out}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "not a byte changed");
+}
+
+#[test]
+fn a_writer_held_up_by_a_lock_never_holds_up_the_monitor() {
+    let dir = scratch("locked");
+    let file = dir.join("h.db");
+    let mut mon = monitor(&file, &["tcp://127.0.18.12:9"]);
+    let seen = wait_reports(&mon, 0, 3, None);
+    // Another process takes the file's write lock and keeps it.
+    let script = "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); \
+                  c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)";
+    let mut holder =
+        Command::new("python3").args(["-c", script]).arg(&file).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    // The writer waits for the lock (5 s), gives up on that interval with one warning...
+    mon.wait_for("history: cannot write", QUICK);
+    // ...while the monitor went on reporting every interval.
+    wait_reports(&mon, seen, 20, None);
+    assert!(holder.try_wait().unwrap().is_none(), "the lock was held all along");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    mon.wait_for("history: recording into", QUICK);
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    assert_eq!(mon.output().matches("history: cannot write").count(), 1, "{}", mon.output());
+}
