@@ -65,7 +65,8 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// Takes the terminal and starts drawing `reports` (if there is a monitor) and
-    /// `balancers`; `banner` (what listens where) goes into the log pane first.
+    /// `balancers`; `banner` (what listens where) heads the log pane, and stays on top of it
+    /// until traffic comes.
     pub fn start(
         options: Options,
         reports: Option<broadcast::Receiver<Arc<Report>>>,
@@ -74,9 +75,6 @@ impl Dashboard {
     ) -> io::Result<Self> {
         install_panic_hook();
         pane().start();
-        for line in banner.lines() {
-            pane().note(LineKind::Info, line);
-        }
         let terminal = match enter() {
             Ok(t) => t,
             Err(e) => {
@@ -85,7 +83,7 @@ impl Dashboard {
                 return Err(e);
             }
         };
-        match Self::spawn_all(options, reports, balancers, terminal) {
+        match Self::spawn_all(options, reports, balancers, terminal, banner) {
             Ok(d) => Ok(d),
             Err(e) => {
                 leave();
@@ -100,6 +98,7 @@ impl Dashboard {
         reports: Option<broadcast::Receiver<Arc<Report>>>,
         balancers: Balancers,
         terminal: Terminal<CrosstermBackend<Stdout>>,
+        banner: &str,
     ) -> io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let has_reports = reports.is_some();
@@ -122,7 +121,8 @@ impl Dashboard {
             })?;
         }
         let quit = CancellationToken::new();
-        let state = State::new(&options);
+        let mut state = State::new(&options);
+        state.set_banner(banner);
         let q = quit.clone();
         let thread = thread::Builder::new().name("netpulse-tui".into()).spawn(move || {
             let _restore = Restore { input_stop, quit: q };
