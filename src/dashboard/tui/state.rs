@@ -207,7 +207,13 @@ impl BalancerView {
         {
             self.snapshots.pop_front();
         }
-        let then = self.snapshots.front().filter(|(t, _)| *t < at);
+        // Of the first two, the one nearer RECENT before this (reports that come late or early
+        // make the span a little longer or shorter, as the web page's ten reports are).
+        let near = |t: &Instant| at.duration_since(*t).abs_diff(RECENT);
+        let then = match (self.snapshots.front(), self.snapshots.get(1)) {
+            (Some(a), Some(b)) if near(&b.0) < near(&a.0) && b.0 < at => Some(b),
+            (first, _) => first.filter(|(t, _)| *t < at),
+        };
         let secs = then.map(|(t, _)| at.duration_since(*t).as_secs_f64());
         self.span_secs = secs;
         let earlier = then.map(|(_, e)| &**e).filter(|e| e.name == s.name);
@@ -727,6 +733,12 @@ mod tests {
         assert_eq!(last.share_pct, Some(50.0 * 100.0 / 350.0));
         assert_eq!(b.backends[3].total, 150);
         assert!(s.live.balancers[0].snapshots.len() <= 11, "ten seconds of snapshots kept");
+        // A late snapshot: of the two around ten seconds back, the nearer.
+        let mut s = State::new(&options());
+        for ms in [0, 900, 10_800] {
+            s.take_balancers(&[http("web", &[ms / 100; 4], 2.0)], t0 + Duration::from_millis(ms), now);
+        }
+        assert_eq!(s.live.balancers[0].span_secs, Some(9.9));
     }
 
     #[test]
