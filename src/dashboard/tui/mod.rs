@@ -1,7 +1,7 @@
 //! The terminal dashboard (ratatui + crossterm), a sink: it follows the monitor's reports and
 //! reads the balancers' snapshots, and draws them on the terminal it takes over (the alternate
-//! screen, raw mode) until `q`, Ctrl-C or the command stops — and on exit or on a panic gives
-//! the terminal back as it found it.
+//! screen, raw mode) until `q`, Ctrl-C or the command stops — and on exit or on a panic of its
+//! own threads gives the terminal back as it found it (a panic elsewhere goes to its log pane).
 //!
 //! One thread owns the terminal and the [`State`]; it sleeps on a channel and draws when
 //! something arrives (a report, a key, a resize, the balancers' tick when no monitor ticks) —

@@ -2,7 +2,8 @@
 //! rectangle of the frame and does nothing else (no I/O, no clock), so every frame can be
 //! checked with ratatui's `TestBackend`.
 //!
-//! Layout: a header (command, verdict, targets up, time, pause), the panels, a key line. On a
+//! Layout: a header (command, verdict, pause, targets up, time, the web dashboard's address;
+//! shortened part by part to fit), the panels, a key line. On a
 //! wide terminal the targets and the selected target's RTT chart take the left half, balancers,
 //! interfaces and the log the right; on a narrow one they stack, and the focused panel gets the
 //! room the others can spare (so 80×24 stays readable).
