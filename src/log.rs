@@ -190,8 +190,9 @@ impl Pane {
         true
     }
 
-    /// A diagnostic line: kept while capturing, else written to stderr.
-    fn diagnostic(&self, kind: LineKind, text: &str) {
+    /// A diagnostic line: kept while capturing (and printed again on stop), else written to
+    /// stderr.
+    pub fn diagnostic(&self, kind: LineKind, text: &str) {
         let mut inner = self.lock();
         if !self.capturing() {
             drop(inner);

@@ -39,6 +39,12 @@ impl Tmux {
         assert!(self.cmd(&args).status().unwrap().success());
     }
 
+    /// Makes the window `w`×`h`.
+    fn resize(&self, w: u16, h: u16) {
+        let (w, h) = (w.to_string(), h.to_string());
+        assert!(self.cmd(&["resize-window", "-t", "main", "-x", &w, "-y", &h]).status().unwrap().success());
+    }
+
     /// Types a shell command line and Enter.
     fn run(&self, line: &str) {
         self.send(&["-l", line]);
@@ -162,6 +168,7 @@ backends = ["127.0.16.1:12526", "127.0.16.1:12527", "127.0.16.1:12528"]
 [monitor]
 interval = "200ms"
 targets = ["tcp://127.0.16.9:9"]
+metrics = "127.0.16.1:19100"
 "#;
 
 #[test]
@@ -179,8 +186,15 @@ fn up_draws_the_dashboard_follows_keys_and_gives_the_terminal_back_on_q() {
     for port in 18001..=18005 {
         assert!(screen.contains(&format!("http://127.0.16.1:{port}/")), "target {port}:\n{screen}");
     }
-    assert!(screen.lines().next().unwrap().starts_with(" netpulse up"), "{screen}");
+    let header = screen.lines().next().unwrap();
+    assert!(header.starts_with(" netpulse up"), "{screen}");
+    assert!(header.trim_end().ends_with("http://127.0.16.1:19100/"), "the web dashboard's address on top:\n{screen}");
     assert!(screen.contains("q quit"), "{screen}");
+    // Until traffic comes, the log pane shows how to try it (the end of the banner).
+    assert!(
+        screen.contains("try:") && screen.contains("  curl http://127.0.16.1:18000/"),
+        "the banner in the log pane:\n{screen}"
+    );
     assert!(screen.contains("RTT of http://127.0.16.1:18001/"), "the chart shows the first target:\n{screen}");
     // The dead backend's probes are lost: the sparkline marks them.
     let dead = screen.lines().find(|l| l.contains("http://127.0.16.1:18005/")).unwrap();
@@ -224,6 +238,18 @@ fn up_draws_the_dashboard_follows_keys_and_gives_the_terminal_back_on_q() {
     assert!(lines[0].starts_with(" netpulse up"), "the header stays on top:\n{screen}");
     assert!(lines.iter().any(|l| l.starts_with(" ↑↓ select")), "the key line stays:\n{screen}");
 
+    // At 80×24: names without their scheme keep a letter for the kind; the address and the
+    // pause are whole.
+    tmux.resize(80, 24);
+    tmux.send(&["Tab", "p"]);
+    let screen = tmux.wait("the dashboard at 80×24, paused", |s| {
+        s.contains("h 127.0.16.1:18001 ") && s.contains("t 127.0.16.9:9 ") && s.contains("PAUSED")
+    });
+    let header = screen.lines().next().unwrap();
+    assert!(header.trim_end().ends_with("http://127.0.16.1:19100/"), "{screen}");
+    assert!(header.contains("PAUSED (") == header.contains(')'), "{header}");
+    assert!(!screen.contains('…'), "nothing cut:\n{screen}");
+
     // q quits: the terminal is back as it was, with what stopping said, and exit status 0.
     tmux.send(&["q"]);
     let screen = tmux.wait("the shell after netpulse exits", |s| s.contains("exit=0") && s.contains("tty-restored"));
@@ -241,12 +267,14 @@ fn monitor_honours_no_color_and_iface_and_ctrl_c_stops_it() {
     let listener = std::net::TcpListener::bind("127.0.16.2:18080").unwrap();
     let dir = scratch("monitor");
     let tmux = Tmux::start("monitor");
-    let args = "monitor --interval 200ms --iface lo tcp://127.0.16.2:18080 tcp://127.0.16.3:9";
+    let args = "monitor --interval 200ms --iface lo --web 127.0.16.2:19101 tcp://127.0.16.2:18080 tcp://127.0.16.3:9";
     tmux.run(&command_line(&dir, "NO_COLOR=1", args));
     let screen = tmux.wait("the dashboard of two targets, one down", |s| {
         s.contains("DEGRADED") && s.contains("Interfaces 1/1 up") && s.contains("×")
     });
     assert!(screen.contains("netpulse monitor"), "{screen}");
+    let header = screen.lines().next().unwrap();
+    assert!(header.trim_end().ends_with("web dashboard http://127.0.16.2:19101/"), "--web's address: {header}");
     // --iface lo: one interface of the machine's several.
     assert!(screen.lines().any(|l| l.starts_with("  lo ") || l.starts_with("› lo ")), "lo listed:\n{screen}");
     let colours = colours(&tmux.screen_with(true));

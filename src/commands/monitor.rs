@@ -27,8 +27,10 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let stop = CancellationToken::new();
     let sinks = CancellationToken::new();
     // `--web` and `--metrics` serve the same: the page, the JSON API and /metrics.
+    let mut web_at = None;
     if let Some(addr) = args.web.or(args.metrics) {
         let listener = Web::bind(addr.0)?;
+        web_at = listener.local_addr().ok();
         tracing::info!("dashboard on http://{0}/ and metrics on http://{0}/metrics", addr.0);
         let exporter = Exporter::new(std::sync::Arc::from(Vec::new()));
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
@@ -58,6 +60,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
             ifaces: args.dashboard.ifaces.clone(),
             color: tui::Options::color_from_env(),
             log_pane: false,
+            web: web_at,
         };
         let dashboard = tui::Dashboard::start(options, Some(monitor.subscribe()), Arc::from(Vec::new()), "")
             .context("cannot start the dashboard (--no-tui prints lines instead)")?;

@@ -55,6 +55,7 @@ pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
         ifaces: args.dashboard.ifaces.clone(),
         color: tui::Options::color_from_env(),
         log_pane: true,
+        web: None,
     });
     start_with(config, log(args.quiet), dashboard)
 }
@@ -193,9 +194,13 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
     };
     say(&bound.banner)?;
     let dashboard = match dashboard {
-        Some(options) => {
+        Some(mut options) => {
             let reports = bound.monitor.as_ref().map(|w| w.monitor.subscribe());
-            let d = tui::Dashboard::start(options, reports, bound.balancers.clone(), &bound.banner)
+            options.web =
+                bound.monitor.as_ref().and_then(|w| w.metrics.as_ref()).and_then(|(_, l)| l.local_addr().ok());
+            // The dashboard's key line says how to stop.
+            let banner = bound.banner.strip_suffix("Ctrl-C stops it.\n").unwrap_or(&bound.banner);
+            let d = tui::Dashboard::start(options, reports, bound.balancers.clone(), banner)
                 .context("cannot start the dashboard (--no-tui prints lines instead)")?;
             Some(d)
         }

@@ -1,7 +1,7 @@
 //! The terminal dashboard (ratatui + crossterm), a sink: it follows the monitor's reports and
 //! reads the balancers' snapshots, and draws them on the terminal it takes over (the alternate
-//! screen, raw mode) until `q`, Ctrl-C or the command stops — and on exit or on a panic gives
-//! the terminal back as it found it.
+//! screen, raw mode) until `q`, Ctrl-C or the command stops — and on exit or on a panic of its
+//! own threads gives the terminal back as it found it (a panic elsewhere goes to its log pane).
 //!
 //! One thread owns the terminal and the [`State`]; it sleeps on a channel and draws when
 //! something arrives (a report, a key, a resize, the balancers' tick when no monitor ticks) —
@@ -49,6 +49,8 @@ const TICK: Duration = Duration::from_secs(1);
 const INPUT_POLL: Duration = Duration::from_millis(250);
 /// Messages that may wait for the drawing thread.
 const QUEUE: usize = 1024;
+/// What the names of the dashboard's threads start with.
+const THREADS: &str = "netpulse-tui";
 
 /// Whether this process has the terminal in raw mode on the alternate screen.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -63,7 +65,8 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// Takes the terminal and starts drawing `reports` (if there is a monitor) and
-    /// `balancers`; `banner` (what listens where) goes into the log pane first.
+    /// `balancers`; `banner` (what listens where) heads the log pane, and stays on top of it
+    /// until traffic comes.
     pub fn start(
         options: Options,
         reports: Option<broadcast::Receiver<Arc<Report>>>,
@@ -72,9 +75,6 @@ impl Dashboard {
     ) -> io::Result<Self> {
         install_panic_hook();
         pane().start();
-        for line in banner.lines() {
-            pane().note(LineKind::Info, line);
-        }
         let terminal = match enter() {
             Ok(t) => t,
             Err(e) => {
@@ -83,7 +83,7 @@ impl Dashboard {
                 return Err(e);
             }
         };
-        match Self::spawn_all(options, reports, balancers, terminal) {
+        match Self::spawn_all(options, reports, balancers, terminal, banner) {
             Ok(d) => Ok(d),
             Err(e) => {
                 leave();
@@ -98,6 +98,7 @@ impl Dashboard {
         reports: Option<broadcast::Receiver<Arc<Report>>>,
         balancers: Balancers,
         terminal: Terminal<CrosstermBackend<Stdout>>,
+        banner: &str,
     ) -> io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let has_reports = reports.is_some();
@@ -120,7 +121,8 @@ impl Dashboard {
             })?;
         }
         let quit = CancellationToken::new();
-        let state = State::new(&options);
+        let mut state = State::new(&options);
+        state.set_banner(banner);
         let q = quit.clone();
         let thread = thread::Builder::new().name("netpulse-tui".into()).spawn(move || {
             let _restore = Restore { input_stop, quit: q };
@@ -187,7 +189,9 @@ fn replay() {
     let r = pane().stop();
     let mut err = io::stderr().lock();
     if r.dropped > 0 {
-        let _ = writeln!(err, "netpulse: {} earlier diagnostic lines were shown in the dashboard only", r.dropped);
+        let lines =
+            crate::stats::traffic::plural(r.dropped, "earlier diagnostic line was", "earlier diagnostic lines were");
+        let _ = writeln!(err, "netpulse: {lines} shown in the dashboard only");
     }
     for line in r.diagnostics {
         let _ = writeln!(err, "{line}");
@@ -211,13 +215,25 @@ impl Drop for Restore {
     }
 }
 
-/// A panic anywhere gives the terminal back before the message is printed (else it would be
-/// lost on the alternate screen, and the shell left in raw mode).
+/// A panic on one of the dashboard's threads (named `netpulse-tui…`) gives the terminal back
+/// before the message is printed (else it would be lost on the alternate screen, and the shell
+/// left in raw mode), and so ends the dashboard and the command. A panic on any other thread
+/// ends that thread only — a task, a balancer's worker — as it does without the dashboard: the
+/// process serves on, the dashboard keeps the terminal and shows the message in its log pane
+/// (printed again when it exits).
 fn install_panic_hook() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let thread = thread::current();
+            let name = thread.name().unwrap_or("<unnamed>");
+            if ACTIVE.load(Ordering::SeqCst) && !name.starts_with(THREADS) {
+                for line in format!("thread '{name}' {info}").lines() {
+                    pane().diagnostic(LineKind::Error, line);
+                }
+                return;
+            }
             leave();
             previous(info);
         }));
@@ -313,5 +329,32 @@ fn run(
             }
             next = rx.try_recv().ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_panic_of_the_dashboard_gives_the_terminal_back() {
+        install_panic_hook();
+        pane().start();
+        // As if the dashboard had the terminal (without touching the test's).
+        ACTIVE.store(true, Ordering::SeqCst);
+        let task = thread::Builder::new().name("netpulse-worker".into()).spawn(|| panic!("a bug in a task"));
+        assert!(task.unwrap().join().is_err());
+        assert!(ACTIVE.load(Ordering::SeqCst), "another thread's panic leaves the terminal to the dashboard");
+        let shown = pane().tail(10);
+        assert!(
+            shown.iter().any(|l| l.kind == LineKind::Error && l.text.contains("thread 'netpulse-worker' panicked")),
+            "{shown:?}"
+        );
+        assert!(shown.iter().any(|l| l.text.contains("a bug in a task")), "{shown:?}");
+        let own = thread::Builder::new().name("netpulse-tui-keys".into()).spawn(|| panic!("a bug in the dashboard"));
+        assert!(own.unwrap().join().is_err());
+        assert!(!ACTIVE.load(Ordering::SeqCst), "the dashboard's own panic gives the terminal back");
+        let replay = pane().stop();
+        assert!(replay.diagnostics.iter().any(|l| l.contains("a bug in a task")), "printed again at exit");
     }
 }

@@ -2,7 +2,8 @@
 //! rectangle of the frame and does nothing else (no I/O, no clock), so every frame can be
 //! checked with ratatui's `TestBackend`.
 //!
-//! Layout: a header (command, verdict, targets up, time, pause), the panels, a key line. On a
+//! Layout: a header (command, verdict, pause, targets up, time, the web dashboard's address;
+//! shortened part by part to fit), the panels, a key line. On a
 //! wide terminal the targets and the selected target's RTT chart take the left half, balancers,
 //! interfaces and the log the right; on a narrow one they stack, and the focused panel gets the
 //! room the others can spare (so 80×24 stays readable).
@@ -17,7 +18,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use super::state::{BalancerView, IfaceView, Panel, Point, State, TargetView};
 use crate::log::LineKind;
 use crate::monitor::report::Connectivity;
-use crate::stats::traffic::{BackendState, Proto};
+use crate::stats::traffic::{BackendState, Proto, plural};
 
 /// From this width on, panels go side by side.
 pub const WIDE: u16 = 150;
@@ -123,14 +124,17 @@ enum Section {
 }
 
 impl Section {
-    /// Which comes first when there is not room for all (lower first).
-    fn rank(self) -> u8 {
+    /// Which comes first when there is not room for all (lower first), and gets rows to spare
+    /// first: the log while it holds the banner (what listens where, how to try it) comes just
+    /// after the targets.
+    fn rank(self, s: &State) -> u8 {
         match self {
             Section::Targets => 0,
-            Section::Balancers => 1,
-            Section::Chart => 2,
-            Section::Log => 3,
-            Section::Interfaces => 4,
+            Section::Log if s.banner_pinned() => 1,
+            Section::Balancers => 2,
+            Section::Chart => 3,
+            Section::Log => 4,
+            Section::Interfaces => 5,
         }
     }
 
@@ -152,7 +156,10 @@ impl Section {
             Section::Chart => (5, 14),
             Section::Balancers => (3, n(s.view().balancers.len() + s.backends_len()).saturating_add(3)),
             Section::Interfaces => (3, n(s.view().interfaces.len().max(1)).saturating_add(2)),
-            Section::Log => (2, n(s.view().log.len().clamp(2, 12)).saturating_add(1)),
+            // While the banner is pinned, at least its end (how to try it), at most all of it
+            // and a line more.
+            Section::Log if s.banner_pinned() => (4, n((s.banner.len() + 1).min(s.log_len()).max(3)).saturating_add(1)),
+            Section::Log => (2, n(s.log_len().clamp(2, 12)).saturating_add(1)),
         }
     }
 }
@@ -208,7 +215,7 @@ fn fit(avail: u16, wants: &[(u16, u16)], ranks: &[u8], focus: Option<usize>, spa
 
 fn sections(f: &mut Frame, s: &State, t: Theme, area: Rect, list: &[Section]) {
     let wants: Vec<(u16, u16)> = list.iter().map(|x| x.rows(s)).collect();
-    let ranks: Vec<u8> = list.iter().map(|x| x.rank()).collect();
+    let ranks: Vec<u8> = list.iter().map(|x| x.rank(s)).collect();
     let focus = list.iter().position(|x| x.panel() == Some(s.focus));
     // Rows to spare make the chart taller, or else show more of the log.
     let spare = list.iter().position(|x| *x == Section::Chart).or_else(|| list.iter().position(|x| *x == Section::Log));
@@ -241,7 +248,52 @@ fn panel(f: &mut Frame, t: Theme, area: Rect, title: String, focused: bool) -> R
     inner
 }
 
+/// How much of each of the header's parts is shown (0: all; higher: shorter, then none).
+#[derive(Debug, Clone, Copy, Default)]
+struct HeaderForm {
+    interval: u8,
+    web: u8,
+    time: u8,
+    targets: u8,
+    paused: u8,
+}
+
+/// The header's shortenings, in the order they are made until it fits: the interval goes
+/// first, the web dashboard's address and the pause last.
+const HEADER_CUTS: [fn(&mut HeaderForm); 10] = [
+    |h| h.interval = 1,
+    |h| h.time = 1,
+    |h| h.web = 1,
+    |h| h.time = 2,
+    |h| h.targets = 1,
+    |h| h.paused = 1,
+    |h| h.web = 2,
+    |h| h.targets = 2,
+    |h| h.paused = 2,
+    |h| h.web = 3,
+];
+
 fn header(f: &mut Frame, s: &State, t: Theme, area: Rect) {
+    let width = usize::from(area.width);
+    let mut form = HeaderForm::default();
+    let mut cuts = HEADER_CUTS.iter();
+    let (left, right) = loop {
+        let (left, right) = header_parts(s, t, form);
+        let used = left.width() + right.as_ref().map_or(0, |r| r.width() + 1);
+        match cuts.next() {
+            Some(cut) if used > width => cut(&mut form),
+            _ => break (left, right),
+        }
+    };
+    f.render_widget(Paragraph::new(left), area);
+    if let Some(right) = right {
+        f.render_widget(Paragraph::new(right).alignment(ratatui::layout::Alignment::Right), area);
+    }
+}
+
+/// The header's left part (command, verdict, targets up, time, interval, pause) and right one
+/// (where the web dashboard is), in the given form.
+fn header_parts(s: &State, t: Theme, form: HeaderForm) -> (Line<'static>, Option<Line<'static>>) {
     let mut spans = vec![Span::styled(format!(" netpulse {} ", s.command), t.head()), Span::raw("│ ")];
     match s.view().connectivity {
         Some(c) => {
@@ -255,25 +307,42 @@ fn header(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         None if s.interval.is_some() => spans.push(Span::styled("waiting for the first report…", t.dim())),
         None => spans.push(Span::styled("no monitor", t.dim())),
     }
-    if !s.view().targets.is_empty() {
-        let up = s.view().targets.iter().filter(|x| x.summary.up).count();
-        spans.push(Span::raw(format!(" │ {up}/{} targets up", s.view().targets.len())));
-    }
-    if let Some(time) = &s.view().time {
-        spans.push(Span::raw(format!(" │ {} UTC", hms(time))));
-    }
-    if let Some(i) = s.interval {
-        spans.push(Span::styled(format!(" │ every {}", crate::config::Dur(i)), t.dim()));
-    }
     if s.paused() {
-        let held = match s.behind() {
-            0 => String::new(),
-            n => format!(" ({n} reports behind)"),
+        let n = s.behind();
+        let held = match (n, form.paused) {
+            (0, _) | (_, 2..) => String::new(),
+            (n, 0) => format!(" ({} behind)", plural(n, "report", "reports")),
+            (n, _) => format!(" ({n} behind)"),
         };
         spans.push(Span::raw(" │ "));
         spans.push(Span::styled(format!("PAUSED{held}"), t.warn().add_modifier(Modifier::BOLD | Modifier::REVERSED)));
     }
-    f.render_widget(Paragraph::new(Line::from(spans)), area);
+    if !s.view().targets.is_empty() && form.targets < 2 {
+        let up = s.view().targets.iter().filter(|x| x.summary.up).count();
+        let n = s.view().targets.len();
+        let what = if form.targets == 0 { " targets up" } else { " up" };
+        spans.push(Span::raw(format!(" │ {up}/{n}{what}")));
+    }
+    if let Some(time) = s.view().time.as_ref().filter(|_| form.time < 2) {
+        let zone = if form.time == 0 { " UTC" } else { "" };
+        spans.push(Span::raw(format!(" │ {}{zone}", hms(time))));
+    }
+    if let Some(i) = s.interval.filter(|_| form.interval == 0) {
+        spans.push(Span::styled(format!(" │ every {}", crate::config::Dur(i)), t.dim()));
+    }
+    let right = s.web.filter(|_| form.web < 3).map(|addr| {
+        let label = match form.web {
+            0 => "web dashboard ",
+            1 => "web ",
+            _ => "",
+        };
+        Line::from(vec![
+            Span::styled(label, t.dim()),
+            Span::styled(format!("http://{addr}/"), t.fg(Color::Cyan).add_modifier(Modifier::UNDERLINED)),
+            Span::raw(" "),
+        ])
+    });
+    (Line::from(spans), right)
 }
 
 fn footer(f: &mut Frame, s: &State, t: Theme, area: Rect) {
@@ -396,6 +465,18 @@ fn short_name(name: &str) -> &str {
     rest.strip_suffix('/').filter(|r| !r.contains('/')).unwrap_or(rest)
 }
 
+/// A target's name in the table: whole, or (`short`) a letter for its kind — `h`ttp, `t`cp,
+/// `u`dp, `i`cmp — and the name without its scheme, so `http://H:P/` and `tcp://H:P` still
+/// differ.
+/// (The letter only without a KIND column.)
+fn display_name(x: &TargetView, short: bool, with_kind: bool) -> std::borrow::Cow<'_, str> {
+    match (short, with_kind) {
+        (false, _) => x.name.as_str().into(),
+        (true, true) => short_name(&x.name).into(),
+        (true, false) => format!("{} {}", &x.kind.as_str()[..1], short_name(&x.name)).into(),
+    }
+}
+
 /// The first row shown of a list of `len` rows in `rows` rows so that `selected` is visible.
 fn scroll(selected: usize, len: usize, rows: usize) -> usize {
     if rows == 0 || len <= rows { 0 } else { selected.saturating_sub(rows - 1).min(len - rows) }
@@ -460,25 +541,26 @@ fn targets(f: &mut Frame, s: &State, t: Theme, area: Rect) {
     }
     let w = usize::from(inner.width);
     let with_kind = w >= 100;
-    // Marker, status, six numbers of 7 and their gaps: the fixed part; the name and the
+    // Marker, state, six numbers of 7 and their gaps: the fixed part; the name and the
     // sparkline share the rest.
-    let fixed = 2 + 5 + 6 * 8 + if with_kind { 5 } else { 0 };
-    // Full names when they fit beside a sparkline of 8, else without their scheme.
+    let fixed = 2 + 6 + 6 * 8 + if with_kind { 5 } else { 0 };
+    // Full names when they fit beside a sparkline of 7, else a letter for the kind and the
+    // name without its scheme.
     let width_of = |short: bool| {
-        let name = |x: &TargetView| if short { short_name(&x.name).chars().count() } else { x.name.chars().count() };
+        let name = |x: &TargetView| display_name(x, short, with_kind).chars().count();
         s.view().targets.iter().map(name).max().unwrap_or(0).clamp(8, 30)
     };
     let room = w.saturating_sub(fixed + 1);
-    let short = width_of(false) + 8 > room;
-    let name_w = width_of(short).min(room.saturating_sub(6).max(8));
+    let short = width_of(false) + 7 > room;
+    let name_w = width_of(short).min(room.saturating_sub(4).max(8));
     let spark_w = w.saturating_sub(fixed + name_w + 1);
     let mut head = format!("  {:<name_w$} ", "TARGET");
     if with_kind {
         head.push_str("KIND ");
     }
     head.push_str(&format!(
-        "{:<4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} ",
-        "", "LOSS1m", "LOSSwin", "LAST ms", "AVG ms", "P95 ms", "JIT ms"
+        "{:<5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} ",
+        "STATE", "LOSS1m", "LOSSwin", "LAST ms", "AVG ms", "P95 ms", "JIT ms"
     ));
     let spark_head = if spark_w >= 12 { format!("RTT ({LOST} lost)") } else { "RTT".to_string() };
     head.push_str(&fit_right(&spark_head, spark_w));
@@ -512,10 +594,16 @@ fn target_row(
     t: Theme,
 ) -> Line<'static> {
     let s = &x.summary;
-    let name = if short { short_name(&x.name) } else { &x.name };
     let mut spans = vec![Span::raw(if selected { "› " } else { "  " })];
     let name_style = if selected { t.selected() } else { Style::new() };
-    spans.push(Span::styled(fit_left(name, name_w), name_style));
+    let name = match display_name(x, short, with_kind) {
+        // Cut, the kind's letter stays in front.
+        n if short && !with_kind && n.chars().count() > name_w => {
+            format!("{}{}", &n[..2], fit_left(&n[2..], name_w.saturating_sub(2)))
+        }
+        n => fit_left(&n, name_w),
+    };
+    spans.push(Span::styled(name, name_style));
     spans.push(Span::raw(" "));
     if with_kind {
         spans.push(Span::styled(format!("{:<4} ", x.kind.as_str()), t.dim()));
@@ -527,7 +615,7 @@ fn target_row(
     } else {
         ("down", t.bad())
     };
-    spans.push(Span::styled(format!("{status:<4} "), style));
+    spans.push(Span::styled(format!("{status:<5} "), style));
     let loss_1m = x.loss_pct_last(per_minute);
     spans.push(Span::styled(format!("{:>7} ", percent(loss_1m)), t.loss(loss_1m.unwrap_or(0.0))));
     let loss_win = (s.sent > 0).then_some(s.loss_pct);
@@ -547,14 +635,17 @@ fn chart(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         panel(f, t, area, "RTT".into(), false);
         return;
     };
+    // One probe a column until the probes fill the width, then as many as it takes: the
+    // probes there are, not the history's capacity, fill the chart.
     let inner_w = usize::from(area.width.saturating_sub(8)).max(1);
-    let per_col = x.points.capacity().div_ceil(inner_w).max(1);
+    let per_col = x.points.len().div_ceil(inner_w).max(1);
+    let per = format!(" · {}/column", plural(per_col as u64, "probe", "probes"));
     let mut title = format!("RTT of {} ({})", x.name, x.kind);
-    let legend = format!(" · ━ median ░ min–max {LOST} lost · {per_col} probes/column");
+    let legend = format!(" · ━ median ░ min–max {LOST} lost{per}");
     if title.chars().count() + legend.chars().count() + 4 <= usize::from(area.width) {
         title.push_str(&legend);
     } else {
-        title.push_str(&format!(" · {per_col} probes/column"));
+        title.push_str(&per);
     }
     let inner = panel(f, t, area, title, false);
     if inner.height < 2 || inner.width < 10 {
@@ -656,13 +747,40 @@ fn nice_ceiling(v: f32) -> f32 {
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * mag).find(|&c| c >= v * 0.999).unwrap_or(10.0 * mag)
 }
 
+/// The balancers' error column: `ERR%` of HTTP (failed or 5xx), `NOREPLY%` of UDP (datagrams
+/// sent less replies received).
+fn err_header(s: &State) -> &'static str {
+    let has = |p| s.view().balancers.iter().any(|b| b.proto == p);
+    match (has(Proto::Http), has(Proto::Udp)) {
+        (true, true) => "ERR%/NOREPLY%",
+        (false, true) => "NOREPLY%",
+        _ => "ERR%",
+    }
+}
+
+/// `10 s`: the span the balancers' figures cover.
+fn span_label(s: &State) -> Option<String> {
+    let secs = s
+        .view()
+        .balancers
+        .iter()
+        .filter_map(|b| b.span_secs)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))?;
+    Some(format!("last {:.0} s", secs.max(1.0)))
+}
+
 fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
-    let inner = panel(f, t, area, format!("Balancers ({})", s.view().balancers.len()), s.focus == Panel::Balancers);
+    let mut title = format!("Balancers ({})", s.view().balancers.len());
+    if let Some(span) = span_label(s) {
+        title.push_str(&format!(" · {span}"));
+    }
+    let inner = panel(f, t, area, title, s.focus == Panel::Balancers);
     if inner.height == 0 {
         return;
     }
     let w = usize::from(inner.width);
-    // BACKEND, STATE 12, REQ/S 7, ERR% 6, P50 7, P99 7, gaps; the share bar takes the rest.
+    // BACKEND, STATE 11, REQ/S 6, the error column, P50/P99 10, gaps; the share bar takes the
+    // rest.
     let addr_w = s
         .view()
         .balancers
@@ -672,23 +790,25 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         .max()
         .unwrap_or(9)
         .clamp(9, 47);
-    let fixed = 2 + addr_w + 1 + 12 + 7 + 1 + 6 + 1 + 7 + 1 + 7 + 1;
+    let err = err_header(s);
+    let err_w = err.len();
+    let fixed = 2 + addr_w + 1 + 11 + 6 + 1 + err_w + 1 + 10 + 1;
     let share_w = w.saturating_sub(fixed);
     let head = format!(
-        "  {:<addr_w$} {:<12}{:>7} {:>6} {:>7} {:>7} {}",
+        "  {:<addr_w$} {:<11}{:>6} {:>err_w$} {:>10} {}",
         "BACKEND",
         "STATE",
         "REQ/S",
-        "ERR%",
-        "P50 ms",
-        "P99 ms",
-        fit_right("SHARE (1m)", share_w)
+        err,
+        "P50/P99 ms",
+        fit_right("SHARE", share_w)
     );
-    // Every row: a balancer's line, then its backends (numbered for the selection).
-    let mut lines: Vec<(Option<usize>, Line<'static>)> = Vec::new();
+    // Every row: a balancer's line, then its backends (numbered for the selection); each row
+    // knows its balancer.
+    let mut lines: Vec<(usize, Option<usize>, Line<'static>)> = Vec::new();
     let mut n = 0;
-    for b in &s.view().balancers {
-        lines.push((None, balancer_line(b, t)));
+    for (bi, b) in s.view().balancers.iter().enumerate() {
+        lines.push((bi, None, balancer_line(b, t, w)));
         for be in &b.backends {
             let selected = s.focus == Panel::Balancers && n == s.selected_backend;
             let marker = if n == s.selected_backend { "› " } else { "  " };
@@ -708,60 +828,128 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
                 (_, _, Some(secs)) => format!(" {}", age(secs)),
                 _ => String::new(),
             };
-            spans.push(Span::styled(format!("{:<12}", format!("{word}{how_long}")), style));
-            spans.push(Span::raw(format!("{:>7} ", per_sec(be.rate))));
-            spans.push(Span::styled(format!("{:>6} ", percent(be.err_pct)), t.loss(be.err_pct.unwrap_or(0.0))));
-            spans.push(Span::raw(format!("{:>7} {:>7} ", ms(be.p50_ms), ms(be.p99_ms))));
-            if share_w > 5 {
+            spans.push(Span::styled(format!("{:<11}", format!("{word}{how_long}")), style));
+            let r = be.recent.as_ref();
+            let err_pct = r.and_then(|r| r.error_pct);
+            spans.push(Span::raw(format!("{:>6} ", per_sec(r.map(|r| r.requests_per_s)))));
+            spans.push(Span::styled(format!("{:>err_w$} ", percent(err_pct)), t.loss(err_pct.unwrap_or(0.0))));
+            let quantiles = match (r.and_then(|r| r.p50_ms), r.and_then(|r| r.p99_ms)) {
+                (None, None) => "-".to_string(),
+                (p50, p99) => format!("{}/{}", ms(p50), ms(p99)),
+            };
+            spans.push(Span::raw(format!("{quantiles:>10} ")));
+            let share = r.and_then(|r| r.share_pct);
+            if share_w > 8 {
                 let bar_w = share_w - 5;
-                let share = be.share.unwrap_or(0.0).clamp(0.0, 1.0);
-                let full = (share * bar_w as f64).round() as usize;
+                let full = (share.unwrap_or(0.0).clamp(0.0, 100.0) / 100.0 * bar_w as f64).round() as usize;
                 spans.push(Span::styled("█".repeat(full), t.band()));
                 spans.push(Span::styled("·".repeat(bar_w - full), t.dim()));
-                spans.push(Span::raw(format!("{:>5}", percent(be.share.map(|x| x * 100.0)))));
+                spans.push(Span::raw(format!("{:>5}", percent(share))));
+            } else if share_w >= 4 {
+                spans.push(Span::raw(format!("{:>share_w$}", percent(share))));
             }
-            lines.push((Some(n), Line::from(spans)));
+            lines.push((bi, Some(n), Line::from(spans)));
             n += 1;
         }
     }
     let buf = f.buffer_mut();
     buf.set_line(inner.x, inner.y, &Line::styled(head, t.head()), inner.width);
     // The selected backend's last change, on the bottom row when there is room.
-    let detail = selected_backend(s).filter(|_| inner.height >= 4);
+    let detail = selected_backend(s, w).filter(|_| inner.height >= 4);
     let rows = usize::from(inner.height - 1) - usize::from(detail.is_some());
-    let at = lines.iter().position(|(i, _)| *i == Some(s.selected_backend)).unwrap_or(0);
-    let first = scroll(at, lines.len(), rows);
-    for (k, (_, line)) in lines.iter().skip(first).take(rows).enumerate() {
-        buf.set_line(inner.x, inner.y + 1 + u16::try_from(k).unwrap_or(0), line, inner.width);
+    let at = lines.iter().position(|(_, i, _)| *i == Some(s.selected_backend)).unwrap_or(0);
+    for (k, i) in balancer_rows(&lines.iter().map(|(b, i, _)| (*b, i.is_none())).collect::<Vec<_>>(), at, rows)
+        .into_iter()
+        .enumerate()
+    {
+        buf.set_line(inner.x, inner.y + 1 + u16::try_from(k).unwrap_or(0), &lines[i].2, inner.width);
     }
     if let Some(d) = detail {
         buf.set_line(inner.x, inner.bottom() - 1, &Line::styled(d, t.dim()), inner.width);
     }
 }
 
-fn selected_backend(s: &State) -> Option<String> {
-    let be = s.view().balancers.iter().flat_map(|b| b.backends.iter()).nth(s.selected_backend)?;
-    let why = be.why.as_deref().unwrap_or("no change since the start");
-    Some(format!("  {}: {} sent since the start; last change: {why}", be.addr, be.total))
+/// Which of the balancers' rows (`(balancer, is its own line)`, in order) to show in `rows`
+/// rows so that row `at` is among them, and every backend shown under its balancer's name:
+/// when the window starts inside a balancer's backends, its first row is that balancer's
+/// line; with a single row, the line of the selected backend's balancer.
+fn balancer_rows(lines: &[(usize, bool)], at: usize, rows: usize) -> Vec<usize> {
+    if rows == 0 || lines.is_empty() {
+        return Vec::new();
+    }
+    let owner = |i: usize| lines.iter().position(|&(b, own)| own && b == lines[i].0).unwrap_or(i);
+    if rows == 1 {
+        return vec![owner(at)];
+    }
+    let first = scroll(at, lines.len(), rows);
+    let mut shown: Vec<usize> = (first..lines.len().min(first + rows)).collect();
+    if !lines[first].1 {
+        // A backend on top (never the selected one: scroll keeps that lower with 2 rows or
+        // more): its balancer's name instead.
+        shown[0] = owner(first);
+    }
+    shown
 }
 
-fn balancer_line(b: &BalancerView, t: Theme) -> Line<'static> {
-    let listen = b.listen.map_or_else(String::new, |a| format!(" {a}"));
-    let (unit, open, err) = match b.proto {
-        Proto::Http => ("req/s", "clients", "5xx"),
-        Proto::Udp => ("dgram/s", "flows", "dropped"),
+/// The selected backend's line: its last change, then as much as fits of what it was sent.
+fn selected_backend(s: &State, width: usize) -> Option<String> {
+    let be = s.view().balancers.iter().flat_map(|b| b.backends.iter()).nth(s.selected_backend)?;
+    let why = be.why.as_deref().unwrap_or("no change since the start");
+    let mut line = format!("  {}: {why}", be.addr);
+    let mut more = vec![format!("{} sent in all", be.total)];
+    if let Some(r) = &be.recent {
+        more.push(format!("{} out, {} in", bits(r.sent_bytes_per_s), bits(r.received_bytes_per_s)));
+    }
+    for m in more {
+        if line.chars().count() + 3 + m.chars().count() > width {
+            break;
+        }
+        line.push_str(" · ");
+        line.push_str(&m);
+    }
+    Some(line)
+}
+
+/// A balancer's line, as much of it as fits in `width`: name, figures over the span, and its
+/// protocol, address, strategy and total when there is room.
+fn balancer_line(b: &BalancerView, t: Theme, width: usize) -> Line<'static> {
+    let (unit, err, open) = match b.proto {
+        Proto::Http => ("req/s", "5xx", plural(b.open.max(0) as u64, "client", "clients")),
+        Proto::Udp => ("dgram/s", "no reply", plural(b.open.max(0) as u64, "flow", "flows")),
     };
-    Line::from(vec![
-        Span::styled(format!("{} ", b.name), t.head()),
-        Span::styled(format!("{}{listen} {}", b.proto, b.strategy), t.dim()),
-        Span::raw(format!(
-            " · {} {unit} ({} in all) · {err} {} · {} {open}",
-            per_sec(b.rate),
-            b.total,
-            percent(b.err_pct),
-            b.open,
-        )),
-    ])
+    let listen = b.listen.map_or_else(String::new, |a| format!(" {a}"));
+    // From the most to the least said: (proto, listen, strategy, total).
+    let forms = [
+        (true, true, true, true),
+        (true, true, true, false),
+        (true, true, false, false),
+        (false, true, false, false),
+        (false, false, false, false),
+    ];
+    let mut last = Line::default();
+    for (proto, with_listen, strategy, total) in forms {
+        let mut about = String::new();
+        if proto {
+            about.push_str(&format!(" {}", b.proto));
+        }
+        if with_listen {
+            about.push_str(&listen);
+        }
+        if strategy {
+            about.push_str(&format!(" {}", b.strategy));
+        }
+        let in_all = if total { format!(" ({} in all)", b.total) } else { String::new() };
+        let line = Line::from(vec![
+            Span::styled(b.name.clone(), t.head()),
+            Span::styled(about, t.dim()),
+            Span::raw(format!(" · {} {unit}{in_all} · {err} {} · {open}", per_sec(b.rate), percent(b.err_pct),)),
+        ]);
+        if line.width() <= width {
+            return line;
+        }
+        last = line;
+    }
+    last
 }
 
 fn interfaces(f: &mut Frame, s: &State, t: Theme, area: Rect) {
@@ -821,30 +1009,56 @@ fn iface_row(x: &IfaceView, selected: bool, name_w: usize, spark_w: usize, t: Th
 }
 
 fn log(f: &mut Frame, s: &State, t: Theme, area: Rect) {
-    let title =
-        if s.log_back > 0 { format!("Log · {} lines back (End: follow)", s.log_back) } else { "Log".to_string() };
+    let rows = usize::from(area.height.saturating_sub(1));
+    let shown = log_rows(s, rows);
+    let title = if s.log_back > 0 {
+        format!("Log · {} back (End: follow)", plural(s.log_back as u64, "line", "lines"))
+    } else if s.banner_pinned() && shown.first().is_some_and(|&i| i > 0) && s.focus != Panel::Log {
+        "Log · the end of the start-up banner (Tab: all)".to_string()
+    } else {
+        "Log".to_string()
+    };
     let inner = panel(f, t, area, title, s.focus == Panel::Log);
     if inner.height == 0 {
         return;
     }
-    if s.view().log.is_empty() {
+    if shown.is_empty() {
         f.render_widget(Paragraph::new(Span::styled("no log lines yet", t.dim())), inner);
         return;
     }
-    let rows = usize::from(inner.height);
-    let end = s.view().log.len().saturating_sub(s.log_back);
-    let start = end.saturating_sub(rows);
     let buf = f.buffer_mut();
-    for (k, l) in s.view().log[start..end].iter().enumerate() {
-        let style = match l.kind {
+    for (k, i) in shown.into_iter().enumerate() {
+        let Some((kind, text)) = s.log_line(i) else { continue };
+        let style = match kind {
             LineKind::Error => t.bad(),
             LineKind::Warn => t.warn(),
             LineKind::Debug => t.dim(),
             LineKind::Info | LineKind::Access => Style::new(),
         };
-        let text = short_times(&l.text);
+        let text = short_times(text);
         buf.set_line(inner.x, inner.y + u16::try_from(k).unwrap_or(0), &Line::styled(text, style), inner.width);
     }
+}
+
+/// Which lines of the log pane (banner first, see [`State::log_line`]) show in `rows` rows:
+/// the newest (or those `log_back` lines back); while the banner is pinned, the banner (its
+/// end, with "try:", when it does not fit) and below it the newest other lines.
+fn log_rows(s: &State, rows: usize) -> Vec<usize> {
+    let len = s.log_len();
+    let banner = s.banner.len();
+    if !s.banner_pinned() || s.log_back > 0 || len <= rows {
+        let end = len.saturating_sub(s.log_back);
+        return (end.saturating_sub(rows)..end).collect();
+    }
+    let others = len - banner;
+    if banner < rows {
+        // The whole banner, then the newest of the others.
+        return (0..banner).chain(len - (rows - banner).min(others)..len).collect();
+    }
+    // The end of the banner, and the newest other line when there are rows for both.
+    let newest = usize::from(others > 0 && rows >= 3);
+    let from_banner = rows - newest;
+    (banner - from_banner..banner).chain(len - newest..len).collect()
 }
 
 /// A log line with a leading RFC 3339 time shortened to `HH:MM:SS`.
@@ -872,6 +1086,7 @@ fn help(f: &mut Frame, t: Theme, area: Rect) {
         Line::styled("Targets", t.head()),
         Line::raw("  LOSS1m: probes without an answer over the last minute; LOSSwin: over"),
         Line::raw("  the window (--window probes). RTT in ms; JIT: RFC 3550 jitter in ms."),
+        Line::raw("  Narrow: the kind as a letter, h http, t tcp, u udp, i icmp."),
         Line::from(vec![
             Span::raw("  sparkline: one cell per probe, "),
             Span::styled("▁▃▅█", t.good()),
@@ -882,10 +1097,10 @@ fn help(f: &mut Frame, t: Theme, area: Rect) {
         Line::raw("  chart: per column of probes, ━ median, ░ min to max, × a probe lost"),
         Line::raw("  (a wall of × when all were); the median is red when most were lost."),
         Line::raw(""),
-        Line::styled("Balancers", t.head()),
-        Line::raw("  REQ/S: sent to the backend (UDP: datagrams) over the last interval."),
-        Line::raw("  ERR%: failed or 5xx (UDP: unanswered); P50/P99: time to the response"),
-        Line::raw("  head; SHARE: of the balancer's traffic. All three over the last minute."),
+        Line::styled("Balancers: over the last 10 s, as on the web page", t.head()),
+        Line::raw("  REQ/S: sent to the backend (UDP: datagrams). ERR%: failed or 5xx;"),
+        Line::raw("  NOREPLY%: UDP datagrams sent less replies received. P50/P99: time to"),
+        Line::raw("  the response head (HTTP). SHARE: of the balancer's traffic."),
     ];
     let width = lines.iter().map(Line::width).max().unwrap_or(40) as u16 + 4;
     let height = lines.len() as u16 + 2;

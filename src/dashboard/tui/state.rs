@@ -1,30 +1,35 @@
 //! The dashboard's live model: what the terminal shows, built from the monitor's reports and
-//! the balancers' snapshots — a ring of probes per target, of rates per interface, of traffic
-//! samples per balancer (req/s, error share, latency quantiles and each backend's share of the
-//! traffic come from two snapshots of the counters) — and the viewer's place in it (focus,
-//! selection, pause, help). No terminal here: `render` draws it, `mod.rs` feeds it.
+//! the balancers' snapshots — a ring of probes per target, of rates per interface, the last
+//! [`RECENT`] of snapshots per balancer (req/s, error share, latency quantiles and each
+//! backend's share of the traffic are [`traffic::recent`] between the newest and the one about
+//! [`RECENT`] older, as on the web page) — and the viewer's place in it (focus, selection,
+//! pause, help). No terminal here: `render` draws it, `mod.rs` feeds it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::iface::InterfaceStats;
-use crate::log::PaneLine;
+use crate::log::{LineKind, PaneLine};
 use crate::monitor::report::{Connectivity, Report, TargetReport};
 use crate::probe::ProbeKind;
 use crate::stats::WindowSummary;
-use crate::stats::traffic::{BackendState, BalancerSnapshot, Histogram, Proto};
+use crate::stats::traffic::{self, BackendState, BalancerSnapshot, Proto, Recent};
 
 /// Probes kept per target (ten minutes at the default interval): what the chart spans.
 pub const PROBE_HISTORY: usize = 600;
 /// Rate samples kept per interface.
 pub const RATE_HISTORY: usize = 300;
-/// What a backend's error share, latency quantiles and share of the traffic are taken over.
-pub const TRAFFIC_WINDOW: Duration = Duration::from_secs(60);
-/// Traffic samples kept per balancer at most (the window at a 100 ms interval).
-const TRAFFIC_SAMPLES: usize = 601;
+/// What "loss 1m" is taken over.
+pub const MINUTE: Duration = Duration::from_secs(60);
+/// What the balancers' figures (req/s, error %, share, p50/p99) are taken over: the snapshot
+/// about this much older than the newest, as the web page takes them.
+pub const RECENT: Duration = Duration::from_secs(10);
+/// Balancer snapshots kept at most (the span at a 100 ms interval, and its start).
+const SNAPSHOTS: usize = 101;
 /// Log lines the model copies from the pane (what the log panel can scroll back through).
 pub const LOG_LINES: usize = 500;
 
@@ -127,7 +132,7 @@ pub struct IfaceView {
     pub rates: Ring<f64>,
 }
 
-/// What one backend did over the last interval and the last [`TRAFFIC_WINDOW`].
+/// What one backend did over the last [`RECENT`] (the span of the web page's figures).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendView {
     pub addr: SocketAddr,
@@ -136,16 +141,9 @@ pub struct BackendView {
     pub for_secs: Option<u64>,
     pub why: Option<String>,
     pub ejected_for_ms: Option<u64>,
-    /// Requests (HTTP) or datagrams (UDP) per second sent to it, over the last interval.
-    pub rate: Option<f64>,
-    /// Over the window: failed attempts and 5xx answers (HTTP), datagrams without a reply
-    /// (UDP), as a share of what it was sent.
-    pub err_pct: Option<f64>,
-    /// Time to the response head over the window (HTTP only).
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    /// Its share of the balancer's traffic over the window, 0 to 1.
-    pub share: Option<f64>,
+    /// The span's figures ([`traffic::recent`]: req/s, error %, share, p50/p99, bytes/s);
+    /// `None` until two snapshots are apart.
+    pub recent: Option<Recent>,
     /// Sent to it since the balancer started.
     pub total: u64,
 }
@@ -157,69 +155,28 @@ pub struct BalancerView {
     pub proto: Proto,
     pub listen: Option<SocketAddr>,
     pub strategy: String,
-    /// Client requests (HTTP) or datagrams (UDP) per second, over the last interval.
+    /// Client requests (HTTP) or datagrams (UDP) per second over the span.
     pub rate: Option<f64>,
-    /// Over the window: answers of class 5xx (ours included) to clients (HTTP), dropped
-    /// datagrams (UDP), as a share of requests.
+    /// Over the span: answers of class 5xx (ours included) to clients (HTTP), client datagrams
+    /// without a reply (UDP, drops included), as a share of requests.
     pub err_pct: Option<f64>,
     /// Client connections open (HTTP) or flows open (UDP).
     pub open: i64,
     pub total: u64,
     pub backends: Vec<BackendView>,
-    samples: VecDeque<TrafficSample>,
+    /// The seconds the figures cover (up to [`RECENT`]; less just after the start).
+    pub span_secs: Option<f64>,
+    /// Snapshots of the last [`RECENT`] and the newest one older than that, oldest first.
+    snapshots: VecDeque<(Instant, Arc<BalancerSnapshot>)>,
 }
 
-/// The counters a balancer's rates are computed from, at one moment.
-#[derive(Debug, Clone)]
-struct TrafficSample {
-    at: Instant,
-    requests: u64,
-    failed: u64,
-    backends: Vec<BackendTraffic>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct BackendTraffic {
-    sent: u64,
-    failed: u64,
-    answered: u64,
-    latency: Option<Histogram>,
-}
-
-impl TrafficSample {
-    fn of(s: &BalancerSnapshot, at: Instant) -> Self {
-        let backends = s
-            .backends
-            .iter()
-            .map(|b| match (&b.http, &b.udp) {
-                (Some(h), _) => BackendTraffic {
-                    sent: h.requests,
-                    failed: h.errors_total() + h.responses.c5xx,
-                    answered: 0,
-                    latency: Some(h.latency.clone()),
-                },
-                (None, Some(u)) => {
-                    BackendTraffic { sent: u.datagrams_sent, failed: 0, answered: u.datagrams_received, latency: None }
-                }
-                (None, None) => BackendTraffic::default(),
-            })
-            .collect();
-        let (requests, failed) = match (&s.http, &s.udp) {
-            (Some(h), _) => (h.requests, h.responses.c5xx),
-            (None, Some(u)) => (u.requests, u.dropped()),
-            (None, None) => (0, 0),
-        };
-        Self { at, requests, failed, backends }
+/// The client side of a balancer's totals: (requests, of them failed).
+fn client_counts(s: &BalancerSnapshot) -> (u64, u64) {
+    match (&s.http, &s.udp) {
+        (Some(h), _) => (h.requests, h.responses.c5xx),
+        (None, Some(u)) => (u.requests, u.requests.saturating_sub(u.replies)),
+        (None, None) => (0, 0),
     }
-}
-
-fn per_sec(newer: u64, older: u64, over: Duration) -> Option<f64> {
-    let secs = over.as_secs_f64();
-    (secs > 0.0).then(|| newer.saturating_sub(older) as f64 / secs)
-}
-
-fn pct(part: u64, whole: u64) -> Option<f64> {
-    (whole > 0).then(|| (part.min(whole)) as f64 * 100.0 / whole as f64)
 }
 
 impl BalancerView {
@@ -234,55 +191,48 @@ impl BalancerView {
             open: 0,
             total: 0,
             backends: Vec::new(),
-            samples: VecDeque::new(),
+            span_secs: None,
+            snapshots: VecDeque::new(),
         }
     }
 
     /// Takes a new snapshot taken at `at` (monotonic) and `now` (wall clock, for "since").
     fn update(&mut self, s: &BalancerSnapshot, at: Instant, now: SystemTime) {
         self.listen = s.listen;
-        let sample = TrafficSample::of(s, at);
-        while self.samples.front().is_some_and(|o| at.duration_since(o.at) > TRAFFIC_WINDOW)
-            || self.samples.len() >= TRAFFIC_SAMPLES
+        self.snapshots.push_back((at, Arc::new(s.clone())));
+        // Keep the newest snapshot that is at least RECENT old (the span's start) and those
+        // after it; at most SNAPSHOTS (a fast interval thins nothing: 10 s at 100 ms is 101).
+        while self.snapshots.len() > SNAPSHOTS
+            || self.snapshots.get(1).is_some_and(|(t, _)| at.duration_since(*t) >= RECENT)
         {
-            self.samples.pop_front();
+            self.snapshots.pop_front();
         }
-        let previous = self.samples.back();
-        let oldest = self.samples.front();
-        let started = parse_time(&s.started);
-        self.rate = previous.and_then(|p| per_sec(sample.requests, p.requests, at.duration_since(p.at)));
-        self.err_pct = oldest
-            .and_then(|o| pct(sample.failed.saturating_sub(o.failed), sample.requests.saturating_sub(o.requests)));
+        // Of the first two, the one nearer RECENT before this (reports that come late or early
+        // make the span a little longer or shorter, as the web page's ten reports are).
+        let near = |t: &Instant| at.duration_since(*t).abs_diff(RECENT);
+        let then = match (self.snapshots.front(), self.snapshots.get(1)) {
+            (Some(a), Some(b)) if near(&b.0) < near(&a.0) && b.0 < at => Some(b),
+            (first, _) => first.filter(|(t, _)| *t < at),
+        };
+        let secs = then.map(|(t, _)| at.duration_since(*t).as_secs_f64());
+        self.span_secs = secs;
+        let earlier = then.map(|(_, e)| &**e).filter(|e| e.name == s.name);
+        let recent = secs.map(|secs| traffic::recent(s, earlier, secs));
+        let (requests, failed) = client_counts(s);
+        let before = earlier.map(client_counts);
+        self.rate = before.zip(secs).map(|((r, _), secs)| requests.saturating_sub(r) as f64 / secs);
+        self.err_pct = before.and_then(|(r, f)| pct(failed.saturating_sub(f), requests.saturating_sub(r)));
         (self.open, self.total) = match (&s.http, &s.udp) {
             (Some(h), _) => (h.clients_active, h.requests),
             (None, Some(u)) => (u.flows_open, u.requests),
             (None, None) => (0, 0),
         };
-        let sent_in_window: u64 = match oldest {
-            Some(o) => sample.backends.iter().zip(&o.backends).map(|(n, o)| n.sent.saturating_sub(o.sent)).sum(),
-            None => 0,
-        };
+        let started = parse_time(&s.started);
         self.backends = s
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let now_t = sample.backends.get(i).cloned().unwrap_or_default();
-                let prev = previous.and_then(|p| p.backends.get(i).map(|t| (p.at, t)));
-                let old = oldest.and_then(|o| o.backends.get(i));
-                let sent = old.map(|o| now_t.sent.saturating_sub(o.sent));
-                let err_pct = old.and_then(|o| match s.proto {
-                    Proto::Http => pct(now_t.failed.saturating_sub(o.failed), now_t.sent.saturating_sub(o.sent)),
-                    Proto::Udp => {
-                        let sent = now_t.sent.saturating_sub(o.sent);
-                        let answered = now_t.answered.saturating_sub(o.answered);
-                        pct(sent.saturating_sub(answered), sent)
-                    }
-                });
-                let latency = match (old.and_then(|o| o.latency.as_ref()), now_t.latency.as_ref()) {
-                    (Some(o), Some(n)) => Some(n.since(o)),
-                    _ => None,
-                };
                 let since = parse_time(&b.since).or(started);
                 BackendView {
                     addr: b.addr,
@@ -290,17 +240,16 @@ impl BalancerView {
                     for_secs: since.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs()),
                     why: b.why.clone(),
                     ejected_for_ms: b.ejected_for_ms,
-                    rate: prev.and_then(|(pat, p)| per_sec(now_t.sent, p.sent, at.duration_since(pat))),
-                    err_pct,
-                    p50_ms: latency.as_ref().and_then(|h| h.quantile(0.5)),
-                    p99_ms: latency.as_ref().and_then(|h| h.quantile(0.99)),
-                    share: sent.filter(|_| sent_in_window > 0).map(|n| n as f64 / sent_in_window as f64),
-                    total: now_t.sent,
+                    recent: recent.as_ref().and_then(|r| r.get(i)).cloned(),
+                    total: traffic::counts(b).requests,
                 }
             })
             .collect();
-        self.samples.push_back(sample);
     }
+}
+
+fn pct(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| (part.min(whole)) as f64 * 100.0 / whole as f64)
 }
 
 fn parse_time(rfc3339: &str) -> Option<SystemTime> {
@@ -350,6 +299,8 @@ pub struct Options {
     pub color: bool,
     /// Whether the log pane is shown even while empty (under `up`).
     pub log_pane: bool,
+    /// Where the web dashboard (and `/metrics`) listens, for the header.
+    pub web: Option<SocketAddr>,
 }
 
 impl Options {
@@ -369,6 +320,9 @@ pub struct View {
     pub interfaces: Vec<IfaceView>,
     pub balancers: Vec<BalancerView>,
     pub log: Vec<PaneLine>,
+    /// Whether traffic came (an access-log line, or a balancer counted a request): until then
+    /// the banner stays on top of the log pane.
+    pub traffic_seen: bool,
     /// Reports taken.
     pub reports: u64,
 }
@@ -392,6 +346,10 @@ pub struct State {
     pub log_back: usize,
     pub help: bool,
     pub color: bool,
+    /// Where the web dashboard listens.
+    pub web: Option<SocketAddr>,
+    /// What listens where and how to try it (the lines `up` printed before the dashboard).
+    pub banner: Vec<String>,
     iface_filter: Vec<String>,
 }
 
@@ -410,7 +368,34 @@ impl State {
             log_back: 0,
             help: false,
             color: o.color,
+            web: o.web,
+            banner: Vec::new(),
             iface_filter: o.ifaces.clone(),
+        }
+    }
+
+    /// The banner: shown on top of the log pane until the first access-log line, then the
+    /// log's first lines.
+    pub fn set_banner(&mut self, banner: &str) {
+        self.banner = banner.lines().map(str::to_string).collect();
+        self.clamp();
+    }
+
+    /// Whether the banner is held on top of the log pane (no traffic came yet).
+    pub fn banner_pinned(&self) -> bool {
+        !self.banner.is_empty() && !self.view().traffic_seen
+    }
+
+    /// Lines of the log pane: the banner, then the log.
+    pub fn log_len(&self) -> usize {
+        self.banner.len() + self.view().log.len()
+    }
+
+    /// The log pane's line `i` (the banner's lines first).
+    pub fn log_line(&self, i: usize) -> Option<(LineKind, &str)> {
+        match i.checked_sub(self.banner.len()) {
+            None => self.banner.get(i).map(|l| (LineKind::Info, l.as_str())),
+            Some(j) => self.view().log.get(j).map(|l| (l.kind, l.text.as_str())),
         }
     }
 
@@ -431,7 +416,7 @@ impl State {
     /// Probes per minute at the monitor's interval (what "loss 1m" is taken over).
     pub fn probes_per_minute(&self) -> usize {
         let interval = self.interval.unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(1));
-        (TRAFFIC_WINDOW.as_secs_f64() / interval.as_secs_f64()).ceil().max(1.0) as usize
+        (MINUTE.as_secs_f64() / interval.as_secs_f64()).ceil().max(1.0) as usize
     }
 
     /// Takes one report into the model.
@@ -505,11 +490,13 @@ impl State {
         for (v, s) in self.live.balancers.iter_mut().zip(snapshots) {
             v.update(s, at, now);
         }
+        self.live.traffic_seen |= snapshots.iter().any(|s| client_counts(s).0 > 0);
         self.clamp();
     }
 
     /// The log lines to show (the pane's newest).
     pub fn set_log(&mut self, lines: Vec<PaneLine>) {
+        self.live.traffic_seen |= lines.iter().any(|l| l.kind == LineKind::Access);
         self.live.log = lines;
         self.clamp();
     }
@@ -528,7 +515,7 @@ impl State {
     }
 
     pub fn shows_log(&self) -> bool {
-        self.log_pane || !self.view().log.is_empty()
+        self.log_pane || self.log_len() > 0
     }
 
     pub fn backends_len(&self) -> usize {
@@ -544,7 +531,7 @@ impl State {
         self.selected_target = self.selected_target.min(self.view().targets.len().saturating_sub(1));
         self.selected_iface = self.selected_iface.min(self.view().interfaces.len().saturating_sub(1));
         self.selected_backend = self.selected_backend.min(self.backends_len().saturating_sub(1));
-        self.log_back = self.log_back.min(self.view().log.len().saturating_sub(1));
+        self.log_back = self.log_back.min(self.log_len().saturating_sub(1));
         if !self.panels().contains(&self.focus) {
             self.focus = Panel::Targets;
         }
@@ -558,7 +545,7 @@ impl State {
             Panel::Interfaces => self.selected_iface = step(self.selected_iface, self.view().interfaces.len()),
             Panel::Balancers => self.selected_backend = step(self.selected_backend, self.backends_len()),
             Panel::Log => {
-                self.log_back = self.log_back.saturating_add_signed(-by).min(self.view().log.len().saturating_sub(1))
+                self.log_back = self.log_back.saturating_add_signed(-by).min(self.log_len().saturating_sub(1))
             }
         }
     }
@@ -615,10 +602,17 @@ fn new_target(t: &TargetReport) -> TargetView {
 mod tests {
     use super::*;
     use crate::monitor::report::{ProbePoint, TargetId};
-    use crate::stats::traffic::{BackendSnapshot, Classes, HttpBackendCounts, HttpTotals};
+    use crate::stats::traffic::{BackendSnapshot, Classes, Histogram, HttpBackendCounts, HttpTotals};
 
     fn options() -> Options {
-        Options { command: "up", interval: Some(Duration::from_secs(1)), ifaces: vec![], color: true, log_pane: true }
+        Options {
+            command: "up",
+            interval: Some(Duration::from_secs(1)),
+            ifaces: vec![],
+            color: true,
+            log_pane: true,
+            web: None,
+        }
     }
 
     fn report(points: &[Option<f64>]) -> Report {
@@ -696,28 +690,89 @@ mod tests {
     }
 
     #[test]
-    fn rates_shares_and_quantiles_come_from_successive_snapshots() {
+    fn figures_are_taken_over_the_last_ten_seconds_as_on_the_web_page() {
         let mut s = State::new(&options());
         let t0 = Instant::now();
         let now = SystemTime::now();
         s.take_balancers(&[http("web", &[10, 10, 10, 10], 2.0)], t0, now);
-        assert_eq!(s.live.balancers[0].rate, None, "one snapshot gives no rate");
+        let b = &s.live.balancers[0];
+        assert_eq!((b.rate, b.span_secs), (None, None), "one snapshot gives no rate");
+        assert!(b.backends.iter().all(|be| be.recent.is_none()));
         s.take_balancers(&[http("web", &[20, 20, 20, 20], 2.0)], t0 + Duration::from_secs(2), now);
         let b = &s.live.balancers[0];
         assert_eq!(b.rate, Some(20.0));
         assert_eq!(b.err_pct, Some(0.0));
+        assert_eq!(b.span_secs, Some(2.0), "the span so far");
         for be in &b.backends {
-            assert_eq!(be.rate, Some(5.0));
-            assert_eq!(be.share, Some(0.25), "round robin: a quarter each");
-            let p50 = be.p50_ms.unwrap();
+            let r = be.recent.as_ref().unwrap();
+            assert_eq!(r.requests_per_s, 5.0);
+            assert_eq!(r.share_pct, Some(25.0), "round robin: a quarter each");
+            let p50 = r.p50_ms.unwrap();
             assert!((1.5..=2.0).contains(&p50), "{p50}");
             assert!(be.for_secs.is_some(), "since the balancer started");
         }
-        // A backend that takes no more traffic loses its share; the window keeps the minute.
-        s.take_balancers(&[http("web", &[30, 30, 30, 20], 2.0)], t0 + Duration::from_secs(3), now);
+        // One snapshot a second for 20 s: the last backend stops taking traffic at 15 s.
+        let mut counts = [20u64; 4];
+        for sec in 3..=20u64 {
+            for (i, c) in counts.iter_mut().enumerate() {
+                if i < 3 || sec <= 15 {
+                    *c += 10;
+                }
+            }
+            s.take_balancers(&[http("web", &counts, 2.0)], t0 + Duration::from_secs(sec), now);
+        }
         let b = &s.live.balancers[0];
-        assert_eq!(b.backends[3].rate, Some(0.0));
-        assert_eq!(b.backends[3].share, Some(10.0 / 70.0));
+        assert_eq!(b.span_secs, Some(10.0), "the snapshot ten seconds older than the newest");
+        // Over 10..20 s: 100 requests to each of the first three, 50 to the last.
+        assert_eq!(b.rate, Some(35.0));
+        let web = traffic::recent(&http("web", &counts, 2.0), Some(&http("web", &[100; 4], 2.0)), 10.0);
+        let tui: Vec<Recent> = b.backends.iter().map(|be| be.recent.clone().unwrap()).collect();
+        assert_eq!(tui, web, "the same figures as the web page's");
+        let last = b.backends[3].recent.as_ref().unwrap();
+        assert_eq!(last.requests_per_s, 5.0);
+        assert_eq!(last.share_pct, Some(50.0 * 100.0 / 350.0));
+        assert_eq!(b.backends[3].total, 150);
+        assert!(s.live.balancers[0].snapshots.len() <= 11, "ten seconds of snapshots kept");
+        // A late snapshot: of the two around ten seconds back, the nearer.
+        let mut s = State::new(&options());
+        for ms in [0, 900, 10_800] {
+            s.take_balancers(&[http("web", &[ms / 100; 4], 2.0)], t0 + Duration::from_millis(ms), now);
+        }
+        assert_eq!(s.live.balancers[0].span_secs, Some(9.9));
+    }
+
+    #[test]
+    fn udp_errors_are_datagrams_without_a_reply_in_the_span() {
+        let mut s = State::new(&options());
+        let t0 = Instant::now();
+        let now = SystemTime::now();
+        let udp = |sent: u64, received: u64, requests: u64, replies: u64| BalancerSnapshot {
+            name: "ping".into(),
+            proto: Proto::Udp,
+            listen: None,
+            strategy: "round-robin".into(),
+            started: "2026-01-01T00:00:00.000Z".into(),
+            http: None,
+            udp: Some(crate::stats::traffic::UdpTotals { requests, replies, ..Default::default() }),
+            backends: vec![BackendSnapshot {
+                addr: SocketAddr::from(([127, 0, 16, 1], 2526)),
+                state: BackendState::Up,
+                since: String::new(),
+                why: None,
+                ejected_for_ms: None,
+                http: None,
+                udp: Some(crate::stats::traffic::UdpBackendCounts {
+                    datagrams_sent: sent,
+                    datagrams_received: received,
+                    ..Default::default()
+                }),
+            }],
+        };
+        s.take_balancers(&[udp(100, 100, 100, 100)], t0, now);
+        s.take_balancers(&[udp(200, 180, 200, 180)], t0 + Duration::from_secs(10), now);
+        let b = &s.live.balancers[0];
+        assert_eq!(b.err_pct, Some(20.0), "20 of the 100 client datagrams got no reply");
+        assert_eq!(b.backends[0].recent.as_ref().unwrap().error_pct, Some(20.0));
     }
 
     #[test]

@@ -53,7 +53,7 @@ mod frames {
     use ratatui::buffer::Buffer;
     use ratatui::style::Color;
 
-    use super::super::draw;
+    use super::super::{balancer_rows, draw};
     use crate::dashboard::tui::state::{Options, State};
     use crate::iface::InterfaceStats;
     use crate::log::{LineKind, PaneLine};
@@ -217,12 +217,13 @@ mod frames {
             ifaces: vec![],
             color,
             log_pane: true,
+            web: Some(SocketAddr::from(([127, 0, 16, 1], 9100))),
         });
         s.absorb(&lab_report());
         let t0 = Instant::now();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_316_645);
         s.take_balancers(&lab_balancers(100), t0, now);
-        s.take_balancers(&lab_balancers(110), t0 + Duration::from_secs(1), now);
+        s.take_balancers(&lab_balancers(200), t0 + Duration::from_secs(10), now);
         s.set_log(vec![
             PaneLine { kind: LineKind::Info, text: "netpulse is up:".into() },
             PaneLine {
@@ -275,6 +276,194 @@ mod frames {
         assert!(t.contains("RTT of http://127.0.16.1:8001/"), "the chart follows the selection:\n{t}");
         assert!(t.lines().all(|l| l.chars().count() == 80), "no line wraps");
         assert!(!t.contains('…'), "nothing cut:\n{t}");
+        let head = t.lines().next().unwrap();
+        assert!(head.trim_end().ends_with("web http://127.0.16.1:9100/"), "where the web dashboard is:\n{t}");
+        let columns = t.lines().find(|l| l.contains("LOSS1m")).unwrap();
+        assert!(columns.contains("TARGET") && columns.contains("STATE"), "every column has a name: {columns}");
+        // Balancers: a line that ends whole (the total goes first), under their name.
+        assert!(t.contains("web http 127.0.16.1:8000 round-robin · 40 req/s · 5xx 0% · 2 clients"), "{t}");
+    }
+
+    #[test]
+    fn at_80x24_the_kind_tells_targets_on_one_port_apart() {
+        let mut s = lab_state(true);
+        let mut r = lab_report();
+        let probes = [Some(0.3); 10];
+        r.targets.push(target(7, "tcp://127.0.16.1:8001", ProbeKind::Tcp, &probes));
+        r.targets.push(target(8, "127.0.16.1", ProbeKind::Icmp, &probes));
+        s.absorb(&r);
+        let t = text(&frame(&s, 80, 24));
+        for (kind, name) in
+            [("h", "127.0.16.1:8001 "), ("t", "127.0.16.1:8001 "), ("u", "127.0.16.1:2526 "), ("i", "127.0.16.1 ")]
+        {
+            assert!(t.contains(&format!("{kind} {name}")), "{kind} {name}:\n{t}");
+        }
+        // Wide enough, the names are whole and a KIND column says it.
+        let t = text(&frame(&s, 120, 40));
+        assert!(t.contains("http://127.0.16.1:8001/") && t.contains("tcp://127.0.16.1:8001 "), "{t}");
+        assert!(t.contains("KIND"), "{t}");
+    }
+
+    #[test]
+    fn unfocused_balancers_name_the_balancer_of_every_backend_row() {
+        let mut s = lab_state(true);
+        s.focus = crate::dashboard::tui::state::Panel::Interfaces;
+        s.selected_backend = 6; // 127.0.16.1:2528, of "ping"
+        let t = text(&frame(&s, 80, 24));
+        let rows: Vec<&str> = t
+            .lines()
+            .skip_while(|l| !l.contains("BACKEND"))
+            .skip(1)
+            .take_while(|l| !l.starts_with(' ') || l.starts_with("  1") || l.starts_with("› "))
+            .collect();
+        assert!(!rows.is_empty(), "{t}");
+        assert!(rows[0].starts_with("ping udp"), "the first row under the header names the balancer:\n{t}");
+        for rows in [1u16, 2, 3, 4] {
+            // However few rows the panel gets, a backend is never shown without its balancer.
+            let lines: Vec<(usize, bool)> =
+                [(0, true), (0, false), (0, false), (1, true), (1, false), (1, false)].into();
+            for at in [1, 2, 4, 5] {
+                let shown = balancer_rows(&lines, at, usize::from(rows));
+                assert!(lines[shown[0]].1, "rows {rows}, selected {at}: {shown:?}");
+                assert!(shown.len() == 1 || shown.contains(&at), "rows {rows}, selected {at}: {shown:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_header_keeps_the_pause_and_the_address_whole() {
+        let mut s = lab_state(true);
+        s.key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('p'),
+            crossterm::event::KeyModifiers::NONE,
+        ));
+        for _ in 0..3 {
+            s.absorb(&lab_report());
+        }
+        for (w, paused) in
+            [(80, "PAUSED (3 behind)"), (100, "PAUSED (3 reports behind)"), (160, "PAUSED (3 reports behind)")]
+        {
+            let t = text(&frame(&s, w, 30));
+            let head = t.lines().next().unwrap();
+            assert!(head.contains(paused), "{w} columns: {head}");
+            assert!(head.trim_end().ends_with("http://127.0.16.1:9100/"), "{w} columns: {head}");
+        }
+        let mut one = lab_state(true);
+        one.key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('p'),
+            crossterm::event::KeyModifiers::NONE,
+        ));
+        one.absorb(&lab_report());
+        let t = text(&frame(&one, 160, 30));
+        assert!(t.lines().next().unwrap().contains("PAUSED (1 report behind)"), "{t}");
+    }
+
+    #[test]
+    fn the_chart_scales_to_the_probes_there_are() {
+        // 30 s of probes at 1 s.
+        let mut fresh = State::new(&Options {
+            command: "up",
+            interval: Some(Duration::from_secs(1)),
+            ifaces: vec![],
+            color: true,
+            log_pane: true,
+            web: None,
+        });
+        let mut r = lab_report();
+        r.targets.truncate(1);
+        r.targets[0] = target(0, HTTP[0], ProbeKind::Http, &[Some(0.5); 30]);
+        fresh.absorb(&r);
+        let b = frame(&fresh, 120, 40);
+        let t = text(&b);
+        assert!(t.contains("1 probe/column"), "{t}");
+        let axis = t.lines().find(|l| l.trim_end().ends_with("now")).unwrap();
+        assert!(axis.contains("-1m52s"), "the width at one probe a second: {axis}");
+        // The 30 probes take the 30 rightmost columns.
+        let median = row_of(&b, "0.50ms").unwrap();
+        let marks: Vec<u16> = (0..b.area.width).filter(|&x| b[(x, median)].symbol() == "━").collect();
+        assert_eq!(marks.len(), 30, "{t}");
+        assert_eq!(*marks.last().unwrap(), b.area.width - 1, "{t}");
+        // Ten minutes of probes: more to a column.
+        let mut r = lab_report();
+        r.targets.truncate(1);
+        r.targets[0] = target(0, HTTP[0], ProbeKind::Http, &[Some(0.5); 600]);
+        fresh.absorb(&r);
+        let t = text(&frame(&fresh, 120, 40));
+        assert!(t.contains("6 probes/column"), "{t}");
+    }
+
+    #[test]
+    fn the_banner_stays_on_top_of_the_log_until_traffic_comes() {
+        let mut s = State::new(&Options {
+            command: "up",
+            interval: Some(Duration::from_secs(1)),
+            ifaces: vec![],
+            color: true,
+            log_pane: true,
+            web: Some(SocketAddr::from(([127, 0, 16, 1], 9100))),
+        });
+        s.absorb(&lab_report());
+        let t0 = Instant::now();
+        s.take_balancers(&lab_balancers(0), t0, SystemTime::now());
+        s.set_banner(BANNER);
+        // A health line comes: at 80×24 the end of the banner (how to try it) stays, with the
+        // newest line under it.
+        s.set_log(vec![PaneLine { kind: LineKind::Warn, text: "127.0.16.1:2528 is down".into() }]);
+        let t = text(&frame(&s, 80, 24));
+        assert!(t.contains("  curl http://127.0.16.1:8000/"), "{t}");
+        assert!(t.contains("  netpulse udp-ping 127.0.16.1 8888 -c 4"), "{t}");
+        assert!(t.contains("127.0.16.1:2528 is down"), "{t}");
+        assert!(t.contains("Log · the end of the start-up banner (Tab: all)"), "{t}");
+        // Taller, all of it.
+        let t = text(&frame(&s, 100, 40));
+        for line in BANNER.lines() {
+            let start: String = line.chars().take(70).collect();
+            assert!(t.contains(&start), "{line:?} missing:\n{t}");
+        }
+        // Tab to the log: all of it at 80×24 too.
+        s.focus = crate::dashboard::tui::state::Panel::Log;
+        let t = text(&frame(&s, 80, 24));
+        for line in BANNER.lines() {
+            let start: String = line.chars().take(70).collect();
+            assert!(t.contains(&start), "{line:?} missing:\n{t}");
+        }
+        // The first request: the log follows its newest lines again.
+        s.focus = crate::dashboard::tui::state::Panel::Targets;
+        s.take_balancers(&lab_balancers(1), t0 + Duration::from_secs(1), SystemTime::now());
+        let t = text(&frame(&s, 80, 24));
+        assert!(!t.contains("  curl http://127.0.16.1:8000/"), "{t}");
+        assert!(t.contains("127.0.16.1:2528 is down"), "{t}");
+    }
+
+    const BANNER: &str = "netpulse is up:
+  http backends  127.0.16.1:8001, 127.0.16.1:8002, 127.0.16.1:8003, 127.0.16.1:8004
+  udp servers    127.0.16.1:2526, 127.0.16.1:2527, 127.0.16.1:2528 (simulated loss 20%)
+  http balancer  \"web\" on 127.0.16.1:8000 -> 127.0.16.1:8001, 127.0.16.1:8002 (round-robin)
+                 health: the monitor's probes, fall 3, rise 2
+  udp balancer   \"ping\" on 127.0.16.1:8888 -> 127.0.16.1:2526, 127.0.16.1:2527 (round-robin)
+                 health: the monitor's probes, fall 3, rise 2
+  monitor        8 targets every 1s
+  metrics        http://127.0.16.1:9100/metrics
+  dashboard      http://127.0.16.1:9100/ (JSON: /api/v1/)
+try:
+  curl http://127.0.16.1:8000/
+  netpulse udp-ping 127.0.16.1 8888 -c 4
+";
+
+    #[test]
+    fn counts_of_one_are_singular() {
+        let mut s = lab_state(true);
+        let mut b = lab_balancers(200);
+        b[0].http.as_mut().unwrap().clients_active = 1;
+        b[1].udp.as_mut().unwrap().flows_open = 1;
+        s.take_balancers(&b, Instant::now() + Duration::from_secs(11), SystemTime::now());
+        let t = text(&frame(&s, 160, 48));
+        assert!(t.contains("· 1 client") && !t.contains("1 clients"), "{t}");
+        assert!(t.contains("· 1 flow") && !t.contains("1 flows"), "{t}");
+        s.focus = crate::dashboard::tui::state::Panel::Log;
+        s.key(crossterm::event::KeyEvent::new(crossterm::event::KeyCode::Up, crossterm::event::KeyModifiers::NONE));
+        let t = text(&frame(&s, 160, 48));
+        assert!(t.contains("Log · 1 line back"), "{t}");
     }
 
     #[test]
@@ -295,7 +484,11 @@ mod frames {
         assert_eq!(ping, 3, "{t}");
         let silent = t.lines().find(|l| l.contains("127.0.16.1:2528 ")).unwrap();
         assert!(silent.contains("down") && silent.contains("100%"), "no replies: 100% errors: {silent}");
-        assert!(t.contains("40 req/s (440 in all)"), "{t}");
+        assert!(t.contains("· 40 req/s ·"), "{t}");
+        assert!(t.contains("Balancers (2) · last 10 s"), "the span of the figures, as on the web page:\n{t}");
+        assert!(t.contains("ERR%/NOREPLY%"), "{t}");
+        assert!(t.contains("no reply 33%"), "a third of the datagrams got no reply:\n{t}");
+        assert!(t.contains("web dashboard http://127.0.16.1:9100/"), "{t}");
         assert!(t.contains("Mbit/s"), "human rates:\n{t}");
         assert!(t.contains("03:04:05 http web"), "the log pane, times shortened:\n{t}");
         assert!(t.contains("Interfaces 2/3 up"), "{t}");
@@ -357,6 +550,7 @@ mod frames {
         s.help = true;
         let t = text(&frame(&s, 80, 24));
         assert!(t.contains("Help") && t.contains("q  Ctrl-C"), "{t}");
+        assert!(t.contains("SHARE: of the balancer's traffic."), "the help fits 80×24 whole:\n{t}");
         s.help = false;
         s.key(crossterm::event::KeyEvent::new(
             crossterm::event::KeyCode::Char('p'),
@@ -369,7 +563,7 @@ mod frames {
         for port in [8001, 8002, 8003, 8004, 2526, 2527, 2528] {
             assert!(t.contains(&format!("127.0.16.1:{port} ")), "Tab to the balancers shows {port}:\n{t}");
         }
-        assert!(t.contains("127.0.16.1:8001: 110 sent since the start; last change:"), "{t}");
+        assert!(t.contains("127.0.16.1:8001: no change since the start · 200 sent in all"), "{t}");
     }
 
     #[test]
