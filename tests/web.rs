@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::thread::sleep as thread_sleep;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -77,8 +78,14 @@ fn traffic(ip: &str) {
     }
 }
 
+/// `GET path` from the dashboard on `ip`, naming it as a browser would (`Host: IP:PORT`).
+fn web_get(ip: &str, path: &str) -> common::Resp {
+    let at = format!("{ip}:19100");
+    common::Http::connect(addr(&at)).raw(format!("GET {path} HTTP/1.1\r\nHost: {at}\r\n\r\n").as_bytes())
+}
+
 fn api(ip: &str, path: &str) -> Value {
-    let r = get(addr(&format!("{ip}:19100")), path);
+    let r = web_get(ip, path);
     assert_eq!(r.status, 200, "{path}: {r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
@@ -147,17 +154,32 @@ fn the_api_serves_targets_interfaces_and_balancers_with_their_history_and_refuse
     assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     assert!(metrics.body.contains("probe_success{"), "{}", metrics.body);
 
-    let page = get(addr(&format!("{ip}:19100")), "/");
+    let page = web_get(ip, "/");
     assert!(page.body.contains("<title>netpulse</title>"), "{}", page.body);
 
     // Read-only: writes are refused, whatever the path.
     for path in ["/", "/metrics", "/api/v1/targets", "/api/v1/balancers", "/api/v1/events"] {
         let mut c = common::Http::connect(addr(&format!("{ip}:19100")));
-        let r = c.raw(format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes());
+        let r = c.raw(format!("POST {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes());
         assert_eq!(r.status, 405, "POST {path}");
         assert_eq!(r.header("allow"), Some("GET,HEAD"), "POST {path}");
     }
-    assert_eq!(get(addr(&format!("{ip}:19100")), "/api/v2/targets").status, 404);
+    assert_eq!(web_get(ip, "/api/v2/targets").status, 404);
+    // A name that could be anyone's (DNS rebinding) gets one line, not the data.
+    let mut c = common::Http::connect(addr(&format!("{ip}:19100")));
+    let r = c.raw(b"GET /api/v1/targets HTTP/1.1\r\nHost: evil\r\n\r\n");
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_eq!(
+        r.body,
+        format!(
+            "netpulse: Host \"evil\" is not served here, only an IP address or localhost (a name could be another \
+             site's: DNS rebinding); open http://{ip}:19100/ instead\n"
+        )
+    );
+    let by_name = c.raw(b"GET /api/v1/targets?history=%32 HTTP/1.1\r\nHost: localhost:19100\r\n\r\n");
+    assert_eq!(by_name.status, 200, "{by_name:?}");
+    let v: Value = serde_json::from_str(&by_name.body).unwrap();
+    assert_eq!(v["t"].as_array().unwrap().len(), 2, "?history=%32 is ?history=2");
 }
 
 #[test]
@@ -166,7 +188,10 @@ fn the_event_stream_sends_one_framed_report_per_interval() {
     let _up = up(&lab(ip));
     let s = TcpStream::connect(format!("{ip}:19100")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    (&s).write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    (&s).write_all(
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: {ip}\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut r = BufReader::new(s);
     let mut head = String::new();
     while !head.ends_with("\r\n\r\n") {
@@ -205,6 +230,105 @@ fn the_event_stream_sends_one_framed_report_per_interval() {
         assert_eq!(e["balancers"]["balancers"].as_array().unwrap().len(), 2, "{e}");
         assert!(e["interfaces"]["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{e}");
     }
+}
+
+/// `netpulse monitor --web IP:19100` at 200 ms over `n` classic UDP ping servers on `ip` (one
+/// report of 300 targets is about 170 kB of JSON).
+fn monitor_many(ip: &str, n: u16) -> (Proc, Proc) {
+    let ports = format!("20000-{}", 20000 + n - 1);
+    let servers = Proc::up(&["serve", "udp", "--bind", ip, "--ports", &ports, "-q"]);
+    let mut args: Vec<String> = ["monitor", "--web", &format!("{ip}:19100"), "--format", "json", "--interval", "200ms"]
+        .map(String::from)
+        .to_vec();
+    args.extend((20000..20000 + n).map(|p| format!("udp://{ip}:{p}")));
+    let mut cmd = common::netpulse();
+    cmd.args(&args);
+    let monitor = Proc::spawn_command(cmd);
+    common::wait_tcp(addr(&format!("{ip}:19100")));
+    (servers, monitor)
+}
+
+/// The process's resident memory, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    kb / 1024
+}
+
+/// Opens the event stream and returns the socket once the response head is in (or the status
+/// line of a refusal).
+fn open_stream(ip: &str) -> Result<TcpStream, String> {
+    let s = TcpStream::connect(format!("{ip}:19100")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (&s).write_all(format!("GET /api/v1/events HTTP/1.1\r\nHost: {ip}:19100\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match (&s).read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => return Err(format!("{other:?} after {:?}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 200") { Ok(s) } else { Err(head.lines().next().unwrap_or_default().to_string()) }
+}
+
+#[test]
+fn streams_that_never_read_are_cut_so_the_next_page_gets_one_and_memory_stays_bounded() {
+    let ip = "127.0.15.6";
+    let (_servers, monitor) = monitor_many(ip, 300);
+    wait_until("a few reports", START, || (api(ip, "/api/v1/targets")["t"].as_array()?.len() >= 5).then_some(()));
+    let before = rss_mib(monitor.pid());
+    // Every stream place taken by a client that never reads, and more waiting behind them.
+    let stalled: Vec<TcpStream> = (0..140)
+        .map(|_| {
+            let s = TcpStream::connect(format!("{ip}:19100")).unwrap();
+            (&s).write_all(format!("GET /api/v1/events HTTP/1.1\r\nHost: {ip}:19100\r\n\r\n").as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    // While they are held, the API still answers (the page loads from it, and polls).
+    assert_eq!(api(ip, "/api/v1/targets?history=1")["targets"].as_array().unwrap().len(), 300);
+    let started = Instant::now();
+    let mut peak = before;
+    let stream = wait_until("a new stream to be accepted", Duration::from_secs(60), || {
+        peak = peak.max(rss_mib(monitor.pid()));
+        thread_sleep(Duration::from_millis(250));
+        open_stream(ip).ok()
+    });
+    let took = started.elapsed();
+    // It gets reports.
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.starts_with("event: report") {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    // The ones that never read were cut: reset, or closed once what they were sent is read.
+    let mut cut = 0;
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut sink) {
+                Ok(0) | Err(_) => {
+                    cut += 1;
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    assert_eq!(cut, 140);
+    for _ in 0..20 {
+        peak = peak.max(rss_mib(monitor.pid()));
+        thread_sleep(Duration::from_millis(100));
+    }
+    println!(
+        "stalled streams cut after {took:?}; resident memory {before} MiB before, at most {peak} MiB while they were held"
+    );
+    assert!(peak <= before + 24, "memory grew from {before} MiB to {peak} MiB");
 }
 
 // ---- a headless Chromium, driven over the DevTools protocol ---------------------------------------
