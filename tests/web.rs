@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 const START: Duration = Duration::from_secs(20);
 
 /// A lab on `ip`: three HTTP backends (and a fourth address nobody serves) behind a balancer,
-/// two lossy UDP ping servers behind another, a target that refuses, and the dashboard on :19100.
+/// two lossy UDP ping servers behind another, a target that refuses, one with a long name that
+/// differs from another only at its end, and the dashboard on :19100.
 fn lab(ip: &str) -> PathBuf {
     let config = format!(
         r#"
@@ -47,7 +48,7 @@ access_log = false
 
 [monitor]
 interval = "200ms"
-targets = ["tcp://{ip}:9"]
+targets = ["tcp://{ip}:9", "http://{ip}:18001/a/rather/long/path/to/a/status/page/that/differs/only/at/the/end"]
 metrics = "{ip}:19100"
 "#
     );
@@ -223,13 +224,76 @@ fn the_event_stream_sends_one_framed_report_per_interval() {
     assert!(times.windows(2).all(|w| w[1] > w[0]), "one event per report, in order: {times:?}");
     for e in &events {
         assert_eq!(e["targets"]["t"].as_array().unwrap().len(), 1, "an event carries one row");
-        assert_eq!(e["targets"]["targets"].as_array().unwrap().len(), 7, "{e}");
+        assert_eq!(e["targets"]["targets"].as_array().unwrap().len(), 8, "{e}");
         let t = &e["targets"]["targets"][0];
         assert!(t.get("probes").is_some() && t.get("rtt_p95_ms").is_some() && t.get("sent_total").is_some(), "{t}");
         assert_eq!(t["history"]["sent"].as_array().unwrap().len(), 1, "{t}");
         assert_eq!(e["balancers"]["balancers"].as_array().unwrap().len(), 2, "{e}");
         assert!(e["interfaces"]["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"), "{e}");
     }
+}
+
+#[test]
+fn a_udp_backend_that_never_answers_shows_its_no_reply_share_while_a_client_sends() {
+    let ip = "127.0.15.8";
+    // One classic ping server, and a backend address nobody listens on; nothing takes the
+    // silent one out of the rotation, so every other datagram goes there.
+    let config = format!(
+        r#"
+[serve.udp]
+bind = "{ip}"
+ports = "12526"
+
+[[balance.udp]]
+name = "ping"
+listen = "{ip}:18888"
+backends = ["{ip}:12526", "{ip}:12529"]
+access_log = false
+
+[balance.udp.health]
+check = "none"
+
+[monitor]
+interval = "200ms"
+metrics = "{ip}:19100"
+health = false
+"#
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-{ip}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lab.toml"), config).unwrap();
+    let _up = up(&dir.join("lab.toml"));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (done, ip) = (done.clone(), ip.to_string());
+        std::thread::spawn(move || {
+            let s = udp_client(&ip);
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut seq = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                s.send_to(format!("PING {seq} 00:00:00").as_bytes(), format!("{ip}:18888")).unwrap();
+                let _ = s.recv(&mut [0u8; 64]);
+            }
+        })
+    };
+    let ping = wait_until("both backends to have sent datagrams in the recent span", START, || {
+        let v = api(ip, "/api/v1/balancers");
+        let ping = v["balancers"][0].clone();
+        let recent = ping["recent"].as_array()?;
+        let sending = recent.len() == 2 && recent.iter().all(|r| r["requests_per_s"].as_f64() > Some(5.0));
+        (sending && v["recent_s"].as_f64() >= Some(1.0)).then_some(ping)
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    client.join().unwrap();
+    let (answering, silent) = (&ping["recent"][0], &ping["recent"][1]);
+    assert!(silent["error_pct"].as_f64().unwrap() > 90.0, "nothing answers there: {silent}");
+    assert!(answering["error_pct"].as_f64().unwrap() < 10.0, "it answers: {answering}");
+    let history = ping["history"][1]["errors_per_s"].as_array().unwrap();
+    assert!(history.iter().any(|v| v.as_f64() > Some(1.0)), "the chart's dashed line: {history:?}");
+    // The page calls that column "No reply" for a UDP balancer.
+    let page = web_get(ip, "/assets/app.js").body;
+    assert!(page.contains(r#"udp ? "No reply" : "Errors""#), "the UDP column's heading");
 }
 
 /// `netpulse monitor --web IP:19100` at 200 ms over `n` classic UDP ping servers on `ip` (one
@@ -487,6 +551,32 @@ const LOOK: &str = r#"(() => {
            stream: document.getElementById("stream").textContent };
 })()"#;
 
+/// How the page is laid out: tables that scroll sideways, headings out of their table's view,
+/// whether each chart is under its table, the target names' cells, the health cells' tooltips.
+const LAYOUT: &str = r##"(() => {
+  const scrolls = [...document.querySelectorAll(".scroll")];
+  const over = scrolls.filter((e) => e.scrollWidth > e.clientWidth + 1)
+    .map((e) => e.closest("[data-balancer]")?.dataset.balancer || e.querySelector("table").id);
+  const hidden = [...document.querySelectorAll(".scroll th")].filter((th) => {
+    const r = th.getBoundingClientRect(), box = th.closest(".scroll").getBoundingClientRect();
+    return r.width === 0 || r.right > box.right + 1;
+  }).map((th) => th.textContent);
+  const stacked = [...document.querySelectorAll(".split")].filter((s) => s.offsetParent)
+    .map((s) => s.children[1].getBoundingClientRect().top >= s.children[0].getBoundingClientRect().bottom - 1);
+  const names = [...document.querySelectorAll("#targets td.name")]
+    .map((td) => ({ name: td.textContent, width: td.clientWidth, clipped: td.scrollWidth > td.clientWidth + 1 }));
+  const why = [...document.querySelectorAll("td.health")].map((td) => td.title);
+  return { width: innerWidth, over, hidden, stacked, names, why, text: document.body.innerText };
+})()"##;
+
+/// What says whether the page's data is live: the verdict badge, the page's stale mark, and how
+/// the panels are drawn.
+const STALE: &str = r#"(() => {
+  const v = document.getElementById("verdict");
+  return { badge: v.textContent, badgeColor: getComputedStyle(v).color, stale: document.body.classList.contains("stale"),
+           opacity: getComputedStyle(document.querySelector("main")).opacity };
+})()"#;
+
 fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts")
 }
@@ -513,7 +603,7 @@ fn the_dashboard_shows_every_target_and_backend_live_and_reconnects_after_a_rest
         .iter()
         .map(|t| t["target"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names.len(), 7, "four HTTP and two UDP backends, and one more target: {names:?}");
+    assert_eq!(names.len(), 8, "four HTTP and two UDP backends, and two more targets: {names:?}");
     let backends: Vec<String> =
         (18001..=18003).chain([18009]).chain(12526..=12527).map(|p| format!("{ip}:{p}")).collect();
 
@@ -552,11 +642,42 @@ fn the_dashboard_shows_every_target_and_backend_live_and_reconnects_after_a_rest
     });
     b.screenshot(&artifacts().join("web.png"));
 
-    // The server goes away: the page says so, and comes back with it.
+    // Readable at 1400 px: tables and charts side by side, no table scrolls sideways, every
+    // heading in view, a backend's whole reason on hover; at 1024 px the charts go under.
+    for (width, side_by_side) in [(1400, true), (1024, false)] {
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": 1900, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        let layout = wait_until(format!("the layout at {width} px"), START, || {
+            b.eval(LAYOUT).filter(|l| l["width"] == width && l["names"].as_array().is_some_and(|n| !n.is_empty()))
+        });
+        assert_eq!(layout["over"], json!([]), "tables that scroll sideways at {width} px: {layout}");
+        assert_eq!(layout["hidden"], json!([]), "headings out of view at {width} px: {layout}");
+        let splits = layout["stacked"].as_array().unwrap();
+        assert!(splits.len() >= 4 && splits.iter().all(|s| s == &json!(!side_by_side)), "{width} px: {layout}");
+        for n in layout["names"].as_array().unwrap() {
+            assert!(n["width"].as_f64().unwrap() >= 150.0 && n["clipped"] == false, "a name cut at {width} px: {n}");
+        }
+        assert!(layout["text"].as_str().unwrap().contains("Conns (idle)"), "{layout}");
+        let why = layout["why"].as_array().unwrap();
+        assert!(why.iter().any(|w| w.as_str().unwrap().starts_with("out of rotation (")), "{why:?}");
+        b.screenshot(&artifacts().join(format!("web-{width}.png")));
+    }
+    let text = b.look().unwrap()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("No reply") && text.contains("Datagrams/s"), "the UDP balancer's headings:\n{text}");
+
+    // The server goes away: the page says so, and greys out what it shows until it is back.
     lab_proc.signal_and_wait("TERM", START);
     wait_until("the page to say it is reconnecting", START, || {
         (b.look()?["stream"].as_str() == Some("reconnecting…")).then_some(())
     });
+    let stale = b.eval(STALE).unwrap();
+    assert_eq!(stale["badge"], "no data — reconnecting", "{stale}");
+    assert_eq!(stale["stale"], true, "{stale}");
+    assert!(stale["opacity"].as_str().unwrap().parse::<f64>().unwrap() < 0.6, "the panels are dimmed: {stale}");
+    assert!(!stale["badgeColor"].as_str().unwrap().contains("26, 127, 55"), "not green: {stale}");
+    b.screenshot(&artifacts().join("web-stale.png"));
     let before = updates(&b.look().unwrap());
     let _lab_again = up(&config);
     let look = wait_until("new reports after the restart", START, || {
@@ -567,8 +688,58 @@ fn the_dashboard_shows_every_target_and_backend_live_and_reconnects_after_a_rest
     for n in names.iter().chain(&backends) {
         assert!(text.contains(n.as_str()), "{n} is not on the page after the restart:\n{text}");
     }
+    let fresh = b.eval(STALE).unwrap();
+    assert_eq!((fresh["badge"].as_str(), fresh["stale"].as_bool()), (Some("degraded"), Some(false)), "{fresh}");
     assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
     b.screenshot(&artifacts().join("web-after-restart.png"));
+}
+
+#[test]
+fn the_page_shows_the_api_and_polls_it_while_every_stream_place_is_taken_then_goes_live() {
+    let ip = "127.0.15.7";
+    let _lab = up(&lab(ip));
+    traffic(ip);
+    // Every stream place held by a client that reads (so none is cut).
+    let held: Vec<(TcpStream, std::thread::JoinHandle<()>)> = (0..128)
+        .map(|i| {
+            let s = open_stream(ip).unwrap_or_else(|e| panic!("stream {i}: {e}"));
+            s.set_read_timeout(None).unwrap();
+            let mut reader = s.try_clone().unwrap();
+            let t = std::thread::spawn(move || {
+                let mut sink = [0u8; 1 << 14];
+                while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+            });
+            (s, t)
+        })
+        .collect();
+    assert_eq!(open_stream(ip).unwrap_err(), "HTTP/1.1 503 Service Unavailable");
+
+    let mut b = Browser::start(1400, 1900);
+    b.navigate(&format!("http://{ip}:19100/"));
+    let look = wait_until("the page to show the API's data and poll it", START, || {
+        let look = b.look()?;
+        let polls = look["stats"]["polls"].as_u64()?;
+        (look["stream"] == "polling (event stream busy)" && polls >= 3 && all_drawn(&look)).then_some(look)
+    });
+    let text = look["text"].as_str().unwrap();
+    for n in [format!("tcp://{ip}:9"), format!("udp://{ip}:12527"), format!("{ip}:18009")] {
+        assert!(text.contains(&n), "{n} is not on the page:\n{text}");
+    }
+    assert_eq!(look["stats"]["stale"], false, "polled data is fresh");
+    assert!(text.contains("degraded"), "{text}");
+    b.screenshot(&artifacts().join("web-polling.png"));
+
+    // The places come free: the page tries the stream again and follows it.
+    for (s, t) in held {
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+        t.join().unwrap();
+    }
+    let before = updates(&b.look().unwrap());
+    wait_until("the page to follow the stream again", START, || {
+        let look = b.look()?;
+        (look["stream"] == "live" && updates(&look) >= before + 3).then_some(())
+    });
+    assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
 }
 
 /// The scale figure of BENCHMARKS.md: `cargo test --release --test web -- --ignored --nocapture`.
