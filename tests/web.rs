@@ -742,6 +742,121 @@ fn the_page_shows_the_api_and_polls_it_while_every_stream_place_is_taken_then_go
     assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
 }
 
+/// README's picture of the dashboard, `docs/web-dashboard.png`:
+/// `cargo test --release --test web -- --ignored readme_screenshot`. The classic lab on
+/// 127.0.15.10 (the UDP servers losing 20 %, and a TCP target nobody serves), HTTP requests and
+/// UDP pings through the balancers for 20 s, then the page laid out at 1400 px (tables and charts
+/// side by side), a lossy target charted, its targets and balancers scaled to 1280 px.
+#[test]
+#[ignore = "writes docs/web-dashboard.png: run it with --ignored readme_screenshot"]
+fn readme_screenshot() {
+    let ip = "127.0.15.10";
+    let config = format!(
+        r#"
+[serve.http]
+bind = "{ip}"
+ports = "8001-8004"
+
+[serve.udp]
+bind = "{ip}"
+ports = "2526-2528"
+loss = 0.2
+seed = 1
+
+[[balance.http]]
+name = "web"
+listen = "{ip}:8000"
+backends = ["{ip}:8001", "{ip}:8002", "{ip}:8003", "{ip}:8004"]
+access_log = false
+
+[[balance.udp]]
+name = "ping"
+listen = "{ip}:8888"
+backends = ["{ip}:2526", "{ip}:2527", "{ip}:2528"]
+access_log = false
+
+[monitor]
+interval = "500ms"
+targets = ["tcp://{ip}:9"]
+metrics = "{ip}:9100"
+"#
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-{ip}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lab.toml"), config).unwrap();
+    let _up = up(&dir.join("lab.toml"));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // About 100 requests and 25 pings a second.
+    let http = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(get(addr(&format!("{ip}:8000")), "/").status, 200);
+                thread_sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let udp = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let s = udp_client(ip);
+            s.set_nonblocking(true).unwrap();
+            let mut seq = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                s.send_to(format!("PING {seq} 12:00:00").as_bytes(), format!("{ip}:8888")).unwrap();
+                thread_sleep(Duration::from_millis(40));
+                while s.recv(&mut [0u8; 64]).is_ok() {}
+            }
+        })
+    };
+    thread_sleep(Duration::from_secs(20));
+    let (width, picture) = (1400, 1280.0);
+    // Tall enough for every row: sparklines are drawn only when in view.
+    let mut b = Browser::start(width, 3200);
+    b.navigate(&format!("http://{ip}:9100/"));
+    let started = Instant::now();
+    loop {
+        let look = b.look();
+        if let Some(look) = &look {
+            if updates(look) >= 3 && all_drawn(look) {
+                break;
+            }
+        }
+        if started.elapsed() > START {
+            let look = look.unwrap_or_default();
+            let blank: Vec<&Value> = look["canvases"].as_array().into_iter().flatten().filter(|c| c["colored"] == 0).collect();
+            panic!("the page drew no live data: {} updates, stream {}, blank canvases {blank:?}", updates(&look), look["stream"]);
+        }
+        thread_sleep(Duration::from_millis(50));
+    }
+    b.eval(&format!("document.querySelector('tr[data-target=\"udp://{ip}:2527\"]').click()")).unwrap();
+    thread_sleep(Duration::from_secs(2));
+    // Down to the interfaces (this machine's, not the lab's): the picture stays under 250 kB.
+    let height = b.eval("Math.floor(document.getElementById('interfaces-panel').getBoundingClientRect().top)").unwrap();
+    let height = height.as_u64().unwrap();
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    thread_sleep(Duration::from_secs(1));
+    let look = b.look().unwrap();
+    let text = look["text"].as_str().unwrap();
+    assert!(text.contains("degraded") && text.contains(&format!("tcp://{ip}:9")), "{text}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/web-dashboard.png");
+    let scale = picture / f64::from(width);
+    let clip = json!({"x": 0, "y": 0, "width": width, "height": height, "scale": scale});
+    let shot = b.call("Page.captureScreenshot", json!({"format": "png", "clip": clip}));
+    let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+    http.join().unwrap();
+    udp.join().unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    println!("{}: {picture} x {:.0}, {} kB", path.display(), height as f64 * scale, size / 1000);
+    assert!(size <= 250_000, "{size} bytes: README's picture should stay under 250 kB");
+}
+
 /// The scale figure of BENCHMARKS.md: `cargo test --release --test web -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement: run it with --ignored --nocapture"]

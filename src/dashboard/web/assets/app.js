@@ -207,9 +207,19 @@ function drawRateSpark(c, h) {
 
 // ---- uPlot charts ------------------------------------------------------------------------------
 
+// A time axis tick as HH:MM:SS (local time): one line, so ticks a few seconds apart never
+// overlap (uPlot's default adds the date and hour under some ticks).
+function clock(t) {
+  const d = new Date(t * 1000), two = (n) => String(n).padStart(2, "0");
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+}
+
 function axes(fmt, size) {
   const a = { stroke: palette.muted, grid: { stroke: palette.grid, width: 1 }, ticks: { stroke: palette.grid, width: 1 } };
-  return [a, Object.assign({}, a, { size: size || 64, values: (u, vals) => vals.map(fmt) })];
+  return [
+    Object.assign({}, a, { space: 70, values: (u, vals) => vals.map(clock) }),
+    Object.assign({}, a, { size: size || 64, values: (u, vals) => vals.map(fmt) }),
+  ];
 }
 
 function chartWidth(box) {
