@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use serde::ser::{SerializeSeq, Serializer};
+use serde::ser::Serializer;
 
 use crate::iface::InterfaceStats;
 use crate::monitor::report::{Connectivity, Report, TargetReport};
@@ -47,6 +47,8 @@ pub struct State {
     balancers: Vec<Vec<BackendSeries>>,
     /// The snapshots of the last [`RECENT`] + 1 reports, oldest first, with when they were taken.
     snapshots: VecDeque<(Instant, f64, Arc<[BalancerSnapshot]>)>,
+    /// Reports taken, kept across a new plan (see [`State::seq`]).
+    seq: u64,
 }
 
 /// One target's probes, one row per report: round trips in milliseconds (NaN for none, which
@@ -129,13 +131,13 @@ impl State {
     }
 
     /// Takes one report and the balancers' snapshots taken with it, at monotonic `now` and Unix
-    /// time `t` (seconds); returns the event that tells a page about it.
-    pub fn push(&mut self, report: Arc<Report>, balancers: Vec<BalancerSnapshot>, now: Instant, t: f64) -> Event<'_> {
+    /// time `t` (seconds); returns its number (counting from 1), for [`State::seq`].
+    pub fn push(&mut self, report: Arc<Report>, balancers: Vec<BalancerSnapshot>, now: Instant, t: f64) -> u64 {
         let same_targets = self.targets.len() == report.targets.len()
             && self.targets.iter().zip(&report.targets).all(|(s, r)| s.target == r.target);
         if !same_targets {
             // A new plan: the old rows describe other targets.
-            *self = Self::new(self.interval_ms);
+            *self = Self { seq: self.seq, ..Self::new(self.interval_ms) };
             self.keep = rows_for(report.targets.len());
             self.targets = report.targets.iter().map(|r| TargetSeries::new(&r.target)).collect();
         }
@@ -165,7 +167,18 @@ impl State {
         }
         self.push_balancers(balancers, now, t, rows);
         self.report = Some(report);
-        Event(self)
+        self.seq += 1;
+        self.seq
+    }
+
+    /// How many reports were taken (a new one makes every view of the last one stale).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The event that tells a page about the newest report: the three views with its row only.
+    pub fn event(&self) -> Event {
+        Event { targets: self.targets(1), interfaces: self.interfaces(1), balancers: self.balancers(None, 1) }
     }
 
     fn push_balancers(&mut self, balancers: Vec<BalancerSnapshot>, now: Instant, t: f64, rows: usize) {
@@ -211,65 +224,49 @@ impl State {
         self.snapshots.push_back((now, t, balancers.into()));
     }
 
-    /// `/api/v1/targets`, with the last `rows` rows of history.
-    pub fn targets(&self, rows: usize) -> TargetsView<'_> {
-        let report = self.report.as_deref();
+    /// `/api/v1/targets`, with the last `rows` rows of history: a copy (the lock is held while
+    /// the columns are copied, not while they are serialised).
+    pub fn targets(&self, rows: usize) -> TargetsView {
         let latest = self.times.back().copied().unwrap_or(0.0);
-        TargetsView {
-            time: report.map(|r| r.time.as_str()),
-            interval_ms: self.interval_ms,
-            connectivity: report.map(|r| r.connectivity),
-            t: Tail(&self.times, rows),
-            targets: report
-                .map(|r| {
-                    r.targets
-                        .iter()
-                        .zip(&self.targets)
-                        .map(|(report, s)| TargetView {
-                            report,
-                            loss_1m_pct: s.loss_pct_since(&self.times, latest - MINUTE),
-                            history: TargetColumns {
-                                rtt_med_ms: Tail(&s.med, rows),
-                                rtt_min_ms: Tail(&s.min, rows),
-                                rtt_max_ms: Tail(&s.max, rows),
-                                sent: Tail(&s.sent, rows),
-                                lost: Tail(&s.lost, rows),
-                                failed: Tail(&s.failed, rows),
-                            },
-                        })
-                        .collect()
+        let targets = match &self.report {
+            Some(r) => r
+                .targets
+                .iter()
+                .zip(&self.targets)
+                .map(|(_, s)| TargetExtra {
+                    loss_1m_pct: s.loss_pct_since(&self.times, latest - MINUTE),
+                    history: TargetColumns {
+                        rtt_med_ms: tail(&s.med, rows),
+                        rtt_min_ms: tail(&s.min, rows),
+                        rtt_max_ms: tail(&s.max, rows),
+                        sent: tail(&s.sent, rows),
+                        lost: tail(&s.lost, rows),
+                        failed: tail(&s.failed, rows),
+                    },
                 })
-                .unwrap_or_default(),
-        }
+                .collect(),
+            None => Vec::new(),
+        };
+        TargetsView { report: self.report.clone(), interval_ms: self.interval_ms, t: tail(&self.times, rows), targets }
     }
 
-    /// `/api/v1/interfaces`.
-    pub fn interfaces(&self, rows: usize) -> InterfacesView<'_> {
-        let report = self.report.as_deref();
-        InterfacesView {
-            time: report.map(|r| r.time.as_str()),
-            t: Tail(&self.times, rows),
-            interfaces: report
-                .map(|r| {
-                    r.interfaces
-                        .iter()
-                        .zip(&self.interfaces)
-                        .map(|(stats, s)| InterfaceView {
-                            stats,
-                            history: IfaceColumns {
-                                rx_bytes_per_sec: Tail(&s.rx, rows),
-                                tx_bytes_per_sec: Tail(&s.tx, rows),
-                            },
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+    /// `/api/v1/interfaces` (a copy, as [`State::targets`]).
+    pub fn interfaces(&self, rows: usize) -> InterfacesView {
+        let history = match &self.report {
+            Some(r) => r
+                .interfaces
+                .iter()
+                .zip(&self.interfaces)
+                .map(|(_, s)| IfaceColumns { rx_bytes_per_sec: tail(&s.rx, rows), tx_bytes_per_sec: tail(&s.tx, rows) })
+                .collect(),
+            None => Vec::new(),
+        };
+        InterfacesView { report: self.report.clone(), t: tail(&self.times, rows), history }
     }
 
     /// `/api/v1/balancers`: `live` are snapshots taken now (at `now`, Unix time `t`), or `None`
     /// for those of the newest report.
-    pub fn balancers(&self, live: Option<(Vec<BalancerSnapshot>, Instant)>, rows: usize) -> BalancersView<'_> {
+    pub fn balancers(&self, live: Option<(Vec<BalancerSnapshot>, Instant)>, rows: usize) -> BalancersView {
         let (snapshots, at): (Arc<[BalancerSnapshot]>, Option<Instant>) = match live {
             Some((s, now)) => (s.into(), Some(now)),
             None => match self.snapshots.back() {
@@ -295,8 +292,8 @@ impl State {
                         series
                             .iter()
                             .map(|s| BackendColumns {
-                                requests_per_s: Tail(&s.requests, rows),
-                                errors_per_s: Tail(&s.errors, rows),
+                                requests_per_s: tail(&s.requests, rows),
+                                errors_per_s: tail(&s.errors, rows),
                             })
                             .collect()
                     })
@@ -304,108 +301,153 @@ impl State {
                 (traffic::recent(b, then, secs), history)
             })
             .collect();
-        BalancersView { t: Tail(&self.times, rows), recent_s: secs, snapshots, balancers }
+        BalancersView { t: tail(&self.times, rows), recent_s: secs, snapshots, balancers }
     }
 }
 
-/// The last `.1` items of a queue, serialised as a list.
+/// The last `rows` items of a queue.
+fn tail<T: Copy>(q: &VecDeque<T>, rows: usize) -> Vec<T> {
+    let n = rows.min(q.len());
+    q.range(q.len() - n..).copied().collect()
+}
+
+/// `/api/v1/targets`: the newest report's targets, each with its loss over the last minute and
+/// its history. Owns what it shows (the report is shared), so it is serialised without the lock.
 #[derive(Debug)]
-pub struct Tail<'a, T>(&'a VecDeque<T>, usize);
-
-impl<T: Serialize> Serialize for Tail<'_, T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = self.1.min(self.0.len());
-        let mut seq = s.serialize_seq(Some(n))?;
-        for v in self.0.iter().skip(self.0.len() - n) {
-            seq.serialize_element(v)?;
-        }
-        seq.end()
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct TargetsView<'a> {
-    /// The newest report's time (RFC 3339); absent before the first report.
-    pub time: Option<&'a str>,
-    pub interval_ms: u64,
-    pub connectivity: Option<Connectivity>,
+pub struct TargetsView {
+    report: Option<Arc<Report>>,
+    interval_ms: u64,
     /// When each row of the histories was reported (Unix seconds).
-    pub t: Tail<'a, f64>,
-    pub targets: Vec<TargetView<'a>>,
+    t: Vec<f64>,
+    /// One per target of the report, in its order.
+    targets: Vec<TargetExtra>,
 }
 
-/// A target as the report has it, with its loss over the last minute and its history.
-#[derive(Debug, Serialize)]
-pub struct TargetView<'a> {
-    #[serde(flatten)]
-    pub report: &'a TargetReport,
-    pub loss_1m_pct: Option<f64>,
-    pub history: TargetColumns<'a>,
+#[derive(Debug)]
+struct TargetExtra {
+    loss_1m_pct: Option<f64>,
+    history: TargetColumns,
+}
+
+impl Serialize for TargetsView {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// A target as the report has it, with its loss over the last minute and its history.
+        #[derive(Serialize)]
+        struct Target<'a> {
+            #[serde(flatten)]
+            report: &'a TargetReport,
+            loss_1m_pct: Option<f64>,
+            history: &'a TargetColumns,
+        }
+        #[derive(Serialize)]
+        struct View<'a> {
+            /// The newest report's time (RFC 3339); absent before the first report.
+            time: Option<&'a str>,
+            interval_ms: u64,
+            connectivity: Option<Connectivity>,
+            t: &'a [f64],
+            targets: Vec<Target<'a>>,
+        }
+        let report = self.report.as_deref();
+        let items = report.map_or(&[][..], |r| &r.targets[..]);
+        View {
+            time: report.map(|r| r.time.as_str()),
+            interval_ms: self.interval_ms,
+            connectivity: report.map(|r| r.connectivity),
+            t: &self.t,
+            targets: items
+                .iter()
+                .zip(&self.targets)
+                .map(|(report, x)| Target { report, loss_1m_pct: x.loss_1m_pct, history: &x.history })
+                .collect(),
+        }
+        .serialize(s)
+    }
 }
 
 /// Per report: the median, fastest and slowest round trip of the probes that settled in it,
 /// how many were sent, lost (no answer in time) and failed (refused, a bad status).
 #[derive(Debug, Serialize)]
-pub struct TargetColumns<'a> {
-    pub rtt_med_ms: Tail<'a, f32>,
-    pub rtt_min_ms: Tail<'a, f32>,
-    pub rtt_max_ms: Tail<'a, f32>,
-    pub sent: Tail<'a, u8>,
-    pub lost: Tail<'a, u8>,
-    pub failed: Tail<'a, u8>,
+pub struct TargetColumns {
+    pub rtt_med_ms: Vec<f32>,
+    pub rtt_min_ms: Vec<f32>,
+    pub rtt_max_ms: Vec<f32>,
+    pub sent: Vec<u8>,
+    pub lost: Vec<u8>,
+    pub failed: Vec<u8>,
+}
+
+/// `/api/v1/interfaces`: the newest report's interfaces, each with its history.
+#[derive(Debug)]
+pub struct InterfacesView {
+    report: Option<Arc<Report>>,
+    t: Vec<f64>,
+    /// One per interface of the report, in its order.
+    history: Vec<IfaceColumns>,
+}
+
+impl Serialize for InterfacesView {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Interface<'a> {
+            #[serde(flatten)]
+            stats: &'a InterfaceStats,
+            history: &'a IfaceColumns,
+        }
+        #[derive(Serialize)]
+        struct View<'a> {
+            time: Option<&'a str>,
+            t: &'a [f64],
+            interfaces: Vec<Interface<'a>>,
+        }
+        let report = self.report.as_deref();
+        let items = report.map_or(&[][..], |r| &r.interfaces[..]);
+        View {
+            time: report.map(|r| r.time.as_str()),
+            t: &self.t,
+            interfaces: items.iter().zip(&self.history).map(|(stats, history)| Interface { stats, history }).collect(),
+        }
+        .serialize(s)
+    }
 }
 
 #[derive(Debug, Serialize)]
-pub struct InterfacesView<'a> {
-    pub time: Option<&'a str>,
-    pub t: Tail<'a, f64>,
-    pub interfaces: Vec<InterfaceView<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct InterfaceView<'a> {
-    #[serde(flatten)]
-    pub stats: &'a InterfaceStats,
-    pub history: IfaceColumns<'a>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct IfaceColumns<'a> {
-    pub rx_bytes_per_sec: Tail<'a, Option<f64>>,
-    pub tx_bytes_per_sec: Tail<'a, Option<f64>>,
+pub struct IfaceColumns {
+    pub rx_bytes_per_sec: Vec<Option<f64>>,
+    pub tx_bytes_per_sec: Vec<Option<f64>>,
 }
 
 /// The balancers: each snapshot with, per backend, its recent figures and history.
 #[derive(Debug)]
-pub struct BalancersView<'a> {
-    pub t: Tail<'a, f64>,
+pub struct BalancersView {
+    t: Vec<f64>,
     /// The span the recent figures cover, in seconds.
-    pub recent_s: f64,
+    recent_s: f64,
     snapshots: Arc<[BalancerSnapshot]>,
-    balancers: Vec<(Vec<traffic::Recent>, Vec<BackendColumns<'a>>)>,
+    balancers: Vec<(Vec<traffic::Recent>, Vec<BackendColumns>)>,
 }
 
-/// Per report: requests and errors per second (see [`Recent`] for what counts).
+/// Per report: requests and errors per second (see [`traffic::Counts`] for what counts).
 #[derive(Debug, Serialize)]
-pub struct BackendColumns<'a> {
-    pub requests_per_s: Tail<'a, Option<f64>>,
-    pub errors_per_s: Tail<'a, Option<f64>>,
+pub struct BackendColumns {
+    pub requests_per_s: Vec<Option<f64>>,
+    pub errors_per_s: Vec<Option<f64>>,
 }
 
-impl Serialize for BalancersView<'_> {
+impl Serialize for BalancersView {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
-        struct Balancer<'b, 'a> {
+        struct Balancer<'a> {
             #[serde(flatten)]
-            snapshot: &'b BalancerSnapshot,
-            recent: &'b [traffic::Recent],
-            history: &'b [BackendColumns<'a>],
+            snapshot: &'a BalancerSnapshot,
+            recent: &'a [traffic::Recent],
+            history: &'a [BackendColumns],
         }
         #[derive(Serialize)]
-        struct View<'b, 'a> {
-            t: &'b Tail<'a, f64>,
+        struct View<'a> {
+            t: &'a [f64],
             recent_s: f64,
-            balancers: Vec<Balancer<'b, 'a>>,
+            balancers: Vec<Balancer<'a>>,
         }
         View {
             t: &self.t,
@@ -422,20 +464,11 @@ impl Serialize for BalancersView<'_> {
 }
 
 /// One report as the event stream sends it: the three views with the newest row only.
-#[derive(Debug)]
-pub struct Event<'a>(&'a State);
-
-impl Serialize for Event<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            targets: TargetsView<'a>,
-            interfaces: InterfacesView<'a>,
-            balancers: BalancersView<'a>,
-        }
-        View { targets: self.0.targets(1), interfaces: self.0.interfaces(1), balancers: self.0.balancers(None, 1) }
-            .serialize(s)
-    }
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub targets: TargetsView,
+    pub interfaces: InterfacesView,
+    pub balancers: BalancersView,
 }
 
 #[cfg(test)]
@@ -514,7 +547,8 @@ mod tests {
         let mut s = State::new(1000);
         let t0 = Instant::now();
         let r = report(vec![target("a", vec![reply(1, 3.0), lost(2), reply(3, 1.0), reply(4, 2.0)])]);
-        let event = json(&s.push(r, Vec::new(), t0, 100.0));
+        assert_eq!(s.push(r, Vec::new(), t0, 100.0), 1);
+        let event = json(&s.event());
         let row = &event["targets"]["targets"][0]["history"];
         assert_eq!(
             row,
@@ -551,7 +585,7 @@ mod tests {
         let iface = json(&s.interfaces(HISTORY));
         assert_eq!(iface["interfaces"][0]["history"]["rx_bytes_per_sec"].as_array().unwrap().len(), HISTORY);
         assert_eq!(iface["interfaces"][0]["name"], "lo");
-        s.push(report(vec![target("b", vec![])]), Vec::new(), t0, 400.0);
+        assert_eq!(s.push(report(vec![target("b", vec![])]), Vec::new(), t0, 400.0), HISTORY as u64 + 6, "counted on");
         let v = json(&s.targets(HISTORY));
         assert_eq!((v["t"].clone(), v["targets"][0]["target"].clone()), (json!([400.0]), json!("b")));
     }
@@ -565,7 +599,8 @@ mod tests {
         let mut s = State::new(1000);
         let t0 = Instant::now();
         let r = report(vec![]);
-        let first = json(&s.push(r.clone(), vec![stats.snapshot(t0)], t0, 10.0));
+        s.push(r.clone(), vec![stats.snapshot(t0)], t0, 10.0);
+        let first = json(&s.event());
         assert_eq!(first["balancers"]["balancers"][0]["history"][0]["requests_per_s"], json!([null]));
         // Two seconds later: 30 requests to the first backend, 10 to the second (2 of them 502s).
         for _ in 0..30 {
@@ -579,7 +614,8 @@ mod tests {
         }
         w.backends[1].bytes_received.add(4000);
         let t1 = t0 + Duration::from_secs(2);
-        let v = json(&s.push(r, vec![stats.snapshot(t1)], t1, 12.0));
+        s.push(r, vec![stats.snapshot(t1)], t1, 12.0);
+        let v = json(&s.event());
         let b = &v["balancers"]["balancers"][0];
         assert_eq!(b["name"], "web");
         assert_eq!(b["backends"][1]["http"]["responses"]["5xx"], 2);

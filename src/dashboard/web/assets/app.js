@@ -1,6 +1,8 @@
 // netpulse dashboard. Loads the three API views (each with its history), then follows the event
 // stream, where every report arrives as the same views with one row; draws tables, sparklines and
-// uPlot charts. Plain JS, no build step, nothing loaded from elsewhere.
+// uPlot charts. While the stream is refused (every place taken) it polls the API instead; while
+// nothing arrives (the server is gone) everything is marked stale. Plain JS, no build step,
+// nothing loaded from elsewhere.
 "use strict";
 
 const HISTORY = 300;
@@ -18,31 +20,39 @@ const state = {
 };
 
 // What the page reports about itself (read by tests and by anyone curious in the console).
-const stats = { updates: 0, stream: "connecting", renderMs: { last: 0, max: 0, sum: 0, n: 0 }, reconnects: 0 };
+const stats = {
+  updates: 0, polls: 0, stream: "connecting", stale: false, renderMs: { last: 0, max: 0, sum: 0, n: 0 }, reconnects: 0,
+};
 window.netpulse = { state, stats };
 
-// Appends `inc`'s columns to `old`'s (or starts them, padded to `rows` before), keeping HISTORY.
-function mergeColumns(old, inc, rows) {
+// Appends `inc`'s columns from row `from` on to `old`'s (or starts them, padded to `rows` before),
+// keeping HISTORY.
+function mergeColumns(old, inc, rows, from) {
   const out = old || {};
   for (const k of Object.keys(inc)) {
     let a = out[k];
     if (!a) a = out[k] = new Array(rows).fill(null);
-    for (const v of inc[k]) a.push(v);
+    for (let i = from; i < inc[k].length; i++) a.push(inc[k][i]);
     if (a.length > HISTORY) a.splice(0, a.length - HISTORY);
   }
   return out;
 }
 
-// A section's update: a full view (replace) or an event's one row (append to the matching items).
+// A section's update: a full view (replace) or an event's (or a poll's) newest rows, appended to
+// the matching items. Returns whether it brought a report the page did not have.
 function applySection(section, view, key, full) {
-  if (!view) return;
+  if (!view) return false;
+  const last = section.t.length ? section.t[section.t.length - 1] : -Infinity;
+  const newer = view.t.length > 0 && view.t[view.t.length - 1] > last;
   if (full) {
     Object.assign(section, view);
     section.items = view[key];
-    return;
+    return newer;
   }
-  const last = section.t.length ? section.t[section.t.length - 1] : -Infinity;
-  if (!view.t.length || view.t[0] <= last) return; // already have it
+  // Rows the page already has (a poll overlapping the last one) are skipped.
+  let from = 0;
+  while (from < view.t.length && view.t[from] <= last) from++;
+  if (from === view.t.length) return false;
   const rows = section.t.length;
   const byName = new Map(section.items.map((it) => [it.target || it.name, it]));
   for (const k of Object.keys(view)) if (k !== key && k !== "t") section[k] = view[k];
@@ -51,20 +61,23 @@ function applySection(section, view, key, full) {
     if (Array.isArray(it.history)) {
       // Balancers: one set of columns per backend.
       const prev = old && old.history && old.history.length === it.history.length ? old.history : [];
-      it.history = it.history.map((cols, i) => mergeColumns(prev[i], cols, rows));
+      it.history = it.history.map((cols, i) => mergeColumns(prev[i], cols, rows, from));
     } else {
-      it.history = mergeColumns(old && old.history, it.history, rows);
+      it.history = mergeColumns(old && old.history, it.history, rows, from);
     }
     return it;
   });
-  for (const v of view.t) section.t.push(v);
+  for (let i = from; i < view.t.length; i++) section.t.push(view.t[i]);
   if (section.t.length > HISTORY) section.t.splice(0, section.t.length - HISTORY);
+  return true;
 }
 
+// Applies the three views; when they bring a new report, the page is fresh again.
 function applyAll(views, full) {
-  applySection(state.targets, views.targets, "targets", full);
-  applySection(state.interfaces, views.interfaces, "interfaces", full);
-  applySection(state.balancers, views.balancers, "balancers", full);
+  const a = applySection(state.targets, views.targets, "targets", full);
+  const b = applySection(state.interfaces, views.interfaces, "interfaces", full);
+  const c = applySection(state.balancers, views.balancers, "balancers", full);
+  if (a || b || c) fresh();
 }
 
 // ---- formatting --------------------------------------------------------------------------------
@@ -194,9 +207,19 @@ function drawRateSpark(c, h) {
 
 // ---- uPlot charts ------------------------------------------------------------------------------
 
+// A time axis tick as HH:MM:SS (local time): one line, so ticks a few seconds apart never
+// overlap (uPlot's default adds the date and hour under some ticks).
+function clock(t) {
+  const d = new Date(t * 1000), two = (n) => String(n).padStart(2, "0");
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+}
+
 function axes(fmt, size) {
   const a = { stroke: palette.muted, grid: { stroke: palette.grid, width: 1 }, ticks: { stroke: palette.grid, width: 1 } };
-  return [a, Object.assign({}, a, { size: size || 64, values: (u, vals) => vals.map(fmt) })];
+  return [
+    Object.assign({}, a, { space: 70, values: (u, vals) => vals.map(clock) }),
+    Object.assign({}, a, { size: size || 64, values: (u, vals) => vals.map(fmt) }),
+  ];
 }
 
 function chartWidth(box) {
@@ -304,7 +327,12 @@ function targetRow(name) {
     if (t) cells.name.title = `${t.target}: ${t.probe} probe; ${t.sent_total} sent, ${t.received_total} answered since start`;
   });
   row = { tr, cells, canvas, data: null };
-  cells.name.textContent = name;
+  // A long name may wrap after each "/" (and anywhere, if a part is still too long).
+  for (const part of name.split(/(?<=\/)(?=[^/])/)) {
+    cells.name.appendChild(document.createTextNode(part));
+    cells.name.appendChild(el("wbr"));
+  }
+  cells.name.title = name;
   canvas.draw = () => fillTargetRow(row);
   targetRows.set(name, row);
   return row;
@@ -450,20 +478,36 @@ function balancerCard(b) {
   root.dataset.balancer = b.name;
   const title = root.appendChild(el("h3"));
   const totals = root.appendChild(el("p", "totals muted"));
-  const split = root.appendChild(el("div", "split"));
+  const split = root.appendChild(el("div", "split backends"));
   const table = split.appendChild(el("div", "scroll")).appendChild(el("table"));
   const head = table.appendChild(el("thead")).appendChild(el("tr"));
-  const cols = [["Backend"], ["Health"], ["Req/s", "num"], ["Errors", "num"], ["p50", "num"], ["p99", "num"],
-    ["Share"], ["Requests", "num"], ["Sent / received", "num"]];
-  if (b.proto === "http") cols.push(["Conns (idle)", "num"]);
-  for (const [c, cls] of cols) head.appendChild(el("th", cls, c));
+  const udp = b.proto === "udp";
+  // [key, heading, class, what it means]
+  const cols = [
+    ["Backend", "Backend", "", ""],
+    ["Health", "Health", "health", "state, since when, and why"],
+    ["Req/s", udp ? "Datagrams/s" : "Req/s", "num", udp ? "datagrams sent to it per second" : "requests sent to it per second"],
+    ["Errors", udp ? "No reply" : "Errors", "num", udp
+      ? "datagrams sent to it that got no reply in the span (a late reply counts against the span it was sent in)"
+      : "requests to it that failed (refused, reset, timed out) or got a 5xx, in the span"],
+    ["p50", "p50", "num", "time to the response head, median over the span"],
+    ["p99", "p99", "num", "time to the response head, 99th percentile over the span"],
+    ["Share", "Share", "", "its share of the balancer's traffic over the span"],
+    ["Requests", udp ? "Datagrams" : "Requests", "num", "since the start"],
+    ["Sent / received", "Sent / received", "num", "bytes since the start"],
+  ];
+  if (!udp) cols.push(["Conns (idle)", "Conns (idle)", "num", "connections to it open (of them idle in the pool)"]);
+  for (const [, heading, cls, title] of cols) {
+    const th = head.appendChild(el("th", cls, heading));
+    if (title) th.title = title;
+  }
   const tbody = table.appendChild(el("tbody"));
   let rowsMade = 0;
   const rows = b.backends.map((x) => {
     const tr = tbody.appendChild(el("tr"));
     tr.dataset.backend = x.addr;
     const cells = {};
-    for (const [c, cls] of cols) cells[c] = tr.appendChild(el("td", c === "Backend" ? "name" : cls || ""));
+    for (const [c, , cls] of cols) cells[c] = tr.appendChild(el("td", c === "Backend" ? "name" : cls || ""));
     const swatch = cells.Backend.appendChild(el("span", "swatch"));
     swatch.style.background = palette.series[rowsMade++ % palette.series.length];
     cells.Backend.appendChild(el("span"));
@@ -476,7 +520,9 @@ function balancerCard(b) {
     return { tr, cells, share };
   });
   const fig = split.appendChild(el("figure", "detail"));
-  fig.appendChild(el("figcaption", "muted", "requests per second per backend (solid) and errors (dashed)"));
+  fig.appendChild(el("figcaption", "muted", udp
+    ? "datagrams per second per backend (solid) and those without a reply (dashed)"
+    : "requests per second per backend (solid) and errors (dashed)"));
   const chartBox = fig.appendChild(el("div", "chart"));
   if (card) { charts.delete(card.chartBox); card.root.remove(); }
   card = { root, title, totals, tbody, rows, chartBox, key };
@@ -506,8 +552,10 @@ function renderBalancers() {
       setText(since, x.since ? " since " + ago(x.since) : "");
       since.title = x.since || "";
       const eject = x.ejected_for_ms ? `ejected for ${Math.ceil(x.ejected_for_ms / 1000)} s more` : "";
-      setText(why, [x.why, eject].filter(Boolean).join(" · "));
-      why.title = x.why || "";
+      const reason = [x.why, eject].filter(Boolean).join(" · ");
+      setText(why, reason);
+      // The whole reason on hover (the cell wraps it, but a long one is cut at two lines).
+      if (cells.Health.title !== reason) cells.Health.title = reason;
       setText(cells["Req/s"], perSec(r.requests_per_s));
       setText(cells.Errors, pct(r.error_pct));
       setText(cells.p50, ms(r.p50_ms));
@@ -515,7 +563,11 @@ function renderBalancers() {
       share.style.width = (r.share_pct || 0) + "%";
       setText(cells.Share.lastChild, pct(r.share_pct));
       setText(cells.Requests, String(x.http ? c.requests : c.datagrams_sent ?? 0));
-      setText(cells["Sent / received"], `${bytes(c.bytes_sent)} / ${bytes(c.bytes_received)}`);
+      // Sent over received, on two lines: the table stays narrow enough for its chart.
+      const io = cells["Sent / received"];
+      if (!io.firstChild) { io.appendChild(el("span")); io.appendChild(el("br")); io.appendChild(el("span")); }
+      setText(io.firstChild, bytes(c.bytes_sent));
+      setText(io.lastChild, bytes(c.bytes_received));
       if (cells["Conns (idle)"]) setText(cells["Conns (idle)"], `${c.connections} (${c.idle})`);
       setClass(tr, x.state === "up" ? "" : "dim");
     });
@@ -534,21 +586,55 @@ function renderBalancers() {
 
 function renderHeader() {
   const s = state.targets, v = $("verdict");
+  const report = s.time ? "report " + new Date(s.time).toLocaleTimeString() : "";
+  if (stats.stale) {
+    // What is on the page is old: say so instead of a verdict that may no longer hold.
+    setText(v, "no data — reconnecting");
+    setClass(v, "badge stale");
+    setText($("summary"), report ? "last " + report + " (" + ago(s.time) + ")" : "");
+    return;
+  }
   if (s.connectivity) {
     setText(v, s.connectivity);
     setClass(v, "badge " + s.connectivity);
   }
   const down = s.items.filter((t) => !t.up).map((t) => t.target);
-  const report = s.time ? "report " + new Date(s.time).toLocaleTimeString() : "";
   setText($("summary"), [down.length ? "down: " + down.slice(0, 5).join(", ") + (down.length > 5 ? ` and ${down.length - 5} more` : "") : "", report].filter(Boolean).join(" · "));
 }
 
 function setStream(what) {
   stats.stream = what;
   const e = $("stream");
-  const text = { live: "live", connecting: "connecting…", reconnecting: "reconnecting…" }[what] || what;
+  const text = {
+    live: "live", connecting: "connecting…", reconnecting: "reconnecting…",
+    polling: "polling (event stream busy)",
+  }[what] || what;
   setText(e, state.paused ? "paused (p resumes)" : text);
   setClass(e, "stream " + (state.paused ? "paused" : what));
+  e.title = what === "polling"
+    ? "every event stream place is taken: the page asks the API each interval and tries the stream again"
+    : "the live event stream";
+}
+
+// ---- staleness: the page says when what it shows is old ----------------------------------------
+
+let lastDataAt = 0;
+function setStale(on) {
+  if (stats.stale === on) return;
+  stats.stale = on;
+  document.body.classList.toggle("stale", on);
+  renderHeader();
+}
+// A new report arrived (from the stream or a poll).
+function fresh() {
+  lastDataAt = performance.now();
+  setStale(false);
+}
+// No report for three intervals (at least 5 s) is no data, whatever the stream says.
+function checkStale() {
+  const limit = Math.max(5000, 3 * (state.targets.interval_ms || 1000));
+  if (lastDataAt && performance.now() - lastDataAt > limit) setStale(true);
+  else if (stats.stale) renderHeader(); // "(12s ago)" goes on
 }
 
 let queued = false, eventAt = 0;
@@ -576,11 +662,46 @@ function schedule() {
   if (!queued) { queued = true; requestAnimationFrame(render); }
 }
 
-async function loadAll() {
-  const get = (p) => fetch(p, { cache: "no-store" }).then((r) => { if (!r.ok) throw new Error(p + ": " + r.status); return r.json(); });
+// The three views, with `rows` of history (all by default).
+async function fetchViews(rows) {
+  const q = rows == null ? "" : "?history=" + rows;
+  const get = (p) => fetch(p + q, { cache: "no-store" }).then((r) => { if (!r.ok) throw new Error(p + ": " + r.status); return r.json(); });
   const [targets, interfaces, balancers] = await Promise.all(
     [get("/api/v1/targets"), get("/api/v1/interfaces"), get("/api/v1/balancers")]);
-  applyAll({ targets, interfaces, balancers }, true);
+  return { targets, interfaces, balancers };
+}
+
+// Everything again, history included (the page starts, or comes back after a gap).
+async function loadAll() {
+  applyAll(await fetchViews(), true);
+  schedule();
+}
+
+// While the stream is refused: the newest rows from the API each interval.
+let pollTimer = null;
+function startPolling() {
+  if (pollTimer) return;
+  const every = Math.max(1000, state.targets.interval_ms || 1000);
+  pollTimer = setInterval(async () => {
+    if (state.paused) return;
+    const last = state.targets.t.length ? state.targets.t[state.targets.t.length - 1] : 0;
+    // The rows since the last one the page has (more than one if a poll came late).
+    const rows = last ? Math.min(HISTORY, Math.ceil((Date.now() / 1000 - last) * 1000 / (state.targets.interval_ms || 1000)) + 1) : null;
+    try {
+      applyAll(await fetchViews(rows), rows == null);
+      if (stats.stream !== "live") setStream("polling");
+      stats.polls++;
+      stats.updates++;
+      schedule();
+    } catch (e) {
+      setStream("reconnecting");
+      setStale(true);
+    }
+  }, every);
+}
+function stopPolling() {
+  clearInterval(pollTimer);
+  pollTimer = null;
 }
 
 let source = null, retryTimer = null;
@@ -592,6 +713,7 @@ function connect() {
   const early = [];
   es.onopen = async () => {
     setStream("live");
+    stopPolling();
     ready = false;
     try { await loadAll(); } catch (e) { console.warn("netpulse: cannot load the views", e); }
     ready = true;
@@ -608,12 +730,27 @@ function connect() {
     stats.updates++;
     schedule();
   });
-  es.onerror = () => {
-    setStream("reconnecting");
-    if (es.readyState === EventSource.CLOSED) {
-      // The browser gave up (the server answered with an error): try again ourselves.
-      stats.reconnects++;
-      retryTimer = setTimeout(connect, 2000);
+  es.onerror = async () => {
+    if (es.readyState !== EventSource.CLOSED) {
+      // The stream broke (the server went away, or cut a page that fell behind); the browser
+      // reconnects by itself. What is on the page is old until a report arrives.
+      setStream("reconnecting");
+      setStale(true);
+      return;
+    }
+    // The browser gave up: the server answered with an error, such as 503 when every stream
+    // place is taken. The API may still answer: poll it, and try the stream again later.
+    stats.reconnects++;
+    retryTimer = setTimeout(connect, 5000);
+    if (pollTimer) return; // polling already
+    try {
+      await loadAll();
+      if (source !== es) return;
+      setStream("polling");
+      startPolling();
+    } catch (e) {
+      setStream("reconnecting");
+      setStale(true);
     }
   };
 }
@@ -656,7 +793,10 @@ function start() {
     $("balancers").replaceChildren();
     schedule();
   });
+  setInterval(checkStale, 1000);
   connect();
+  // Data even when the stream does not open soon (its places are all taken, or it hangs).
+  setTimeout(() => { if (!lastDataAt) loadAll().catch(() => {}); }, 3000);
 }
 
 start();
