@@ -825,8 +825,13 @@ metrics = "{ip}:9100"
         }
         if started.elapsed() > START {
             let look = look.unwrap_or_default();
-            let blank: Vec<&Value> = look["canvases"].as_array().into_iter().flatten().filter(|c| c["colored"] == 0).collect();
-            panic!("the page drew no live data: {} updates, stream {}, blank canvases {blank:?}", updates(&look), look["stream"]);
+            let blank: Vec<&Value> =
+                look["canvases"].as_array().into_iter().flatten().filter(|c| c["colored"] == 0).collect();
+            panic!(
+                "the page drew no live data: {} updates, stream {}, blank canvases {blank:?}",
+                updates(&look),
+                look["stream"]
+            );
         }
         thread_sleep(Duration::from_millis(50));
     }

@@ -64,7 +64,11 @@ pub(crate) fn plan(from: i64, to: i64, step: i64, b: &Bounds) -> Vec<(Source, i6
         let lower = match level {
             Source::Raw => b.raw.map_or(upper, |t| floor_to(t, MINUTE_MS)),
             // Older than the oldest full hour of minutes, the hours take over.
-            Source::Minutes => b.minutes.map_or(upper, |t| ceil_to(t, HOUR_MS).min(b.rolled)),
+            // And never inside an hour: the hour row holding the cut would count again
+            // what the finer level already read.
+            Source::Minutes => {
+                b.minutes.map_or(upper, |t| ceil_to(t, HOUR_MS).min(b.rolled).min(floor_to(upper, HOUR_MS)))
+            }
             _ => i64::MIN,
         }
         .min(upper);
@@ -565,6 +569,31 @@ mod tests {
                 (Source::Hours, 0, 100 * H),
             ]
         );
+    }
+
+    #[test]
+    fn a_range_back_past_the_first_raw_minute_never_reads_its_hour_twice() {
+        // Recording began 1m15s before an hour that has since been rolled up.
+        let now = 100 * H + 10 * M;
+        let b = Bounds {
+            journal: Some(now - 20_000),
+            raw: Some(100 * H - 75_000),
+            minutes: Some(100 * H - 2 * M),
+            rolled: 100 * H,
+        };
+        let p = plan(now - 90 * M, now, 1000, &b);
+        assert_eq!(
+            p,
+            vec![
+                (Source::Journal, now - 20_000, now),
+                (Source::Raw, 100 * H - 2 * M, now - 20_000),
+                (Source::Minutes, 99 * H, 100 * H - 2 * M),
+                (Source::Hours, now - 90 * M, 99 * H),
+            ]
+        );
+        // No two parts overlap, and together they cover the range once.
+        let covered: i64 = p.iter().map(|(_, a, z)| z - a).sum();
+        assert_eq!(covered, 90 * M);
     }
 
     #[test]
