@@ -128,6 +128,17 @@ pub fn replay(store: Store, reports: impl IntoIterator<Item = Report>) {
     w.stop();
 }
 
+/// The part of the writer's memory an interval changes, kept to put back when its transaction
+/// fails after it began (a full disk): otherwise the file would miss what the memory moved past.
+struct Memory {
+    states: HashMap<i64, Outage>,
+    verdict: Option<Connectivity>,
+    totals: HashMap<i64, (u64, u64)>,
+    counters: HashMap<i64, Vec<u64>>,
+    links: HashMap<String, bool>,
+    backends: HashMap<String, BackendState>,
+}
+
 /// The writer's memory between reports: what the previous one said, to turn cumulative
 /// counters into deltas and states into events.
 struct Writer {
@@ -247,7 +258,8 @@ impl Writer {
         let span = u64::try_from(t - self.prev_t).unwrap_or(0);
         let snapshots: Vec<BalancerSnapshot> = self.balancers.iter().map(|b| b.snapshot(Instant::now())).collect();
         let (prev_minute, prev_hour) = (floor_to(self.prev_t, MINUTE_MS), floor_to(self.prev_t, HOUR_MS));
-        self.write("an interval", |w| {
+        let before = self.memory();
+        let written = self.write("an interval", |w| {
             let mut records = Vec::with_capacity(report.targets.len() + report.interfaces.len());
             let mut events = w.targets(report, t, span, &mut records)?;
             let now = |(kind, subject, detail)| (t, kind, subject, detail);
@@ -267,8 +279,34 @@ impl Writer {
             }
             w.store.prune(t)
         });
-        // A failed interval is lost with its deltas and events; the next one goes on from here.
-        self.prev_t = t;
+        if written {
+            self.prev_t = t;
+        } else {
+            // Nothing of it reached the file: the next interval starts from the same memory, so
+            // its deltas and state changes include this one's (merged, as a missed report is).
+            self.restore(before);
+        }
+    }
+
+    /// What an interval changes in the writer's memory.
+    fn memory(&self) -> Memory {
+        Memory {
+            states: self.states.clone(),
+            verdict: self.verdict,
+            totals: self.totals.clone(),
+            counters: self.counters.clone(),
+            links: self.links.clone(),
+            backends: self.backends.clone(),
+        }
+    }
+
+    fn restore(&mut self, m: Memory) {
+        self.states = m.states;
+        self.verdict = m.verdict;
+        self.totals = m.totals;
+        self.counters = m.counters;
+        self.links = m.links;
+        self.backends = m.backends;
     }
 
     /// The targets' records, and their outages beginning and ending (and the verdict changing)
@@ -450,7 +488,7 @@ fn deltas(prev: &[u64], now: &[u64]) -> Vec<u64> {
 type Timed = (i64, &'static str, String, String);
 
 /// A target's run of down reports.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Outage {
     run: u32,
     /// When and why the run began.
@@ -499,6 +537,30 @@ mod store_tests {
         )
         .rfc3339();
         Report { time, interfaces: vec![], targets: vec![target], connectivity: Connectivity::Connected }
+    }
+
+    #[test]
+    fn an_interval_whose_write_fails_after_it_began_is_merged_into_the_next() {
+        let dir = std::env::temp_dir().join(format!("netpulse-unit-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let t0 = now_ms() + 1000;
+        w.interval(&report(t0, 1, Some(900), (1, 1)));
+        // The journal goes away under the writer: the next interval's transaction fails midway
+        // (as on a full disk) and is rolled back.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("ALTER TABLE journal RENAME TO journal_away").unwrap();
+        w.interval(&report(t0 + 1000, 2, None, (2, 1)));
+        assert!(w.failing.is_some(), "the write failed");
+        other.execute_batch("ALTER TABLE journal_away RENAME TO journal").unwrap();
+        w.interval(&report(t0 + 2000, 3, Some(1000), (3, 2)));
+        w.stop();
+        let r = Reader::open(&path).unwrap();
+        let target = r.targets().unwrap().remove(0);
+        let a = r.aggregate(target.id, t0 - 10_000, t0 + 10_000).unwrap();
+        assert_eq!((a.sent, a.received), (3, 2), "the failed interval's probes counted with the next");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
