@@ -465,3 +465,22 @@ fn a_writer_held_up_by_a_lock_never_holds_up_the_monitor() {
     assert!(mon.signal_and_wait("TERM", QUICK).success());
     assert_eq!(mon.output().matches("history: cannot write").count(), 1, "{}", mon.output());
 }
+
+#[test]
+fn a_history_on_a_read_only_mount_can_still_be_read() {
+    let dir = scratch("read-only");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _fs = Tmpfs::mount(&mnt, "size=8m");
+    let file = mnt.join("h.db");
+    let mut m = monitor(&file, &["tcp://127.0.18.40:9"]);
+    wait_reports(&m, 0, 5, Some(false));
+    m.signal_and_wait("TERM", QUICK);
+    // The recorder has stopped; the file now sits where nothing may be written (a backup, a
+    // read-only mount, a directory of root's read by another user).
+    let ok = Command::new("mount").args(["-o", "remount,ro", mnt.to_str().unwrap()]).status().unwrap();
+    assert!(ok.success(), "remount read-only");
+    let (code, out) = history(&file, &["--format", "json", "--since", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tcp://127.0.18.40:9"), "{out}");
+}

@@ -501,10 +501,25 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, HistoryError> {
         return Err(HistoryError::Missing { path: shown(path) });
     }
     // Read-write lets SQLite use the WAL's shared memory while a writer runs; a file we may
-    // not write is read read-only.
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .or_else(|_| Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY))
-        .map_err(|source| HistoryError::Open { path: shown(path), source })?;
-    prepare(&conn, path)?;
-    Ok(conn)
+    // not write is read read-only; one where not even the WAL's shared-memory file can be made
+    // (a read-only mount, a directory of another user's, with no writer running) is read as
+    // it stands on disk.
+    let open = |name: &str, flags: OpenFlags| -> Result<Connection, HistoryError> {
+        let conn = Connection::open_with_flags(name, flags)
+            .map_err(|source| HistoryError::Open { path: shown(path), source })?;
+        prepare(&conn, path)?;
+        Ok(conn)
+    };
+    let name = path.to_string_lossy();
+    open(&name, OpenFlags::SQLITE_OPEN_READ_WRITE).or_else(|_| open(&name, OpenFlags::SQLITE_OPEN_READ_ONLY)).or_else(
+        |e| {
+            let uri = format!("file:{}?immutable=1", uri_path(&name));
+            open(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).map_err(|_| e)
+        },
+    )
+}
+
+/// A path as the path part of an SQLite `file:` URI (`%`, `?` and `#` escaped).
+fn uri_path(path: &str) -> String {
+    path.replace('%', "%25").replace('?', "%3f").replace('#', "%23")
 }
