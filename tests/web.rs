@@ -742,6 +742,110 @@ fn the_page_shows_the_api_and_polls_it_while_every_stream_place_is_taken_then_go
     assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
 }
 
+/// The figure of BENCHMARKS.md on the API's cost to the monitor:
+/// `cargo test --release --test web -- --ignored --nocapture measure_report_jitter`
+/// (`NETPULSE=path/to/netpulse` measures another build). 1,000 `udp://` targets at 1 s; once
+/// the history is full (300 reports, about 10 MB of `/api/v1/targets`), 60 s with no client and 60 s
+/// with six clients fetching `/api/v1/targets` in a loop; how far each report's time strays
+/// from a second after the one before.
+#[test]
+#[ignore = "a measurement of about 7 minutes: run it with --ignored --nocapture"]
+fn measure_report_jitter_with_six_clients_looping_on_the_api() {
+    let ip = "127.0.15.11";
+    let _servers = Proc::up(&["serve", "udp", "--bind", ip, "--ports", "20000-20999", "-q"]);
+    let bin = std::env::var("NETPULSE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_netpulse").to_string());
+    let mut cmd = Command::new(&bin);
+    cmd.args(["monitor", "--web", &format!("{ip}:19100"), "--format", "json"]);
+    cmd.args((20000..21000).map(|p| format!("udp://{ip}:{p}")));
+    let mut monitor = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // Each report's time, in ms since the epoch, read from the start of its line.
+    let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let reader = {
+        let (times, out) = (times.clone(), monitor.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let Some(t) = line.strip_prefix(r#"{"time":""#).and_then(|l| l.get(..24)) else { continue };
+                // 2026-11-30T01:19:06.443Z
+                let (secs, ms) = (&t[11..19], &t[20..23]);
+                let hms: Vec<i64> = secs.split(':').map(|v| v.parse().unwrap()).collect();
+                let day: i64 = t[8..10].parse().unwrap();
+                let ms_of_day =
+                    ((day * 24 + hms[0]) * 60 + hms[1]) * 60_000 + hms[2] * 1000 + ms.parse::<i64>().unwrap();
+                times.lock().unwrap().push(ms_of_day);
+            }
+        })
+    };
+    common::wait_tcp(addr(&format!("{ip}:19100")));
+    wait_until("300 reports of history", Duration::from_secs(400), || {
+        thread_sleep(Duration::from_secs(1));
+        (times.lock().unwrap().len() >= HISTORY_ROWS + 2).then_some(())
+    });
+    let strays = |from: usize| {
+        let t = times.lock().unwrap();
+        let mut d: Vec<i64> = t[from..].windows(2).map(|w| (w[1] - w[0] - 1000).abs()).collect();
+        d.sort_unstable();
+        (d.len(), d[d.len() / 2], d[d.len() * 99 / 100], d[d.len() - 1])
+    };
+    let quiet_from = times.lock().unwrap().len();
+    thread_sleep(Duration::from_secs(60));
+    let quiet = strays(quiet_from);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy_from = times.lock().unwrap().len();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut took = Vec::new();
+                let mut size = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let r = web_get(ip, "/api/v1/targets");
+                    took.push(started.elapsed());
+                    assert_eq!(r.status, 200);
+                    size = r.body.len();
+                }
+                (took, size)
+            })
+        })
+        .collect();
+    thread_sleep(Duration::from_secs(60));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy = strays(busy_from);
+    let mut took: Vec<Duration> = Vec::new();
+    let mut size = 0;
+    for c in clients {
+        let (t, s) = c.join().unwrap();
+        took.extend(t);
+        size = s;
+    }
+    took.sort_unstable();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    reader.join().unwrap();
+    println!(
+        "1,000 targets at 1 s; a report's time strays from a second after the one before by (median / p99 / max):\n  \
+         no client:                               {} / {} / {} ms ({} reports)\n  \
+         6 clients looping on /api/v1/targets:    {} / {} / {} ms ({} reports)\n  \
+         the clients: {} requests of {:.1} MB, {:.0} / {:.0} ms (median / max)",
+        quiet.1,
+        quiet.2,
+        quiet.3,
+        quiet.0,
+        busy.1,
+        busy.2,
+        busy.3,
+        busy.0,
+        took.len(),
+        size as f64 / 1e6,
+        took[took.len() / 2].as_secs_f64() * 1000.0,
+        took[took.len() - 1].as_secs_f64() * 1000.0,
+    );
+}
+
+/// Rows of history the dashboard keeps (its `HISTORY`).
+const HISTORY_ROWS: usize = 300;
+
 /// README's picture of the dashboard, `docs/web-dashboard.png`:
 /// `cargo test --release --test web -- --ignored readme_screenshot`. The classic lab on
 /// 127.0.15.10 (the UDP servers losing 20 %, and a TCP target nobody serves), HTTP requests and
@@ -891,6 +995,16 @@ fn measure_the_page_with_1000_targets() {
         look["stats"]["parseMs"].as_f64().unwrap_or(f64::NAN),
         r["jsMs"].as_f64().unwrap_or(f64::NAN),
         r["layoutMs"].as_f64().unwrap_or(f64::NAN),
+    );
+    // The first one builds the thousand rows; the rest only change them.
+    let each: Vec<f64> = r["each"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let rest = &each[1..];
+    println!(
+        "  the first (it builds the rows): {:.0} ms; the {} after it: {:.1} ms on average, {:.0} ms at most",
+        each[0],
+        rest.len(),
+        rest.iter().sum::<f64>() / rest.len() as f64,
+        rest.iter().copied().fold(0.0, f64::max)
     );
     b.screenshot(&artifacts().join("web-1000.png"));
 }

@@ -161,6 +161,8 @@ impl Web {
             (seq, listening.then(|| state.event()))
         };
         self.published.store(seq, Ordering::Release);
+        // The views of the last report are of no more use (requests under way keep theirs).
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Cache { seq, views: Vec::new() };
         if let Some(event) = event {
             match serde_json::to_vec(&event) {
                 Ok(json) => {

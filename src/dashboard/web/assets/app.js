@@ -78,6 +78,7 @@ function applyAll(views, full) {
   const b = applySection(state.interfaces, views.interfaces, "interfaces", full);
   const c = applySection(state.balancers, views.balancers, "balancers", full);
   if (a || b || c) fresh();
+  return a || b || c;
 }
 
 // ---- formatting --------------------------------------------------------------------------------
@@ -654,6 +655,7 @@ function render() {
     const took = performance.now() - eventAt;
     const r = stats.renderMs;
     r.last = took; r.max = Math.max(r.max, took); r.sum += took; r.n++;
+    (r.each = r.each || []).push(Math.round(took)); if (r.each.length > 60) r.each.shift();
     r.jsMs = performance.now() - t0 - r.layoutMs;
     eventAt = 0;
   }
@@ -686,12 +688,12 @@ function startPolling() {
     if (state.paused) return;
     const last = state.targets.t.length ? state.targets.t[state.targets.t.length - 1] : 0;
     // The rows since the last one the page has (more than one if a poll came late).
-    const rows = last ? Math.min(HISTORY, Math.ceil((Date.now() / 1000 - last) * 1000 / (state.targets.interval_ms || 1000)) + 1) : null;
+    const since = (Date.now() / 1000 - last) * 1000 / (state.targets.interval_ms || 1000);
+    const rows = last ? Math.min(HISTORY, Math.max(2, Math.ceil(since) + 1)) : null;
     try {
-      applyAll(await fetchViews(rows), rows == null);
+      if (applyAll(await fetchViews(rows), rows == null)) stats.updates++;
       if (stats.stream !== "live") setStream("polling");
       stats.polls++;
-      stats.updates++;
       schedule();
     } catch (e) {
       setStream("reconnecting");
