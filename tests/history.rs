@@ -43,6 +43,15 @@ fn reports(p: &Proc) -> Vec<Value> {
     p.output().lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// `netpulse monitor TARGET --count N` recording into `file` (100 ms apart, JSON lines): exit
+/// code and output.
+fn monitor_reports(file: &Path, target: &str, count: &str) -> (i32, String) {
+    let args = ["monitor", target, "--interval", "100ms", "--count", count, "--format", "json", "--history"];
+    let mut all = args.to_vec();
+    all.push(file.to_str().unwrap());
+    run(&all, QUICK)
+}
+
 fn monitor(file: &Path, targets: &[&str]) -> Proc {
     let mut args = vec!["monitor", "--interval", "100ms", "--format", "json", "--history", file.to_str().unwrap()];
     args.extend(targets);
@@ -132,21 +141,7 @@ fn a_killed_monitor_loses_at_most_its_last_interval_and_the_file_opens_cleanly()
     );
 
     // The next run packs what the killed one left and notes where it ended.
-    let (code, out) = run(
-        &[
-            "monitor",
-            "udp://127.0.18.2:2526",
-            "--interval",
-            "100ms",
-            "--count",
-            "3",
-            "--format",
-            "json",
-            "--history",
-            file.to_str().unwrap(),
-        ],
-        QUICK,
-    );
+    let (code, out) = monitor_reports(&file, "udp://127.0.18.2:2526", "3");
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("history:"), "no warning: {out}");
     let (code, out) = history(&file, &["--since", "1h", "--events"]);
@@ -162,21 +157,7 @@ fn a_corrupt_file_is_one_warning_and_left_alone_while_monitoring_goes_on() {
     let file = dir.join("h.db");
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &garbage).unwrap();
-    let (code, out) = run(
-        &[
-            "monitor",
-            "tcp://127.0.18.3:9",
-            "--interval",
-            "100ms",
-            "--count",
-            "3",
-            "--format",
-            "json",
-            "--history",
-            file.to_str().unwrap(),
-        ],
-        QUICK,
-    );
+    let (code, out) = monitor_reports(&file, "tcp://127.0.18.3:9", "3");
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 3, "{out}");
     let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
@@ -250,21 +231,7 @@ fn a_second_writer_is_told_and_readers_share_the_file() {
     let file = dir.join("h.db");
     let mut first = monitor(&file, &["tcp://127.0.18.6:9"]);
     wait_reports(&first, 0, 3, None);
-    let (code, out) = run(
-        &[
-            "monitor",
-            "tcp://127.0.18.6:9",
-            "--interval",
-            "100ms",
-            "--count",
-            "2",
-            "--format",
-            "json",
-            "--history",
-            file.to_str().unwrap(),
-        ],
-        QUICK,
-    );
+    let (code, out) = monitor_reports(&file, "tcp://127.0.18.6:9", "2");
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 2, "the second monitor still monitors: {out}");
     let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
@@ -364,21 +331,7 @@ fn bad_history_queries_get_one_clear_line() {
     let (code, out) = history(&file, &[]);
     assert_eq!((code, out.lines().count()), (1, 1), "{out}");
     assert!(out.contains("no history at") && out.contains("h.db"), "{out}");
-    let (code, out) = run(
-        &[
-            "monitor",
-            "tcp://127.0.18.9:9",
-            "--interval",
-            "100ms",
-            "--count",
-            "2",
-            "--format",
-            "json",
-            "--history",
-            file.to_str().unwrap(),
-        ],
-        QUICK,
-    );
+    let (code, out) = monitor_reports(&file, "tcp://127.0.18.9:9", "2");
     assert_eq!(code, 0, "{out}");
     for (args, says) in [
         (vec!["--since", "yesterday"], "is not a time"),
@@ -418,21 +371,7 @@ fn a_database_of_another_program_is_left_alone() {
         .unwrap();
     assert!(made.success());
     let before = std::fs::read(&file).unwrap();
-    let (code, out) = run(
-        &[
-            "monitor",
-            "tcp://127.0.18.11:9",
-            "--interval",
-            "100ms",
-            "--count",
-            "2",
-            "--format",
-            "json",
-            "--history",
-            file.to_str().unwrap(),
-        ],
-        QUICK,
-    );
+    let (code, out) = monitor_reports(&file, "tcp://127.0.18.11:9", "2");
     assert_eq!(code, 0, "{out}");
     let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
     assert_eq!(warnings.len(), 1, "{out}");
