@@ -10,8 +10,8 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, Addr, Affinity, Backends, CheckKind, Dur, HealthCheckConfig, HttpBalancerConfig, PortList, Probability,
-    ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, UdpBalancerConfig,
+    self, Addr, Affinity, BackendSpec, Backends, CheckKind, Dur, HealthCheckConfig, HttpBalancerConfig, PortList,
+    Probability, ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, UdpBalancerConfig,
 };
 
 /// Monitor network performance and load-balance HTTP and UDP, in one binary.
@@ -278,9 +278,9 @@ pub struct BalanceHttpArgs {
     /// Address to listen on, e.g. 127.0.0.1:8000
     #[arg(long, short = 'l', value_name = "ADDR")]
     pub listen: Addr,
-    /// Backend address; repeat it or separate with commas
-    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR")]
-    pub backends: Vec<Addr>,
+    /// Backend address, with an optional weight (ADDR=5); repeat it or separate with commas
+    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR[=WEIGHT]")]
+    pub backends: Vec<BackendSpec>,
     /// Time to connect to a backend before answering 504
     #[arg(long, default_value_t = config::default_connect_timeout(), value_name = "DUR")]
     pub connect_timeout: Dur,
@@ -346,9 +346,9 @@ pub struct BalanceUdpArgs {
     /// Address to listen on, e.g. 127.0.0.1:8888
     #[arg(long, short = 'l', value_name = "ADDR")]
     pub listen: Addr,
-    /// Backend address; repeat it or separate with commas
-    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR")]
-    pub backends: Vec<Addr>,
+    /// Backend address, with an optional weight (ADDR=5); repeat it or separate with commas
+    #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR[=WEIGHT]")]
+    pub backends: Vec<BackendSpec>,
     /// none: every datagram to the next backend; client: pin each client address to one backend
     #[arg(long, value_enum, default_value = "none")]
     pub affinity: Affinity,
@@ -420,7 +420,7 @@ impl From<BalanceHttpArgs> for HttpBalancerConfig {
         HttpBalancerConfig {
             name: "http".into(),
             listen: a.listen,
-            backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+            backends: Backends(a.backends.clone()),
             connect_timeout: a.connect_timeout,
             timeout: a.timeout,
             head_timeout: a.head_timeout,
@@ -458,7 +458,7 @@ impl From<BalanceUdpArgs> for UdpBalancerConfig {
         UdpBalancerConfig {
             name: "udp".into(),
             listen: a.listen,
-            backends: Backends(a.backends.iter().map(|b| b.0).collect()),
+            backends: Backends(a.backends.clone()),
             affinity: a.affinity,
             max_flows: a.max_flows,
             flow_idle_timeout: a.flow_idle_timeout,

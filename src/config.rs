@@ -542,7 +542,8 @@ impl Config {
             .map(|b| ("http", &b.name, &b.backends.0))
             .chain(self.balance.udp.iter().map(|b| ("udp", &b.name, &b.backends.0)));
         for (kind, name, list) in backends {
-            if let Some((_, a)) = list.iter().enumerate().find(|(i, a)| list[..*i].contains(a)) {
+            if let Some((_, a)) = list.iter().enumerate().find(|(i, a)| list[..*i].iter().any(|b| b.addr == a.addr)) {
+                let a = a.addr;
                 return Err(format!("balance.{kind} \"{name}\": backend {a} is listed twice; list each backend once"));
             }
         }
@@ -556,8 +557,8 @@ impl Config {
             }
         }
         for b in &self.balance.udp {
-            let v4 = b.backends.0[0].is_ipv4();
-            if b.backends.0.iter().any(|a| a.is_ipv4() != v4) {
+            let v4 = b.backends.0[0].addr.is_ipv4();
+            if b.backends.0.iter().any(|a| a.addr.is_ipv4() != v4) {
                 return Err(format!(
                     "balance.udp \"{}\": backends mix IPv4 and IPv6; use one family per balancer",
                     b.name
@@ -810,17 +811,88 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
-/// A non-empty list of backend addresses.
+/// One backend as configured: its address and its weight (`"127.0.0.1:8001"`, or
+/// `{ addr = "127.0.0.1:8001", weight = 5 }` in a file; `127.0.0.1:8001=5` on the command line).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backends(pub Vec<SocketAddr>);
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    /// Share of the requests relative to the others under the weighted strategies (1 to 1000).
+    pub weight: u32,
+}
+
+impl FromStr for BackendSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, weight) = match s.trim().rsplit_once('=') {
+            Some((a, w)) => (a, parse_weight(w)?),
+            None => (s, 1),
+        };
+        Ok(BackendSpec { addr: addr.parse::<Addr>()?.0, weight })
+    }
+}
+
+fn parse_weight(w: &str) -> Result<u32, String> {
+    match w.trim().parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("weight '{w}' is not a whole number from 1 to 1000")),
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            addr: String,
+            #[serde(default)]
+            weight: Option<i64>,
+        }
+        const SHAPE: &str = "a backend is \"IP:PORT\" or { addr = \"IP:PORT\", weight = N }";
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => s.parse().map_err(de::Error::custom),
+            toml::Value::Table(t) => {
+                let t: Table = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| de::Error::custom(format!("{SHAPE}: {}", e.message())))?;
+                let weight = match t.weight {
+                    Some(w) => parse_weight(&w.to_string()).map_err(de::Error::custom)?,
+                    None => 1,
+                };
+                Ok(BackendSpec { addr: t.addr.parse::<Addr>().map_err(de::Error::custom)?.0, weight })
+            }
+            other => Err(de::Error::custom(format!("{SHAPE}, not {other}"))),
+        }
+    }
+}
+
+/// A non-empty list of backends, in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends(pub Vec<BackendSpec>);
+
+impl Backends {
+    /// All with weight 1.
+    pub fn of(addrs: &[SocketAddr]) -> Self {
+        Backends(addrs.iter().map(|&addr| BackendSpec { addr, weight: 1 }).collect())
+    }
+
+    /// The addresses, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.iter().map(|b| b.addr).collect()
+    }
+
+    /// The weights, in order.
+    pub fn weights(&self) -> Vec<u32> {
+        self.0.iter().map(|b| b.weight).collect()
+    }
+}
 
 impl<'de> Deserialize<'de> for Backends {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Vec::<Addr>::deserialize(d)?;
+        let list = Vec::<BackendSpec>::deserialize(d)?;
         if list.is_empty() {
             return Err(de::Error::custom("at least one backend is required"));
         }
-        Ok(Backends(list.into_iter().map(|a| a.0).collect()))
+        Ok(Backends(list))
     }
 }
 
@@ -879,7 +951,7 @@ mod tests {
         let c = Config::embedded_default();
         let http = &c.balance.http[0];
         assert_eq!(http.listen.0, "127.0.0.1:8000".parse().unwrap());
-        let ports: Vec<u16> = http.backends.0.iter().map(|a| a.port()).collect();
+        let ports: Vec<u16> = http.backends.0.iter().map(|a| a.addr.port()).collect();
         assert_eq!(ports, vec![8001, 8002, 8003, 8004]);
         assert_eq!(c.serve.http.as_ref().unwrap().ports.0, vec![8001, 8002, 8003, 8004]);
         let udp = &c.balance.udp[0];

@@ -30,25 +30,73 @@ pub enum Affinity {
     Client,
 }
 
+/// How a balancer chooses among the backends that may take a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// One rotation shared by all clients, never reset (the classic lab).
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin, as nginx does it: weights 5/1/1 give a a b a c a a.
+    Weighted,
+    /// The backend with the fewest requests in flight relative to its weight.
+    LeastConnections,
+    /// Power of two random choices over a peak EWMA of latency and requests in flight.
+    P2c,
+    /// Maglev consistent hashing of a key (client IP, a header, the UDP source).
+    Hash,
+    /// Weights from the monitor's own probes of each backend: loss and round trip.
+    Measured,
+}
+
+/// What an operator asked of a backend at run time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Admin {
+    /// Takes requests as its health and strategy allow.
+    #[default]
+    Enabled,
+    /// Takes no new clients or requests; what is under way finishes.
+    Draining,
+    /// Takes nothing.
+    Disabled,
+}
+
 /// One backend as the strategies see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
     pub addr: SocketAddr,
     /// Whether the backend is in rotation by its health checks.
     pub healthy: bool,
     /// Ejected by its own failures on the data path until then.
     pub ejected_until: Option<Instant>,
+    /// The configured (or operator-set) weight, at least 1.
+    pub weight: u32,
+    /// The factor the `measured` strategy applies to the weight (1 until measured), in (0, 1].
+    pub measured: f64,
+    /// What an operator asked of it.
+    pub admin: Admin,
 }
 
 impl Backend {
+    /// A healthy, enabled backend of weight 1.
+    pub fn new(addr: SocketAddr) -> Self {
+        Backend { addr, healthy: true, ejected_until: None, weight: 1, measured: 1.0, admin: Admin::Enabled }
+    }
+
     /// Whether the backend may take a request at `now`.
     pub fn available(&self, now: Instant) -> bool {
-        self.healthy && self.ejected_until.is_none_or(|t| now >= t)
+        self.admin == Admin::Enabled && self.healthy && self.ejected_until.is_none_or(|t| now >= t)
+    }
+
+    /// The weight the weighted strategies use: the configured weight times the measured factor.
+    pub fn effective_weight(&self) -> f64 {
+        f64::from(self.weight) * self.measured
     }
 }
 
 /// The backends of one balancer, in configuration order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendSet {
     backends: Vec<Backend>,
 }
@@ -56,7 +104,16 @@ pub struct BackendSet {
 impl BackendSet {
     /// All backends healthy.
     pub fn new(addrs: &[SocketAddr]) -> Self {
-        Self { backends: addrs.iter().map(|&addr| Backend { addr, healthy: true, ejected_until: None }).collect() }
+        Self { backends: addrs.iter().map(|&addr| Backend::new(addr)).collect() }
+    }
+
+    /// All backends healthy, with these weights (as many as `addrs`; missing ones are 1).
+    pub fn weighted(addrs: &[SocketAddr], weights: &[u32]) -> Self {
+        let mut set = Self::new(addrs);
+        for (b, &w) in set.backends.iter_mut().zip(weights) {
+            b.weight = w.max(1);
+        }
+        set
     }
 
     /// The backends in order.

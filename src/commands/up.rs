@@ -283,7 +283,8 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     for c in &config.balance.http {
         let b = HttpBalancer::bind(c, log.clone())?;
         let at = b.local_addr()?;
-        let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.0));
+        let _ =
+            writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.addrs()));
         let check = Checks::http(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
         checks.extend(check);
@@ -298,7 +299,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
             Affinity::None => "round-robin per datagram",
             Affinity::Client => "round-robin, pinned per client",
         };
-        let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.0));
+        let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::udp(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
         checks.extend(check);

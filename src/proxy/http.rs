@@ -278,7 +278,7 @@ impl HttpBalancer {
             max: OutlierRules::default().max.max(config.eject_for.0),
             ..OutlierRules::default()
         };
-        let backends = Backends::new(&config.name, &config.backends.0, crate::config::Affinity::None, outliers);
+        let backends = Backends::new(&config.name, &config.backends.addrs(), crate::config::Affinity::None, outliers);
         let stats = Arc::new(BalancerStats::new(&config.name, Proto::Http, "round-robin", backends.set()));
         if let Ok(at) = listeners[0].local_addr() {
             stats.set_listen(at);

@@ -160,7 +160,7 @@ impl UdpBalancer {
         }
         let backends = Backends::new(
             &config.name,
-            &config.backends.0,
+            &config.backends.addrs(),
             config.affinity,
             OutlierRules { failures: 0, ..OutlierRules::default() },
         );
@@ -180,7 +180,7 @@ impl UdpBalancer {
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
-            upstream_ip: upstream_ip(&config.backends.0),
+            upstream_ip: upstream_ip(&config.backends.addrs()),
         };
         Ok(Self { sockets, shared: Arc::new(shared) })
     }
@@ -634,7 +634,7 @@ mod tests {
         let config = UdpBalancerConfig {
             name: "test".into(),
             listen: Addr(format!("{ip}:0").parse().unwrap()),
-            backends: Backends(vec![backend.local_addr().unwrap()]),
+            backends: crate::config::Backends::of(&[backend.local_addr().unwrap()]),
             affinity: crate::balance::Affinity::default(),
             max_flows,
             flow_idle_timeout: Dur(Duration::from_secs(60)),
