@@ -634,7 +634,7 @@ mod tests {
         let config = UdpBalancerConfig {
             name: "test".into(),
             listen: Addr(format!("{ip}:0").parse().unwrap()),
-            backends: crate::config::Backends::of(&[backend.local_addr().unwrap()]),
+            backends: Backends::of(&[backend.local_addr().unwrap()]),
             affinity: crate::balance::Affinity::default(),
             max_flows,
             flow_idle_timeout: Dur(Duration::from_secs(60)),
