@@ -43,6 +43,26 @@ pub struct Config {
     /// Where the monitor's history is recorded, and for how long.
     #[serde(default)]
     pub history: HistoryConfig,
+    /// What survives a restart.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`: what survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Each balancer's rotation continues after a restart where it stopped (on by default).
+    #[serde(default = "yes")]
+    pub rotation: bool,
+    /// Where it is kept (default: `$XDG_DATA_HOME/netpulse/rotation/`).
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { rotation: true, dir: None }
+    }
 }
 
 /// `[history]`: the monitor's intervals remembered in an SQLite file (on by default).

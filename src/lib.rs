@@ -22,6 +22,7 @@ pub mod net;
 pub mod probe;
 pub mod proxy;
 pub mod serve;
+pub mod state;
 pub mod stats;
 mod sys;
 

@@ -34,6 +34,7 @@ fn documented_default_banner(ip: &str, data: &std::path::Path) -> String {
     let http = (8001..=8004).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
     let udp = (2526..=2528).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
     let history = data.join("netpulse/history.db").display().to_string();
+    let rotation = data.join("netpulse/rotation").display().to_string();
     format!(
         "netpulse is up:\n\
          \x20 http backends  {http}\n\
@@ -46,6 +47,7 @@ fn documented_default_banner(ip: &str, data: &std::path::Path) -> String {
          \x20 metrics        http://{ip}:9100/metrics\n\
          \x20 dashboard      http://{ip}:9100/ (JSON: /api/v1/)\n\
          \x20 history        {history} (kept: intervals 2d, minutes 30d, hours 365d)\n\
+         \x20 rotation kept  {rotation}\n\
          try:\n\
          \x20 curl http://{ip}:8000/\n\
          \x20 netpulse udp-ping {ip} 8888\n\

@@ -208,6 +208,17 @@ impl Picker {
         }
     }
 
+    /// How far the rotation has gone (see [`RoundRobin::position`]), to save it across restarts.
+    pub fn position(&self) -> usize {
+        self.rotation.position()
+    }
+
+    /// Continues a saved rotation: with the same backends, the next pick is the one that would
+    /// have followed.
+    pub fn resume_at(&self, position: usize) {
+        self.rotation.resume_at(position);
+    }
+
     /// The next turn of the rotation at `now` as an index into `set` (the HTTP proxy keeps a
     /// connection pool per index), skipping the backends this request already `tried`.
     pub fn pick_index(&self, set: &BackendSet, now: Instant, tried: &[usize]) -> Option<usize> {
@@ -266,6 +277,19 @@ mod tests {
             assert!(first != second && second != third && first != third);
             assert_eq!(p.pick_index(&s, now, &[first, second, third]), None);
         }
+    }
+
+    #[test]
+    fn a_resumed_rotation_continues_where_the_saved_one_stopped() {
+        let s = set(4);
+        let before = Picker::new(Affinity::None);
+        let now = Instant::now();
+        let first: Vec<u16> = (0..6).map(|_| before.pick(&s, None, now).unwrap().port()).collect();
+        let after = Picker::new(Affinity::None);
+        after.resume_at(before.position());
+        let next: Vec<u16> = (0..3).map(|_| after.pick(&s, None, now).unwrap().port()).collect();
+        assert_eq!(first, vec![1, 2, 3, 4, 1, 2]);
+        assert_eq!(next, vec![3, 4, 1]);
     }
 
     #[test]

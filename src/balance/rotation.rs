@@ -32,6 +32,16 @@ impl RoundRobin {
         backends.iter().enumerate().filter(|(i, b)| may(*i, b)).nth(turn).map(|(i, _)| i)
     }
 
+    /// How many turns have been taken (the next pick is turn `position()`), to save it.
+    pub fn position(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Continues a rotation saved at `position` (see [`RoundRobin::position`]).
+    pub fn resume_at(&self, position: usize) {
+        self.next.store(position, Ordering::Relaxed);
+    }
+
     /// The index of the backend for the next request among the healthy ones.
     pub fn pick(&self, set: &BackendSet) -> Option<usize> {
         self.pick_where(set, |_, b| b.healthy)

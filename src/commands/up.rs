@@ -73,6 +73,8 @@ struct Bound {
     balancers: Balancers,
     /// The history file the monitor's reports are recorded into.
     history: Option<crate::history::Store>,
+    /// The balancers' rotations, kept across restarts.
+    rotations: crate::state::Rotations,
     banner: String,
 }
 
@@ -315,6 +317,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     if !config.monitor.as_ref().is_some_and(|m| m.health) {
         checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
     }
+    let (rotations, kept_in) = keep_rotations(&config.state, &http, &udp);
     let balancers: Balancers = http.iter().map(HttpBalancer::stats).chain(udp.iter().map(UdpBalancer::stats)).collect();
     let mut history = None;
     let monitor = match &config.monitor {
@@ -336,12 +339,46 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     };
     tries.sort_by_key(|t| !t.starts_with("curl"));
     tries.dedup_by(|a, b| a.split(' ').next() == b.split(' ').next());
+    if let Some(dir) = kept_in {
+        let _ = writeln!(banner, "  rotation kept  {}", dir.display());
+    }
     banner.push_str("try:\n");
     for t in tries {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, history, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, history, rotations, banner })
+}
+
+/// Restores each balancer's rotation where the last run left it (`[state] rotation`), and where
+/// it is kept (for the banner).
+fn keep_rotations(
+    state: &crate::config::StateConfig,
+    http: &[HttpBalancer],
+    udp: &[UdpBalancer],
+) -> (crate::state::Rotations, Option<std::path::PathBuf>) {
+    use crate::state::Kept;
+    let dir = match (&state.dir, state.rotation) {
+        (_, false) => return Default::default(),
+        (Some(d), true) => d.clone(),
+        (None, true) => match crate::state::default_dir() {
+            Some(d) => d,
+            None => return Default::default(),
+        },
+    };
+    let mut kept = Vec::new();
+    for b in http {
+        if let Ok(at) = b.local_addr() {
+            kept.extend(Kept::restore(&dir, "http", b.name(), at, b.backend_addrs(), b.picker()));
+        }
+    }
+    for b in udp {
+        if let Ok(at) = b.local_addr() {
+            kept.extend(Kept::restore(&dir, "udp", b.name(), at, b.backend_addrs(), b.picker()));
+        }
+    }
+    let shown = (!kept.is_empty()).then_some(dir);
+    (crate::state::Rotations::new(kept), shown)
 }
 
 /// Opens the history file `[history]` names, and the banner's words on it. A file that cannot
@@ -467,6 +504,7 @@ async fn serve(
         }
     };
     let stop = CancellationToken::new();
+    let rotations = tokio::spawn(bound.rotations.keep(stop.clone()));
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let mut recorder = None;
     for (checker, feed) in bound.checkers {
@@ -558,6 +596,9 @@ async fn serve(
     .await;
     if drained.is_err() {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    if let Ok(r) = rotations.await {
+        let _ = tokio::task::spawn_blocking(move || r.finish()).await;
     }
     if let Some(r) = recorder {
         let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;

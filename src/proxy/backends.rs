@@ -17,7 +17,7 @@ use crate::balance::{Affinity, BackendSet, OutlierRules, Outliers, Picker};
 pub struct Backends {
     name: String,
     set: Arc<ArcSwap<BackendSet>>,
-    picker: Picker,
+    picker: Arc<Picker>,
     outliers: Mutex<Outliers>,
     /// Per backend: whether its last request failed. A success takes the lock only then, so the
     /// common path is one load of a flag that stays in every core's cache.
@@ -31,7 +31,7 @@ impl Backends {
         Self {
             name: name.to_string(),
             set: Arc::new(ArcSwap::from_pointee(BackendSet::new(addrs))),
-            picker: Picker::new(affinity),
+            picker: Arc::new(Picker::new(affinity)),
             outliers: Mutex::new(Outliers::new(addrs, rules)),
             failing: addrs.iter().map(|_| AtomicBool::new(false)).collect(),
             stats: std::sync::OnceLock::new(),
@@ -41,6 +41,11 @@ impl Backends {
     /// Where ejections are noted for the sinks.
     pub fn note_in(&self, stats: Arc<crate::stats::traffic::BalancerStats>) {
         let _ = self.stats.set(stats);
+    }
+
+    /// The picker, whose rotation position is saved across restarts.
+    pub fn picker(&self) -> Arc<Picker> {
+        self.picker.clone()
     }
 
     /// The live set, for health checkers to update (they change only the health flags).

@@ -318,6 +318,11 @@ impl HttpBalancer {
         self.proxy.backends.set()
     }
 
+    /// The picker, whose rotation position is saved across restarts.
+    pub fn picker(&self) -> Arc<crate::balance::Picker> {
+        self.proxy.backends.picker()
+    }
+
     /// The backends' addresses, in configuration order.
     pub fn backend_addrs(&self) -> Vec<SocketAddr> {
         self.proxy.backends.addrs()

@@ -203,6 +203,11 @@ impl UdpBalancer {
         self.shared.backends.set()
     }
 
+    /// The picker, whose rotation position is saved across restarts.
+    pub fn picker(&self) -> Arc<crate::balance::Picker> {
+        self.shared.backends.picker()
+    }
+
     /// The backends' addresses, in configuration order.
     pub fn backend_addrs(&self) -> Vec<SocketAddr> {
         self.shared.backends.addrs()
