@@ -118,3 +118,54 @@ fn a_corrupt_state_file_is_one_warning_and_the_rotation_starts_afresh() {
     assert_eq!(out.matches("ignoring the saved rotation").count(), 1, "{out}");
     assert_eq!(ports("127.0.31.3:8000", 2), vec![8001, 8002]);
 }
+
+/// The backends the UDP balancer's access log says the datagrams went to, in order.
+fn udp_backends(out: &str) -> Vec<u16> {
+    out.lines()
+        .filter(|l| l.contains(" udp ping ") && l.contains(" -> "))
+        .filter_map(|l| l.split(" -> ").nth(1)?.split(' ').next()?.rsplit(':').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_classic_udp_ping_continues_on_the_next_server_after_a_restart() {
+    let data = common::data_home();
+    let ip = "127.0.31.4";
+    let file = data.join("udp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[serve.udp]
+bind = "{ip}"
+ports = "2526-2528"
+
+[[balance.udp]]
+name = "ping"
+listen = "{ip}:8888"
+backends = ["{ip}:2526", "{ip}:2527", "{ip}:2528"]
+[balance.udp.health]
+check = "none"
+"#
+        ),
+    )
+    .unwrap();
+    let ping = |n: &str| {
+        let (code, out) = common::run(&["udp-ping", ip, "8888", "-c", n, "-i", "0.05"], Duration::from_secs(10));
+        assert_eq!(code, 0, "{out}");
+    };
+    let mut first = up(&file, &data);
+    ping("4");
+    common::wait_until(format_args!("4 access log lines: {}", first.printed()), Duration::from_secs(5), || {
+        (udp_backends(&first.output()).len() == 4).then_some(())
+    });
+    assert!(first.signal_and_wait("INT", Duration::from_secs(10)).success());
+    assert_eq!(udp_backends(&first.output()), vec![2526, 2527, 2528, 2526]);
+
+    let second = up(&file, &data);
+    ping("2");
+    common::wait_until(format_args!("2 access log lines: {}", second.printed()), Duration::from_secs(5), || {
+        (udp_backends(&second.output()).len() == 2).then_some(())
+    });
+    assert_eq!(udp_backends(&second.output()), vec![2527, 2528], "ping 5 goes to the server after ping 4's");
+}
