@@ -57,15 +57,17 @@ pub struct HistoryFlags {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// Targets as the monitor names them, e.g. udp://127.0.0.1:2526 (default: every target recorded)
+    /// Targets as the monitor names them, e.g. udp://127.0.0.1:2526 (default: every target recorded in the range)
     pub targets: Vec<String>,
-    /// Start of the range: a duration ago (24h, 90m, 7d) or an RFC 3339 time
+    /// Start of the range: a duration ago (24h, 90m, 7d, 2w, 1y), a local time ("2026-11-22 03:00") or
+    /// RFC 3339 (2026-11-22T03:00:00Z)
     #[arg(long, default_value = "24h", value_name = "TIME")]
     pub since: crate::history::TimeSpec,
-    /// End of the range: a duration ago or an RFC 3339 time (default: now)
+    /// End of the range, written as --since is (default: now)
     #[arg(long, value_name = "TIME")]
     pub until: Option<crate::history::TimeSpec>,
-    /// Step of the series (json, csv, --plot); default: one that fits the range
+    /// Step of the series (json, csv, --plot), on whole multiples of it (1m: whole minutes, UTC);
+    /// default: one that fits the range
     #[arg(long, value_name = "DUR")]
     pub step: Option<Dur>,
     /// table (per target: summary and outages), json (with the series) or csv (the series)

@@ -1008,3 +1008,187 @@ fn measure_the_page_with_1000_targets() {
     );
     b.screenshot(&artifacts().join("web-1000.png"));
 }
+
+// ---- the recorded history: /api/v1/history and the page's time ranges (127.0.26.x) --------------
+
+/// `netpulse up` on the lab `config`, recording its history into `file`.
+fn up_recording(config: &Path, file: &Path) -> Proc {
+    let mut cmd = common::netpulse();
+    cmd.args(["up", "--config"]).arg(config).arg("--history").arg(file);
+    Proc::up_command(cmd)
+}
+
+/// A fresh history file for the lab on `ip`.
+fn history_file(ip: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-history-{ip}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("h.db")
+}
+
+/// The time `secs` seconds ago, to the second, as RFC 3339.
+fn seconds_ago(secs: i64) -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs).unwrap().to_string()
+}
+
+/// Waits until the history has `n` probes of `target` from the last five minutes.
+fn wait_recorded(ip: &str, target: &str, n: u64) {
+    wait_until(format!("{n} recorded probes of {target}"), START, || {
+        let v = api(ip, &format!("/api/v1/history?since=5m&target={target}"));
+        let series = v["targets"][0]["series"].as_array()?.clone();
+        (series.iter().map(|p| p["sent"].as_u64().unwrap_or(0)).sum::<u64>() >= n).then_some(())
+    });
+}
+
+#[test]
+fn the_history_api_answers_the_points_netpulse_history_prints_and_bad_queries_get_one_line() {
+    let ip = "127.0.26.30";
+    let file = history_file(ip);
+    let _up = up_recording(&lab(ip), &file);
+    traffic(ip);
+    let lossy = format!("udp://{ip}:12526");
+    wait_recorded(ip, &lossy, 20);
+    // An hour that ended a few seconds ago, asked of the API (no step: it picks one) and of
+    // the command with that step: the same points. (Asked again until the writer has settled
+    // the last intervals: an interval is written just after its report.)
+    let (api_doc, cli_doc) = wait_until("the API and the command to agree", START, || {
+        let (since, until) = (seconds_ago(3605), seconds_ago(5));
+        let v = api(ip, &format!("/api/v1/history?target={lossy}&since={since}&until={until}"));
+        let step = format!("{}s", v["step_s"].as_f64()?);
+        let out = common::netpulse()
+            .args(["history", "--history", file.to_str().unwrap(), &lossy, "--since", &since, "--until", &until])
+            .args(["--step", &step, "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // (And until the range holds a few seconds of probes.)
+        let sent: u64 = v["targets"][0]["series"].as_array()?.iter().map(|p| p["sent"].as_u64().unwrap_or(0)).sum();
+        (cli["targets"][0]["series"] == v["targets"][0]["series"] && sent >= 20).then_some((v, cli))
+    });
+    assert_eq!(api_doc["history"], "on");
+    assert_eq!(api_doc["step_s"], 5.0, "an hour in at most a thousand points: 5 s steps");
+    for k in ["since", "until", "step_s"] {
+        assert_eq!(api_doc[k], cli_doc[k], "{k}");
+    }
+    let points = api_doc["targets"][0]["series"].as_array().unwrap();
+    assert!((720..=721).contains(&points.len()), "{} points", points.len());
+    assert!(points.iter().all(|p| p["t_ms"].as_i64().unwrap() % 5000 == 0), "steps on the 5 s grid");
+    let lost: u64 = points.iter().map(|p| p["lost"].as_u64().unwrap()).sum();
+    let answered = points.iter().filter(|p| p["rtt_p50_ms"].is_f64()).count();
+    assert!(lost > 0 && answered > 0, "the lossy target's lost probes and answers are in it");
+
+    // Every target recorded in the range, the live ones, each in at most a thousand points.
+    let all = api(ip, "/api/v1/history?since=1h");
+    let mut recorded: Vec<&str> =
+        all["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    let live = api(ip, "/api/v1/targets?history=0");
+    let mut monitored: Vec<&str> =
+        live["targets"].as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    recorded.sort_unstable();
+    monitored.sort_unstable();
+    assert_eq!(recorded, monitored);
+    assert!(all["targets"].as_array().unwrap().iter().all(|t| t["series"].as_array().unwrap().len() <= 1001));
+    let week = api(ip, "/api/v1/history?since=7d");
+    assert_eq!(week["step_s"], 900.0, "a week in 15 min steps (672 and the ends)");
+    let unknown = api(ip, &format!("/api/v1/history?target=udp://{ip}:1&since=1h"));
+    assert_eq!(
+        (unknown["targets"].clone(), unknown["not_recorded"].clone()),
+        (json!([]), json!([format!("udp://{ip}:1")]))
+    );
+
+    // A bad query: 400 and one line of JSON that names the parameter.
+    for (query, says) in [
+        ("since=yesterday", "since=yesterday: 'yesterday' is not a time"),
+        ("since=1h&until=2h", "is not before until"),
+        ("step=10ms", "step=10ms is too fine"),
+        ("step=1s&since=30d", "for 8 target(s): more than 100000 in one answer; ask for step=300s or coarser"),
+        ("tagret=x", "unknown parameter \"tagret\""),
+        ("since=%zz", "broken %-escape"),
+    ] {
+        let r = web_get(ip, &format!("/api/v1/history?{query}"));
+        assert_eq!((r.status, r.header("content-type")), (400, Some("application/json")), "{query}: {r:?}");
+        assert_eq!(r.body.lines().count(), 1, "{query}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(says), "{query}: {}", r.body);
+    }
+}
+
+#[test]
+fn with_history_off_the_api_says_so() {
+    let ip = "127.0.26.31";
+    let mut cmd = common::netpulse();
+    cmd.args(["up", "--config"]).arg(lab(ip)).arg("--no-history");
+    let _up = Proc::up_command(cmd);
+    assert_eq!(api(ip, "/api/v1/history?since=1h"), json!({"history": "off", "targets": []}));
+}
+
+/// The page's time range as the test reads it: the chart's recorded columns and the sparklines.
+const RANGE: &str = r#"(() => {
+  const r = window.netpulse && window.netpulse.state.range;
+  if (!r) return { live: true };
+  const c = r.chart, sum = (a) => a.reduce((x, y) => x + y, 0);
+  return { name: r.name, step_s: r.step_s, sparks: r.spark ? r.spark.size : 0,
+           chart: c && { target: c.target, n: c.t.length, answered: c.rtt_med_ms.filter((v) => v != null).length,
+                         lost: sum(c.lost), first: c.t[0], last: c.t[c.t.length - 1] },
+           pressed: document.querySelector('#ranges [aria-pressed="true"]').dataset.range,
+           head: document.getElementById("history-head").textContent,
+           caption: document.getElementById("chart-what").textContent };
+})()"#;
+
+#[test]
+fn picking_1_h_draws_the_recorded_hour_with_its_losses_and_live_comes_back() {
+    let ip = "127.0.26.32";
+    let file = history_file(ip);
+    let _up = up_recording(&lab(ip), &file);
+    traffic(ip);
+    let lossy = format!("udp://{ip}:12526");
+    wait_recorded(ip, &lossy, 20);
+    let mut b = Browser::start(1400, 1900);
+    b.navigate(&format!("http://{ip}:19100/"));
+    wait_until("the page to show live data", START, || {
+        let look = b.look()?;
+        (updates(&look) >= 3 && all_drawn(&look)).then_some(())
+    });
+    b.eval(&format!("document.querySelector('tr[data-target=\"{lossy}\"]').click()")).unwrap();
+    b.eval("document.querySelector('#ranges [data-range=\"1h\"]').click()").unwrap();
+    // The chart holds the recorded hour in 5 s steps (the live window holds 300 reports at most),
+    // with the lossy target's answers and its lost probes, drawn: the line and the red marks.
+    let (range, look) = wait_until("the recorded hour to be charted", START, || {
+        let range = b.eval(RANGE)?;
+        let chart = range.get("chart")?.clone();
+        if chart.is_null() || chart["target"] != lossy.as_str() {
+            return None;
+        }
+        let look = b.look()?;
+        let canvas = look["canvases"].as_array()?.iter().find(|c| c["chart"] == "target-chart")?.clone();
+        let drawn = canvas["red"].as_u64() > Some(0) && canvas["colored"].as_u64() > canvas["red"].as_u64();
+        // The lossy target's sparkline shows its recorded losses in red.
+        let spark = look["canvases"].as_array()?.iter().find(|c| c["name"] == lossy.as_str())?.clone();
+        (drawn && range["sparks"].as_u64() > Some(0) && spark["red"].as_u64() > Some(0)).then_some((range, look))
+    });
+    let chart = &range["chart"];
+    assert_eq!(range["step_s"], 5.0, "{range}");
+    assert!((720..=721).contains(&chart["n"].as_u64().unwrap()), "an hour of 5 s steps: {range}");
+    let span = chart["last"].as_f64().unwrap() - chart["first"].as_f64().unwrap();
+    assert!((3595.0..=3600.0).contains(&span), "from an hour ago to now: {range}");
+    assert!(chart["answered"].as_u64() > Some(0) && chart["lost"].as_u64() > Some(0), "{range}");
+    assert_eq!(range["pressed"], "1h");
+    assert_eq!(range["head"], "Last 1 h");
+    assert_eq!(range["caption"], "round trip per 5 s over the last 1 h (recorded)");
+    assert_eq!(range["sparks"], 8, "a recorded sparkline per target: {range}");
+    assert!(look["text"].as_str().unwrap().contains(&lossy), "the tables stay");
+    b.screenshot(&artifacts().join("web-range-1h.png"));
+
+    // Live again: the live window is charted, and follows the reports.
+    b.eval("document.querySelector('#ranges [data-range=\"live\"]').click()").unwrap();
+    let before = updates(&b.look().unwrap());
+    wait_until("the live view to come back", START, || {
+        let range = b.eval(RANGE)?;
+        let look = b.look()?;
+        let live = range["live"] == true && updates(&look) >= before + 2;
+        let titled = look["text"].as_str()?.contains(&format!("{lossy} round trip per interval"));
+        (live && titled && all_drawn(&look)).then_some(())
+    });
+    assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
+}

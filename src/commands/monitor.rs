@@ -26,6 +26,12 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let monitor = Monitor::new(plan);
     let stop = CancellationToken::new();
     let sinks = CancellationToken::new();
+    let mut history = crate::config::HistoryConfig::default();
+    if args.record.no_history {
+        history.enabled = false;
+    }
+    history.path = args.record.history.clone();
+    let store = super::up::open_history(&history).0;
     // `--web` and `--metrics` serve the same: the page, the JSON API and /metrics.
     let mut web_at = None;
     if let Some(addr) = args.web.or(args.metrics) {
@@ -34,17 +40,13 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         tracing::info!("dashboard on http://{0}/ and metrics on http://{0}/metrics", addr.0);
         let exporter = Exporter::new(std::sync::Arc::from(Vec::new()));
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
-        let web = Web::new(exporter, std::sync::Arc::from(Vec::new()), monitor.plan().interval);
+        let web = Web::new(exporter, std::sync::Arc::from(Vec::new()), monitor.plan().interval)
+            .with_history(store.as_ref().map(|s| s.path.clone()));
         rt.spawn(web.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();
         rt.spawn(async move { web.serve(listener, sinks).await });
     }
-    let mut history = crate::config::HistoryConfig::default();
-    if args.record.no_history {
-        history.enabled = false;
-    }
-    history.path = args.record.history.clone();
-    let recorder = match super::up::open_history(&history).0 {
+    let recorder = match store {
         Some(store) => {
             let no_balancers = std::sync::Arc::from(Vec::new());
             crate::history::writer::Recorder::start(store, monitor.subscribe(), no_balancers)

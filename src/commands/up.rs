@@ -515,7 +515,8 @@ async fn serve(
     if let Some(w) = bound.monitor {
         if let Some((exporter, listener)) = w.metrics {
             tokio::spawn(exporter.clone().follow(w.monitor.subscribe()));
-            let web = Web::new(exporter, bound.balancers.clone(), w.monitor.plan().interval);
+            let web = Web::new(exporter, bound.balancers.clone(), w.monitor.plan().interval)
+                .with_history(bound.history.as_ref().map(|s| s.path.clone()));
             tokio::spawn(web.clone().follow(w.monitor.subscribe()));
             let stop = stop.clone();
             tasks.spawn(async move { web.serve(listener, stop).await.context("metrics and dashboard") });

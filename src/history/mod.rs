@@ -130,8 +130,9 @@ fn ceil_to(t: i64, step: i64) -> i64 {
     floor_to(t + step - 1, step)
 }
 
-/// A time on the command line: `now`, an RFC 3339 time (`2026-11-22T03:00:00Z`), or a
-/// duration ago (`24h`, `90m`, `7d`).
+/// A time on the command line: `now`, a duration ago (`24h`, `90m`, `7d`, `2w`, `1y` = 365
+/// days), an RFC 3339 time (`2026-11-22T03:00:00Z`), or a local time (`2026-11-22 03:00`,
+/// `2026-11-22 03:00:30`, `2026-11-22T03:00`, or a date alone for its midnight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSpec {
     Ago(Duration),
@@ -145,13 +146,46 @@ impl std::str::FromStr for TimeSpec {
         if s == "now" {
             return Ok(Self::Ago(Duration::ZERO));
         }
-        if let Some(t) = parse_rfc3339(s) {
+        if let Some(t) = parse_rfc3339(s).or_else(|| parse_local(s)) {
             return Ok(Self::At(t));
         }
-        crate::config::parse_duration(s).map(Self::Ago).map_err(|_| {
-            format!("'{s}' is not a time; give a duration ago (\"24h\", \"90m\", \"7d\") or RFC 3339 (\"2026-11-22T03:00:00Z\")")
+        ago(s).map(Self::Ago).ok_or_else(|| {
+            format!(
+                "'{s}' is not a time; give a duration ago (\"24h\", \"7d\", \"2w\", \"1y\"), a local time \
+                 (\"2026-11-22 03:00\") or RFC 3339 (\"2026-11-22T03:00:00Z\")"
+            )
         })
     }
+}
+
+/// A duration ago: what `config::parse_duration` reads, and weeks (`w`) and years (`y`, 365 days).
+fn ago(s: &str) -> Option<Duration> {
+    let unit = |suffix: char, secs: f64| -> Option<Duration> {
+        let n: f64 = s.strip_suffix(suffix)?.trim().parse().ok()?;
+        let total = n * secs;
+        (n.is_finite() && n >= 0.0 && total <= 1e9).then(|| Duration::from_secs_f64(total))
+    };
+    unit('w', 7.0 * 86_400.0).or_else(|| unit('y', 365.0 * 86_400.0)).or_else(|| crate::config::parse_duration(s).ok())
+}
+
+/// A date and time without an offset, read in the local time zone (`TZ`, else
+/// `/etc/localtime`): `2026-11-22 03:00`, `2026-11-22 03:00:30`, `2026-11-22T03:00`, or
+/// `2026-11-22` (its midnight). A time a clock change skips or repeats is taken as the clock
+/// read before the change.
+pub fn parse_local(s: &str) -> Option<i64> {
+    use jiff::civil::{Date, DateTime};
+    // Digits and separators only: no offset, no zone annotation (those are RFC 3339's).
+    let plain = s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b' ' | b'T' | b'.'));
+    if !plain {
+        return None;
+    }
+    let dt = if s.len() == 10 {
+        s.parse::<Date>().ok()?.to_datetime(jiff::civil::Time::midnight())
+    } else {
+        s.parse::<DateTime>().ok()?
+    };
+    let zone = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    Some(zone.to_timestamp(dt).ok()?.as_millisecond())
 }
 
 impl TimeSpec {
@@ -160,6 +194,42 @@ impl TimeSpec {
         match self {
             Self::At(t) => t,
             Self::Ago(d) => now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_read_as_durations_ago_weeks_years_and_absolute_times() {
+        let now = 1_000 * 86_400_000;
+        let at = |s: &str| s.parse::<TimeSpec>().map(|t| t.at(now));
+        assert_eq!(at("24h"), Ok(now - 86_400_000));
+        assert_eq!(at("2w"), Ok(now - 14 * 86_400_000));
+        assert_eq!(at("1y"), Ok(now - 365 * 86_400_000));
+        assert_eq!(at("1.5w"), Ok(now - 252 * 3_600_000));
+        assert_eq!(at("now"), Ok(now));
+        assert_eq!(at("2026-11-22T03:00:00Z"), Ok(1_795_316_400_000));
+        assert_eq!(at("2026-11-22T05:00:00+02:00"), Ok(1_795_316_400_000));
+        for bad in ["yesterday", "2x", "-1w", "1e99y", "2026-13-01 00:00", "2026-11-22 25:00"] {
+            let e = at(bad).unwrap_err();
+            assert!(e.contains("is not a time") && e.contains("2w"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_local_time_has_the_forms_people_type() {
+        // Whatever the zone of the machine, the forms agree with each other.
+        let minute = parse_local("2026-11-22 03:00");
+        assert!(minute.is_some());
+        assert_eq!(parse_local("2026-11-22T03:00"), minute);
+        assert_eq!(parse_local("2026-11-22 03:00:00"), minute);
+        assert_eq!(parse_local("2026-11-22 03:00:30"), minute.map(|t| t + 30_000));
+        assert_eq!(parse_local("2026-11-22"), minute.map(|t| t - 3 * 3_600_000));
+        for not_local in ["2026-11-22T03:00Z", "2026-11-22 03:00+01:00", "24h", "2026-11-22 03:00[Europe/Paris]"] {
+            assert_eq!(parse_local(not_local), None, "{not_local}");
         }
     }
 }

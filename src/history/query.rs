@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::record::{Agg, CounterAgg, Record};
@@ -87,15 +87,24 @@ pub struct TargetInfo {
     pub probe: String,
 }
 
-/// One step of a series, as the JSON API and `--format json|csv` give it.
+/// One step of a series, as the JSON API and `--format json|csv` give it. Times in ms are
+/// rounded to the microsecond, percentages to a thousandth.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
-    /// Start of the step (RFC 3339 UTC) and in ms since the epoch.
+    /// Start of the step (RFC 3339 UTC) and in ms since the epoch: a multiple of the step, so
+    /// minutes start on whole minutes and hours on whole hours.
     pub time: String,
     pub t_ms: i64,
+    /// The range cuts this step (the first and the last of a range that does not start or end
+    /// on the step): its figures cover only the part inside the range.
+    pub partial: bool,
     pub sent: u64,
     pub received: u64,
+    /// Probes that got no answer in time (the others not received failed: refused, unreachable).
+    pub lost: u64,
     pub loss_pct: Option<f64>,
+    /// Share of the recorded time in the step the target was up.
+    pub uptime_pct: Option<f64>,
     pub rtt_min_ms: Option<f64>,
     pub rtt_avg_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
@@ -105,24 +114,139 @@ pub struct Point {
     pub jitter_ms: Option<f64>,
 }
 
+/// `v` to three decimals (a microsecond of a time in ms).
+fn thousandths(v: Option<f64>) -> Option<f64> {
+    v.map(|v| (v * 1000.0).round() / 1000.0)
+}
+
 impl Point {
-    pub fn new(t: i64, a: &Agg) -> Self {
+    pub fn new(slot: Slot, a: &Agg) -> Self {
         Self {
-            time: rfc3339(t),
-            t_ms: t,
+            time: rfc3339(slot.start),
+            t_ms: slot.start,
+            partial: slot.partial(),
             sent: a.sent,
             received: a.received,
-            loss_pct: a.loss_pct(),
-            rtt_min_ms: a.rtt_min_ms(),
-            rtt_avg_ms: a.rtt_avg_ms(),
-            rtt_max_ms: a.rtt_max_ms(),
-            rtt_p50_ms: a.quantile_ms(0.50),
-            rtt_p95_ms: a.quantile_ms(0.95),
-            rtt_p99_ms: a.quantile_ms(0.99),
-            jitter_ms: a.jitter_ms(),
+            lost: a.lost,
+            loss_pct: thousandths(a.loss_pct()),
+            uptime_pct: thousandths(a.uptime_pct()),
+            rtt_min_ms: thousandths(a.rtt_min_ms()),
+            rtt_avg_ms: thousandths(a.rtt_avg_ms()),
+            rtt_max_ms: thousandths(a.rtt_max_ms()),
+            rtt_p50_ms: thousandths(a.quantile_ms(0.50)),
+            rtt_p95_ms: thousandths(a.quantile_ms(0.95)),
+            rtt_p99_ms: thousandths(a.quantile_ms(0.99)),
+            jitter_ms: thousandths(a.jitter_ms()),
         }
     }
 }
+
+/// One step of a series: where it starts on the grid, and the part of it inside the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The step's start on the grid (ms since the epoch).
+    pub start: i64,
+    /// The part read: [from, to), within [start, start + step).
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+}
+
+impl Slot {
+    /// The range cuts it.
+    pub fn partial(&self) -> bool {
+        self.from > self.start || self.to < self.start + self.step
+    }
+}
+
+/// The steps of a range: slots `step` long from `origin`, the first and last clipped to
+/// [from, to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    origin: i64,
+    step: i64,
+    from: i64,
+    to: i64,
+}
+
+impl Grid {
+    /// Steps on multiples of `step` since the epoch (UTC), as Prometheus and RRD align them: a
+    /// minute step starts on whole minutes, an hour step on whole hours, a day on midnight UTC.
+    pub fn aligned(from: i64, to: i64, step: i64) -> Self {
+        let step = step.max(1);
+        Self { origin: floor_to(from, step), step, from, to: to.max(from) }
+    }
+
+    /// Steps from `from` itself, whatever the clock says.
+    pub fn from_start(from: i64, to: i64, step: i64) -> Self {
+        Self { origin: from, step: step.max(1), from, to: to.max(from) }
+    }
+
+    /// The whole range as one step.
+    pub fn whole(from: i64, to: i64) -> Self {
+        let to = to.max(from);
+        Self { origin: from, step: (to - from).max(1), from, to }
+    }
+
+    pub fn step(&self) -> i64 {
+        self.step
+    }
+
+    /// How many steps (the partial ones too).
+    pub fn len(&self) -> u64 {
+        if self.to <= self.from {
+            return 0;
+        }
+        let end =
+            self.origin.saturating_add((self.to - self.origin).saturating_add(self.step - 1) / self.step * self.step);
+        u64::try_from((end - self.origin) / self.step).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Step `i`.
+    pub fn slot(&self, i: u64) -> Slot {
+        let start = self.origin + i64::try_from(i).unwrap_or(i64::MAX / 2) * self.step;
+        Slot { start, from: start.max(self.from), to: (start + self.step).min(self.to), step: self.step }
+    }
+
+    /// The step holding `t`, if inside the range.
+    fn index(&self, t: i64) -> Option<u64> {
+        (self.from..self.to).contains(&t).then(|| u64::try_from((t - self.origin) / self.step).ok()).flatten()
+    }
+}
+
+/// The level a step is read from: the coarsest one whose rows never straddle two steps (hour
+/// rows for whole hours, minute rows for whole minutes, else the intervals themselves).
+fn level_for(step: i64) -> i64 {
+    if step % HOUR_MS == 0 {
+        HOUR_MS
+    } else if step % MINUTE_MS == 0 {
+        MINUTE_MS
+    } else {
+        1000
+    }
+}
+
+/// The usual steps, in seconds: a step is chosen from these when none is given.
+pub const USUAL_STEPS_S: [i64; 19] =
+    [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 604_800];
+
+/// The smallest usual step of at least `than` ms that gives at most `most`
+/// points over [from, to) (the partial ends count), if one does.
+pub fn usual_step(from: i64, to: i64, than: i64, most: u64) -> Option<i64> {
+    USUAL_STEPS_S.iter().map(|s| s * 1000).find(|&s| s >= than && Grid::aligned(from, to, s).len() <= most)
+}
+
+/// The smallest usual step that gives at most `most` points over [from, to) (a week if none does).
+pub fn fitting_step(from: i64, to: i64, most: u64) -> i64 {
+    usual_step(from, to, 0, most).unwrap_or(USUAL_STEPS_S[USUAL_STEPS_S.len() - 1] * 1000)
+}
+
+/// Steps read at once by [`Reader::each_point`]: what a long series holds in memory.
+const CHUNK: u64 = 4096;
 
 /// A target over a whole range: what one shows an ISP.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -222,6 +346,9 @@ pub struct Reader {
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, HistoryError> {
         let conn = store::open_reader(path)?;
+        // Whatever the mode the file could be opened in, this connection never writes.
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|source| HistoryError::Open { path: shown(path), source })?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
         Ok(Self { conn, path: path.to_path_buf(), empty: version == 0 })
     }
@@ -255,8 +382,69 @@ impl Reader {
         })
     }
 
-    /// The target's aggregates over [from, to) in steps of `step` ms (at most `max_points`),
-    /// reading levels as fine as `level_step` needs. Steps with no data are empty aggregates.
+    /// Reads steps `first..first + out.len()` of `grid` into `out`: whole steps from the level
+    /// `level` allows (hours, minutes or intervals), the partial ones at the ends from the
+    /// finest level there is (intervals), so a cut step counts only what lies inside the range.
+    /// `last_rtt` carries the previous RTT from one call to the next (for the jitter).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        series: i64,
+        b: &Bounds,
+        grid: &Grid,
+        first: u64,
+        out: &mut [Agg],
+        level: i64,
+        last_rtt: &mut Option<u64>,
+    ) -> rusqlite::Result<()> {
+        let n = out.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut reads: Vec<(i64, i64, i64)> = Vec::with_capacity(3);
+        let (head, tail) = (grid.slot(first), grid.slot(first + n - 1));
+        let (mut a, mut z) = (head.from, tail.to);
+        if head.partial() {
+            reads.push((head.from, head.to, 1000));
+            a = head.to;
+        }
+        if tail.partial() && (n > 1 || !head.partial()) {
+            reads.push((tail.from, tail.to, 1000));
+            z = tail.from;
+        }
+        if a < z {
+            reads.push((a, z, level));
+        }
+        let index = |t: i64| grid.index(t).and_then(|i| i.checked_sub(first)).filter(|&i| i < n).map(|i| i as usize);
+        let mut records: Vec<(i64, Record)> = Vec::new();
+        for (ra, rz, level) in reads {
+            for (source, a, z) in plan(ra, rz, level, b) {
+                match source {
+                    Source::Journal => records.extend(read_journal(&self.conn, series, a, z)?),
+                    Source::Raw => records.extend(read_raw(&self.conn, series, a, z)?),
+                    Source::Minutes | Source::Hours => {
+                        let res = if source == Source::Minutes { 60 } else { 3600 };
+                        for (t, agg) in read_target_rollups(&self.conn, res, series, a, z)? {
+                            if let Some(i) = index(t) {
+                                out[i].merge(&agg);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        records.sort_by_key(|r| r.0);
+        for (t, r) in records {
+            if let (Some(i), Record::Target(ti)) = (index(t), &r) {
+                out[i].add_interval(ti, last_rtt);
+            }
+        }
+        Ok(())
+    }
+
+    /// The target's aggregates over [from, to) in steps of `step` ms from `from` itself (not
+    /// aligned), reading levels as fine as `level_step` needs; all at once. Steps with no data
+    /// are empty aggregates.
     pub fn steps(
         &self,
         series: i64,
@@ -265,41 +453,105 @@ impl Reader {
         step: i64,
         level_step: i64,
     ) -> Result<Vec<(i64, Agg)>, HistoryError> {
-        let step = step.max(1);
-        let n = usize::try_from((to - from + step - 1) / step).unwrap_or(0);
-        let mut out: Vec<(i64, Agg)> = (0..n).map(|i| (from + i as i64 * step, Agg::default())).collect();
-        if self.empty || n == 0 {
-            return Ok(out);
-        }
-        let slot = |t: i64| usize::try_from((t - from) / step).ok().filter(|&i| i < n);
-        let run = |out: &mut Vec<(i64, Agg)>| -> rusqlite::Result<()> {
-            let b = self.bounds(series, "target_rollup")?;
-            let mut records: Vec<(i64, Record)> = Vec::new();
-            for (source, a, z) in plan(from, to, level_step, &b) {
-                match source {
-                    Source::Journal => records.extend(read_journal(&self.conn, series, a, z)?),
-                    Source::Raw => records.extend(read_raw(&self.conn, series, a, z)?),
-                    Source::Minutes | Source::Hours => {
-                        let res = if source == Source::Minutes { 60 } else { 3600 };
-                        for (t, agg) in read_target_rollups(&self.conn, res, series, a, z)? {
-                            if let Some(i) = slot(t) {
-                                out[i].1.merge(&agg);
-                            }
-                        }
-                    }
-                }
-            }
-            records.sort_by_key(|r| r.0);
-            let mut last_rtt = None;
-            for (t, r) in records {
-                if let (Some(i), Record::Target(ti)) = (slot(t), &r) {
-                    out[i].1.add_interval(ti, &mut last_rtt);
-                }
-            }
-            Ok(())
-        };
-        run(&mut out).map_err(|e| self.err(e))?;
+        let grid = Grid::from_start(from, to, step);
+        let mut out = Vec::new();
+        self.each_step_at(series, &grid, level_step, |slot, agg| {
+            out.push((slot.start, agg));
+            Ok::<(), HistoryError>(())
+        })?;
         Ok(out)
+    }
+
+    /// The target's aggregate per step of `grid`, all at once (for a chart: a few hundred steps).
+    pub fn steps_on(&self, series: i64, grid: &Grid) -> Result<Vec<(Slot, Agg)>, HistoryError> {
+        let mut out = Vec::new();
+        self.each_step(series, grid, |slot, agg| {
+            out.push((slot, agg));
+            Ok::<(), HistoryError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each step of `grid` in order, read [`CHUNK`] steps at a time: a series of
+    /// any length costs the memory of one chunk. Steps with no data are empty aggregates. An
+    /// error of `f` (a closed pipe) ends the reading.
+    pub fn each_step<E: From<HistoryError>>(
+        &self,
+        series: i64,
+        grid: &Grid,
+        f: impl FnMut(Slot, Agg) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.each_step_at(series, grid, level_for(grid.step()), f)
+    }
+
+    /// [`Reader::each_step`], whole steps read from the level `level` allows.
+    fn each_step_at<E: From<HistoryError>>(
+        &self,
+        series: i64,
+        grid: &Grid,
+        level: i64,
+        mut f: impl FnMut(Slot, Agg) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let n = grid.len();
+        let b = if self.empty || n == 0 {
+            None
+        } else {
+            Some(self.bounds(series, "target_rollup").map_err(|e| self.err(e))?)
+        };
+        let mut last_rtt = None;
+        let mut first = 0;
+        while first < n {
+            let len = CHUNK.min(n - first);
+            let mut out = vec![Agg::default(); len as usize];
+            if let Some(b) = &b {
+                self.fill(series, b, grid, first, &mut out, level, &mut last_rtt).map_err(|e| self.err(e))?;
+            }
+            for (i, agg) in out.into_iter().enumerate() {
+                f(grid.slot(first + i as u64), agg)?;
+            }
+            first += len;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each point of the target's series over `grid` (see [`Reader::each_step`]).
+    pub fn each_point<E: From<HistoryError>>(
+        &self,
+        series: i64,
+        grid: &Grid,
+        mut f: impl FnMut(Point) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.each_step(series, grid, |slot, agg| f(Point::new(slot, &agg)))
+    }
+
+    /// Whether the target has anything recorded in [from, to): a target that left the config
+    /// is listed only for the ranges it was monitored in. Exact where the intervals are still
+    /// kept (48 h by default); older, a minute or hour cut by the range's ends is not looked in.
+    pub fn has_data(&self, series: i64, from: i64, to: i64) -> Result<bool, HistoryError> {
+        if self.empty || from >= to {
+            return Ok(false);
+        }
+        let run = || -> rusqlite::Result<bool> {
+            let exists = |sql: &str, a: i64, z: i64| -> rusqlite::Result<bool> {
+                Ok(self.conn.prepare_cached(sql)?.query_row(params![series, a, z], |_| Ok(())).optional()?.is_some())
+            };
+            // A raw chunk begun in the range, or a rollup row inside it, has data in it...
+            let rollup = "SELECT 1 FROM target_rollup WHERE res = ?4 AND series = ?1 AND t >= ?2 AND t <= ?3 LIMIT 1";
+            let rollup_in = |res: i64| -> rusqlite::Result<bool> {
+                let mut q = self.conn.prepare_cached(rollup)?;
+                Ok(q.query_row(params![series, from, to - res * 1000, res], |_| Ok(())).optional()?.is_some())
+            };
+            if exists("SELECT 1 FROM raw WHERE series = ?1 AND t >= ?2 AND t < ?3 LIMIT 1", from, to)?
+                || rollup_in(60)?
+                || rollup_in(3600)?
+            {
+                return Ok(true);
+            }
+            // ...and so may the chunk begun in the minute before, and the journal.
+            Ok(!read_raw(&self.conn, series, from, to.min(from + MINUTE_MS))?.is_empty()
+                || !read_journal(&self.conn, series, from, to)?.is_empty())
+        };
+        run().map_err(|e| self.err(e))
     }
 
     /// Every interface and backend recorded, with its counters summed over [from, to); those
@@ -366,14 +618,32 @@ impl Reader {
 
     /// The target's aggregate over [from, to).
     pub fn aggregate(&self, series: i64, from: i64, to: i64) -> Result<Agg, HistoryError> {
+        let grid = Grid::whole(from, to);
+        if self.empty || grid.is_empty() {
+            return Ok(Agg::default());
+        }
+        let b = self.bounds(series, "target_rollup").map_err(|e| self.err(e))?;
         // A hundredth of the range is fine enough a level: edges land within 1 %.
-        let steps = self.steps(series, from, to, (to - from).max(1), (to - from) / 100)?;
-        Ok(steps.into_iter().next().map(|s| s.1).unwrap_or_default())
+        let mut out = [Agg::default()];
+        self.fill(series, &b, &grid, 0, &mut out, (to - from) / 100, &mut None).map_err(|e| self.err(e))?;
+        let [agg] = out;
+        Ok(agg)
     }
 
-    /// The per-step series of a target, JSON-able (for `--format json` and an HTTP API).
+    /// The per-step series of a target over [from, to) in steps of `step` ms aligned to the
+    /// step (see [`Grid::aligned`]), JSON-able (for `--format json` and an HTTP API).
     pub fn series(&self, series: i64, from: i64, to: i64, step: i64) -> Result<Vec<Point>, HistoryError> {
-        Ok(self.steps(series, from, to, step, step)?.iter().map(|(t, a)| Point::new(*t, a)).collect())
+        self.series_on(series, &Grid::aligned(from, to, step))
+    }
+
+    /// The per-step series of a target over `grid`, all at once.
+    pub fn series_on(&self, series: i64, grid: &Grid) -> Result<Vec<Point>, HistoryError> {
+        let mut out = Vec::with_capacity(usize::try_from(grid.len()).unwrap_or(0).min(CHUNK as usize));
+        self.each_point(series, grid, |p| {
+            out.push(p);
+            Ok::<(), HistoryError>(())
+        })?;
+        Ok(out)
     }
 
     /// Events in [from, to], oldest first; only those about `subjects` (and starts and stops)
@@ -605,5 +875,128 @@ mod tests {
             plan(5 * H, 6 * H, 1000, &b),
             vec![(Source::Journal, 5 * H + 10, 6 * H), (Source::Hours, 5 * H, 5 * H + 10)]
         );
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::history::{Retention, Store, now_ms, writer};
+    use crate::monitor::report::{Connectivity, Report, TargetId, TargetReport};
+    use crate::probe::{Outcome, ProbeKind, Sample};
+    use crate::stats::Window;
+
+    const H: i64 = HOUR_MS;
+    const M: i64 = MINUTE_MS;
+
+    #[test]
+    fn minute_steps_start_on_whole_minutes_and_the_cut_ends_say_so() {
+        let g = Grid::aligned(10 * H + 30_000, 10 * H + 3 * M + 15_000, M);
+        assert_eq!(g.len(), 4);
+        let slots: Vec<Slot> = (0..g.len()).map(|i| g.slot(i)).collect();
+        assert_eq!(
+            slots.iter().map(|s| s.start).collect::<Vec<_>>(),
+            [10 * H, 10 * H + M, 10 * H + 2 * M, 10 * H + 3 * M]
+        );
+        assert_eq!(slots.iter().map(Slot::partial).collect::<Vec<_>>(), [true, false, false, true]);
+        assert_eq!((slots[0].from, slots[0].to), (10 * H + 30_000, 10 * H + M));
+        assert_eq!((slots[3].from, slots[3].to), (10 * H + 3 * M, 10 * H + 3 * M + 15_000));
+        // The parts cover the range once.
+        assert_eq!(slots.iter().map(|s| s.to - s.from).sum::<i64>(), 3 * M - 15_000);
+        assert_eq!(g.index(10 * H + 2 * M + 59_999), Some(2));
+        assert_eq!((g.index(10 * H + 29_999), g.index(10 * H + 3 * M + 15_000)), (None, None));
+    }
+
+    #[test]
+    fn hour_steps_start_on_whole_hours_utc_and_a_range_on_the_grid_has_no_partial_step() {
+        let g = Grid::aligned(10 * H + 20 * M, 13 * H, H);
+        assert_eq!(g.len(), 3);
+        assert_eq!((g.slot(0).start, g.slot(0).partial()), (10 * H, true));
+        assert_eq!((g.slot(2).start, g.slot(2).partial()), (12 * H, false));
+        let g = Grid::aligned(24 * H, 48 * H, H);
+        assert_eq!(g.len(), 24);
+        assert!((0..24).all(|i| !g.slot(i).partial()));
+        // A day starts at midnight UTC.
+        assert_eq!(Grid::aligned(24 * H + 5 * H, 72 * H, 24 * H).slot(0).start, 24 * H);
+        assert_eq!(Grid::aligned(5, 5, M).len(), 0);
+        // The whole range as one step, from its start.
+        let w = Grid::whole(10 * H + 7, 12 * H);
+        assert_eq!((w.len(), w.slot(0).start, w.slot(0).partial()), (1, 10 * H + 7, false));
+    }
+
+    #[test]
+    fn whole_steps_read_the_coarsest_level_that_never_straddles_two() {
+        assert_eq!((level_for(H), level_for(2 * H), level_for(M), level_for(5 * M)), (H, H, M, M));
+        assert_eq!((level_for(90_000), level_for(1000), level_for(15_000)), (1000, 1000, 1000));
+    }
+
+    #[test]
+    fn the_usual_step_is_the_finest_that_fits() {
+        assert_eq!(fitting_step(0, H, 1000), 5000, "720 points");
+        assert_eq!(fitting_step(0, 24 * H, 1000), 2 * M);
+        assert_eq!(fitting_step(30_000, 30_000 + H, 60), 2 * M, "61 minutes do not fit in 60 points");
+        assert_eq!(usual_step(0, H, 5001, 1000), Some(10_000));
+        assert_eq!(usual_step(0, 10_000 * 24 * H, 1, 10), None);
+    }
+
+    /// A report at `t` of one target whose one probe answered in 1 ms.
+    fn report(t: i64, n: u64) -> Report {
+        let sample = Sample {
+            seq: n,
+            rtt: Some(std::time::Duration::from_millis(1)),
+            outcome: Outcome::Reply { bytes: 64, ttl: None },
+        };
+        let mut w = Window::new(1);
+        w.push(sample.clone());
+        let target = TargetReport {
+            probes: vec![(&sample).into()],
+            sent_total: n,
+            received_total: n,
+            ..TargetReport::from_window(TargetId(0), "udp://127.0.26.1:1", ProbeKind::Udp, &w)
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(t).unwrap());
+        let time = crate::clock::UtcTime::from_system(at).rfc3339();
+        Report { time, interfaces: vec![], targets: vec![target], connectivity: Connectivity::Connected }
+    }
+
+    #[test]
+    fn a_series_streamed_in_chunks_counts_every_probe_once_on_any_grid() {
+        let dir = std::env::temp_dir().join(format!("netpulse-unit-grid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        // 200 one-second intervals from the middle of a minute (minutes close and are packed).
+        let t0 = floor_to(now_ms(), M) + 2 * M + 30_000;
+        writer::replay(
+            Store::open(&path, Retention::default()).unwrap(),
+            (1..=200).map(|n| report(t0 + n as i64 * 1000, n as u64)),
+        );
+        let r = Reader::open(&path).unwrap();
+        let id = r.targets().unwrap()[0].id;
+        let (from, to) = (t0 + 20_500, t0 + 190_500);
+        for step in [1000, 7000, M, 2 * M, H] {
+            let grid = Grid::aligned(from, to, step);
+            let points = r.series_on(id, &grid).unwrap();
+            assert_eq!(points.len() as u64, grid.len());
+            assert!(points.iter().all(|p| p.t_ms % step == 0), "step {step}: on the grid");
+            assert_eq!(points.iter().map(|p| p.sent).sum::<u64>(), 170, "step {step}: the probes at 21 s to 190 s");
+            assert_eq!(points.iter().map(|p| p.received).sum::<u64>(), 170);
+            assert_eq!(points.first().map(|p| p.partial), Some(from % step != 0), "step {step}");
+        }
+        // Read a few steps at a time, the sum is the same.
+        let grid = Grid::aligned(from, to, 1000);
+        let mut sent = 0;
+        let mut n = 0;
+        r.each_step(id, &grid, |_, a| {
+            sent += a.sent;
+            n += 1;
+            Ok::<(), HistoryError>(())
+        })
+        .unwrap();
+        assert_eq!((sent, n), (170, grid.len()));
+        assert!(r.has_data(id, from, to).unwrap());
+        assert!(!r.has_data(id, t0 + 300_000, t0 + 400_000).unwrap(), "after the last interval");
+        assert!(!r.has_data(id, t0 - H, t0).unwrap(), "before the first");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

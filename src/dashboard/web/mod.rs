@@ -1,5 +1,6 @@
 //! The web side of the metrics address (a sink): Prometheus `/metrics`, the JSON API
-//! (`/api/v1/targets`, `/interfaces`, `/balancers`), the live event stream (`/api/v1/events`,
+//! (`/api/v1/targets`, `/interfaces`, `/balancers`; `/history`, read from the recorded history:
+//! [`history`]), the live event stream (`/api/v1/events`,
 //! server-sent events, one per report) and the dashboard page at `/`, its scripts embedded in
 //! the binary (uPlot vendored: no CDN, works offline). An axum `Router` served by its own
 //! bounded accept loop ([`server`]: write deadlines, streams that can be cut). Read-only: every
@@ -13,10 +14,12 @@
 //! [`MAX_LAG`] reports behind, or takes nothing for [`server::WRITE_TIMEOUT`], is cut; the page
 //! then reconnects and reloads, or polls the API while the streams are all taken.
 
+pub mod history;
 pub mod server;
 pub mod state;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -54,6 +57,8 @@ const RETRY: Duration = Duration::from_secs(1);
 const SERIALISERS: usize = 2;
 /// Views of the newest report kept serialised (by view and rows asked for).
 const CACHED: usize = 4;
+/// History queries answered at once (each reads the file on a blocking thread); the rest wait.
+const HISTORY_QUERIES: usize = 2;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -76,6 +81,9 @@ pub struct Web {
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
     cache: Arc<Mutex<Cache>>,
     serialisers: Arc<Semaphore>,
+    /// The file the monitor records its history into, for `/api/v1/history` (`None`: off).
+    history: Option<Arc<PathBuf>>,
+    history_queries: Arc<Semaphore>,
 }
 
 /// One report's event as the streams send it: the whole `event: report` block, shared.
@@ -124,7 +132,16 @@ impl Web {
             watches: Arc::default(),
             cache: Arc::default(),
             serialisers: Arc::new(Semaphore::new(SERIALISERS)),
+            history: None,
+            history_queries: Arc::new(Semaphore::new(HISTORY_QUERIES)),
         }
+    }
+
+    /// Serves `/api/v1/history` from `path`, the file the monitor records into (`None`: the
+    /// history is off, and the API says so).
+    pub fn with_history(mut self, path: Option<PathBuf>) -> Self {
+        self.history = path.map(Arc::new);
+        self
     }
 
     /// Binds `addr`, with a warning when the address is reachable from other hosts (the API has
@@ -275,8 +292,12 @@ impl Web {
             .route("/api/v1/interfaces", get(interfaces))
             .route("/api/v1/balancers", get(balancers))
             .route("/api/v1/events", get(events))
+            .route("/api/v1/history", get(recorded))
             .fallback(|| async {
-                (StatusCode::NOT_FOUND, "not found: try /, /metrics or /api/v1/{targets,interfaces,balancers,events}\n")
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: try /, /metrics or /api/v1/{targets,interfaces,balancers,events,history}\n",
+                )
             })
             .layer(axum::middleware::from_fn(check_host))
             .with_state(app)
@@ -400,6 +421,52 @@ fn decode(part: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// The query's `key=value` pairs, percent-decoded.
+fn pairs(req: &Request) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in req.uri().query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || format!("the query {pair:?} has a broken %-escape");
+        out.push((decode(key).ok_or_else(bad)?, decode(value).ok_or_else(bad)?));
+    }
+    Ok(out)
+}
+
+/// A one-line JSON error: `{"error": "..."}`.
+fn json_error(status: StatusCode, error: &str) -> Response {
+    let mut body = serde_json::json!({ "error": error }).to_string();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+/// `GET /api/v1/history?target=NAME&since=24h&until=TIME&step=1m`: see [`history`]. The file
+/// is read on a blocking thread, [`HISTORY_QUERIES`] at a time.
+async fn recorded(Shared(app): Shared<App>, req: Request) -> Response {
+    let query = match pairs(&req).and_then(history::Query::parse) {
+        Ok(q) => q,
+        Err(bad) => return json_error(StatusCode::BAD_REQUEST, &bad),
+    };
+    let Some(path) = app.web.history.clone() else {
+        return json(serde_json::to_vec(&history::Answer::off()).map(Bytes::from).map_err(|e| e.to_string()));
+    };
+    let Ok(_turn) = app.web.history_queries.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
+    };
+    let now = crate::history::now_ms();
+    let answered = tokio::task::spawn_blocking(move || {
+        history::answer(&path, &query, now).map(|a| serde_json::to_vec(&a).map(Bytes::from))
+    })
+    .await;
+    match answered {
+        Ok(Ok(body)) => json(body.map_err(|e| e.to_string())),
+        Ok(Err(history::Refusal::Bad(bad))) => json_error(StatusCode::BAD_REQUEST, &bad),
+        Ok(Err(history::Refusal::Unreadable(e))) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("history: {e}"))
+        }
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("history: the query failed: {e}")),
+    }
 }
 
 /// `?history=N` (rows of history, at most [`HISTORY`]; default all).

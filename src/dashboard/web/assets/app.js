@@ -1,8 +1,9 @@
 // netpulse dashboard. Loads the three API views (each with its history), then follows the event
 // stream, where every report arrives as the same views with one row; draws tables, sparklines and
 // uPlot charts. While the stream is refused (every place taken) it polls the API instead; while
-// nothing arrives (the server is gone) everything is marked stale. Plain JS, no build step,
-// nothing loaded from elsewhere.
+// nothing arrives (the server is gone) everything is marked stale. A time range other than live
+// draws the sparklines and the chart from the recorded history (/api/v1/history) while the
+// tables stay live. Plain JS, no build step, nothing loaded from elsewhere.
 "use strict";
 
 const HISTORY = 300;
@@ -17,11 +18,14 @@ const state = {
   selectedTarget: null,
   selectedIface: null,
   paused: false,
+  // The recorded history shown instead of the live window (null: live); see "time ranges".
+  range: null,
 };
 
 // What the page reports about itself (read by tests and by anyone curious in the console).
 const stats = {
   updates: 0, polls: 0, stream: "connecting", stale: false, renderMs: { last: 0, max: 0, sum: 0, n: 0 }, reconnects: 0,
+  rangeLoads: 0,
 };
 window.netpulse = { state, stats };
 
@@ -208,17 +212,22 @@ function drawRateSpark(c, h) {
 
 // ---- uPlot charts ------------------------------------------------------------------------------
 
-// A time axis tick as HH:MM:SS (local time): one line, so ticks a few seconds apart never
-// overlap (uPlot's default adds the date and hour under some ticks).
-function clock(t) {
+// A time axis tick (local time) on one line, so ticks a few seconds apart never overlap
+// (uPlot's default adds the date and hour under some ticks): HH:MM:SS over a few hours, HH:MM
+// over two days, MM-DD HH:MM over longer (the recorded ranges).
+function clock(t, span) {
   const d = new Date(t * 1000), two = (n) => String(n).padStart(2, "0");
-  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  const hm = `${two(d.getHours())}:${two(d.getMinutes())}`;
+  if (span > 2 * 86400) return `${two(d.getMonth() + 1)}-${two(d.getDate())} ${hm}`;
+  if (span > 3 * 3600) return hm;
+  return `${hm}:${two(d.getSeconds())}`;
 }
 
 function axes(fmt, size) {
   const a = { stroke: palette.muted, grid: { stroke: palette.grid, width: 1 }, ticks: { stroke: palette.grid, width: 1 } };
+  const span = (u) => (u.scales.x.max ?? 0) - (u.scales.x.min ?? 0);
   return [
-    Object.assign({}, a, { space: 70, values: (u, vals) => vals.map(clock) }),
+    Object.assign({}, a, { space: 80, values: (u, vals) => vals.map((v) => clock(v, span(u))) }),
     Object.assign({}, a, { size: size || 64, values: (u, vals) => vals.map(fmt) }),
   ];
 }
@@ -351,7 +360,7 @@ function fillTargetRow(row) {
   setText(cells.p95, ms(t.rtt_p95_ms));
   setText(cells.jitter, ms(t.jitter_ms));
   setClass(tr, t.target === state.selectedTarget ? "selected" : "");
-  drawRttSpark(canvas, t.history);
+  drawRttSpark(canvas, rangeSpark(t.target) || t.history);
 }
 
 function renderTargets() {
@@ -380,9 +389,30 @@ function renderTargets() {
   const sel = s.items.find((t) => t.target === state.selectedTarget);
   const box = $("target-chart");
   setText($("target-title"), sel ? sel.target : "");
+  const r = state.range;
+  setText($("history-head"), r ? "Last " + r.label : "History");
+  setText($("chart-what"), r ? `round trip per ${r.step_s ? human(r.step_s) : "step"} over the last ${r.label} (recorded)` : "round trip per interval");
   if (!sel) return;
   let u = charts.get(box);
   if (!u) { u = rttChart(box); charts.set(box, u); }
+  if (r) {
+    // The recorded series: no line across the steps nothing was recorded in (netpulse was not running).
+    if (!r.chart || r.chart.target !== sel.target) {
+      // Another target's chart is not shown under this one's name while this one's loads.
+      if (u.drawn) { u.drawn = null; u.lossData = null; u.setData([[], [], [], []]); }
+      loadRangeChart();
+      return;
+    }
+    const c = r.chart;
+    if (u.drawn === c) return;
+    u.series[1].spanGaps = false;
+    u.lossData = c;
+    u.setData([c.t, c.rtt_med_ms, c.rtt_min_ms, c.rtt_max_ms]);
+    u.drawn = c;
+    return;
+  }
+  u.series[1].spanGaps = true;
+  u.drawn = null;
   u.lossData = sel.history;
   u.setData([s.t, sel.history.rtt_med_ms, sel.history.rtt_min_ms, sel.history.rtt_max_ms]);
 }
@@ -583,6 +613,119 @@ function renderBalancers() {
   }
 }
 
+// ---- time ranges: the recorded history instead of the live window -------------------------------
+
+// Each range: its length, and the step of the sparklines (about a hundred columns, as wide as
+// they are). The chart's step is the server's choice (at most a thousand points).
+const RANGES = {
+  "1h": { label: "1 h", spark: "30s" },
+  "24h": { label: "24 h", spark: "15m" },
+  "7d": { label: "7 d", spark: "2h" },
+  "30d": { label: "30 d", spark: "6h" },
+};
+// A range on screen is fetched again this often (new steps come in at its end).
+const RANGE_REFRESH_MS = 30000;
+
+function human(secs) {
+  if (secs % 86400 === 0) return secs / 86400 + " d";
+  if (secs % 3600 === 0) return secs / 3600 + " h";
+  if (secs % 60 === 0) return secs / 60 + " min";
+  return secs + " s";
+}
+
+// A series of /api/v1/history as the columns the live charts draw: x in seconds, the median and
+// the min–max band, lost probes and failed ones (refused, unreachable) for the marks.
+function columns(series) {
+  const out = { t: [], rtt_med_ms: [], rtt_min_ms: [], rtt_max_ms: [], lost: [], failed: [] };
+  for (const p of series) {
+    out.t.push(p.t_ms / 1000);
+    out.rtt_med_ms.push(p.rtt_p50_ms);
+    out.rtt_min_ms.push(p.rtt_min_ms);
+    out.rtt_max_ms.push(p.rtt_max_ms);
+    out.lost.push(p.lost);
+    out.failed.push(Math.max(0, p.sent - p.received - p.lost));
+  }
+  return out;
+}
+
+async function fetchHistory(query) {
+  const r = await fetch("/api/v1/history?" + query, { cache: "no-store" });
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || "/api/v1/history: " + r.status);
+  return body;
+}
+
+// The sparkline of `target` over the range shown (empty if it has nothing recorded in it), or
+// null when live.
+function rangeSpark(target) {
+  const r = state.range;
+  if (!r || !r.spark) return null;
+  return r.spark.get(target) || columns([]);
+}
+
+function setRangeNote(text) {
+  setText($("range-note"), text);
+}
+
+// Fetches the chart of the selected target over the range.
+async function loadRangeChart() {
+  const r = state.range, target = state.selectedTarget;
+  if (!r || target == null || r.chartLoading === target) return;
+  r.chartLoading = target;
+  try {
+    const a = await fetchHistory(`since=${r.name}&target=${encodeURIComponent(target)}`);
+    if (state.range !== r) return;
+    if (a.history === "off") return historyOff();
+    r.step_s = a.step_s;
+    const t = a.targets[0];
+    r.chart = Object.assign(columns(t ? t.series : []), { target, step_s: a.step_s, since: a.since, until: a.until });
+    stats.rangeLoads++;
+    setRangeNote("");
+  } catch (e) {
+    if (state.range === r) setRangeNote("history: " + e.message);
+  } finally {
+    if (r.chartLoading === target) r.chartLoading = null;
+  }
+  schedule();
+}
+
+// Fetches the sparklines of every target over the range, and the chart.
+async function loadRange() {
+  const r = state.range;
+  if (!r) return;
+  try {
+    const a = await fetchHistory(`since=${r.name}&step=${RANGES[r.name].spark}`);
+    if (state.range !== r) return;
+    if (a.history === "off") return historyOff();
+    r.spark = new Map(a.targets.map((t) => [t.target, columns(t.series)]));
+  } catch (e) {
+    if (state.range === r) setRangeNote("history: " + e.message);
+  }
+  await loadRangeChart();
+}
+
+// The monitor records nothing: back to live, saying why.
+function historyOff() {
+  pickRange("live");
+  setRangeNote("no recorded history (netpulse runs with --no-history)");
+}
+
+let rangeTimer = null;
+function pickRange(name) {
+  clearInterval(rangeTimer);
+  rangeTimer = null;
+  for (const b of $("ranges").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.range === name));
+  setRangeNote("");
+  if (!RANGES[name]) {
+    state.range = null;
+  } else {
+    state.range = { name, label: RANGES[name].label, spark: null, chart: null, step_s: null, chartLoading: null };
+    loadRange();
+    rangeTimer = setInterval(loadRange, RANGE_REFRESH_MS);
+  }
+  schedule();
+}
+
 // ---- the whole page ----------------------------------------------------------------------------
 
 function renderHeader() {
@@ -777,6 +920,7 @@ function moveSelection(step) {
 function start() {
   readPalette();
   $("pause").addEventListener("click", togglePause);
+  for (const b of $("ranges").querySelectorAll("button")) b.addEventListener("click", () => pickRange(b.dataset.range));
   $("show-down").addEventListener("change", schedule);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.target.tagName === "INPUT") return;
