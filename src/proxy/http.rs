@@ -736,7 +736,7 @@ impl Proxy {
             // In flight until this attempt ends, however it ends (counted by the load-aware
             // strategies only); it learns the time to the response head, or what a failure cost.
             let mut in_flight = self.backends.track(index);
-            let attempt = Instant::now();
+            let attempt = self.backends.tracks_load().then(Instant::now);
             // Another attempt after a failure: a retry, counted now that there is a backend for it.
             if let Some(&before) = tried.last() {
                 w.cells.retries.inc();
@@ -750,11 +750,12 @@ impl Proxy {
                 host_len = line.len();
             }
             let forwarded = self.forward(w, c, head, index, backend, &body, shutdown).await;
-            match &forwarded {
-                Ok(outcome) => in_flight.answered(outcome.head_after.unwrap_or_else(|| attempt.elapsed())),
+            match (&forwarded, attempt) {
+                (Ok(outcome), Some(t)) => in_flight.answered(outcome.head_after.unwrap_or_else(|| t.elapsed())),
                 // A failure costs at least a connect timeout, so a backend that refuses at once
                 // does not look like the fastest.
-                Err(_) => in_flight.answered(attempt.elapsed().max(self.connect_timeout)),
+                (Err(_), Some(t)) => in_flight.answered(t.elapsed().max(self.connect_timeout)),
+                (_, None) => {}
             }
             drop(in_flight);
             match forwarded {
