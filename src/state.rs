@@ -194,7 +194,7 @@ impl Rotations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::{Affinity, BackendSet};
+    use crate::balance::BackendSet;
     use std::time::Instant;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
@@ -212,16 +212,20 @@ mod tests {
         let d = dir("resume");
         let listen = SocketAddr::from(([127, 0, 0, 1], 8888));
         let set = BackendSet::new(&addrs(3));
-        let p = Arc::new(Picker::new(Affinity::None));
+        let p = Arc::new(Picker::new(4));
         let mut k = Kept::restore(&d, "udp", "udp", listen, addrs(3), p.clone()).unwrap();
         for _ in 0..4 {
-            p.pick(&set, None, Instant::now());
+            p.pick(&set, None, Instant::now(), &[]);
         }
         k.save(false).unwrap();
-        let again = Arc::new(Picker::new(Affinity::None));
+        let again = Arc::new(Picker::new(4));
         Kept::restore(&d, "udp", "udp", listen, addrs(3), again.clone()).unwrap();
-        assert_eq!(again.pick(&set, None, Instant::now()), Some(addrs(3)[1]), "turn 5 of 3 backends is the second");
-        let other = Arc::new(Picker::new(Affinity::None));
+        assert_eq!(
+            again.pick(&set, None, Instant::now(), &[]).map(|i| set.backends()[i].addr),
+            Some(addrs(3)[1]),
+            "turn 5 of 3 backends is the second"
+        );
+        let other = Arc::new(Picker::new(4));
         Kept::restore(&d, "udp", "udp", listen, addrs(4), other.clone()).unwrap();
         assert_eq!(other.position(), 0, "a different backend list starts afresh");
         let _ = fs::remove_dir_all(&d);
@@ -233,7 +237,7 @@ mod tests {
         let listen = SocketAddr::from(([127, 0, 0, 1], 8000));
         fs::create_dir_all(&d).unwrap();
         fs::write(file_of(&d, "http", listen), b"{ not json").unwrap();
-        let p = Arc::new(Picker::new(Affinity::None));
+        let p = Arc::new(Picker::new(4));
         let mut k = Kept::restore(&d, "http", "web", listen, addrs(2), p.clone()).unwrap();
         assert_eq!(p.position(), 0);
         p.resume_at(7);
@@ -246,7 +250,7 @@ mod tests {
     #[test]
     fn an_ephemeral_port_is_not_kept() {
         let d = dir("ephemeral");
-        let p = Arc::new(Picker::new(Affinity::None));
+        let p = Arc::new(Picker::new(4));
         assert!(Kept::restore(&d, "udp", "u", SocketAddr::from(([127, 0, 0, 1], 0)), addrs(2), p).is_none());
     }
 }
