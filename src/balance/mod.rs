@@ -140,6 +140,20 @@ impl BackendSet {
         }
     }
 
+    /// Sets what an operator asked of a backend; unknown addresses are ignored.
+    pub fn set_admin(&mut self, addr: SocketAddr, admin: Admin) {
+        for b in self.backends.iter_mut().filter(|b| b.addr == addr) {
+            b.admin = admin;
+        }
+    }
+
+    /// Sets a backend's weight (at least 1); unknown addresses are ignored.
+    pub fn set_weight(&mut self, addr: SocketAddr, weight: u32) {
+        for b in self.backends.iter_mut().filter(|b| b.addr == addr) {
+            b.weight = weight.max(1);
+        }
+    }
+
     /// The same backends with the health flags of `health` (ejections kept).
     pub fn with_health_of(&self, health: &BackendSet) -> BackendSet {
         let mut next = self.clone();

@@ -120,7 +120,7 @@ fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: B
 /// for benchmarks and tests that feed the writer synthetic reports.
 #[doc(hidden)]
 pub fn replay(store: Store, reports: impl IntoIterator<Item = Report>) {
-    let mut w = Writer::new(store, Arc::from(Vec::new()));
+    let mut w = Writer::new(store, Balancers::default());
     w.start();
     for r in reports {
         w.interval(&r);
@@ -470,6 +470,8 @@ impl Writer {
                         BackendState::Up => ("backend_in", format!("backend {name} is back in rotation")),
                         BackendState::Down => ("backend_out", format!("backend {name} is out of rotation: {why}")),
                         BackendState::Ejected => ("backend_out", format!("backend {name} is ejected: {why}")),
+                        BackendState::Draining => ("backend_out", format!("backend {name} is draining: {why}")),
+                        BackendState::Disabled => ("backend_out", format!("backend {name} is disabled: {why}")),
                     };
                     events.push((kind, name, detail));
                 }
@@ -544,7 +546,8 @@ mod store_tests {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-fail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("h.db");
-        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let mut w =
+            Writer::new(Store::open(&path, Retention::default()).unwrap(), crate::stats::traffic::Balancers::default());
         let t0 = now_ms() + 1000;
         w.interval(&report(t0, 1, Some(900), (1, 1)));
         // The journal goes away under the writer: the next interval's transaction fails midway
@@ -568,7 +571,8 @@ mod store_tests {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-lag-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("h.db");
-        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let mut w =
+            Writer::new(Store::open(&path, Retention::default()).unwrap(), crate::stats::traffic::Balancers::default());
         let t0 = now_ms() + 1000;
         w.interval(&report(t0, 1, Some(900), (1, 1)));
         // Reports 2 and 3 (one lost probe, one answered) never reached the writer.
@@ -594,7 +598,7 @@ mod store_tests {
             hours: std::time::Duration::from_secs(86_400),
         };
         let store = Store::open(&path, keep).unwrap();
-        let mut w = Writer::new(store, std::sync::Arc::from(Vec::new()));
+        let mut w = Writer::new(store, crate::stats::traffic::Balancers::default());
         // 2.5 hours of 1 s intervals, starting on an hour; every 7th probe lost.
         let t0 = floor_to(now_ms(), HOUR_MS) - 3 * HOUR_MS;
         w.prev_t = t0 - 1000;

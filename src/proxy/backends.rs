@@ -38,6 +38,12 @@ impl Backends {
         }
     }
 
+    /// Reads and updates `set` instead of a set of its own: a reload's next generation shares
+    /// the running one's live set when the backends are the same, in the same order.
+    pub fn share(&mut self, set: Arc<ArcSwap<BackendSet>>) {
+        self.set = set;
+    }
+
     /// Where ejections are noted for the sinks.
     pub fn note_in(&self, stats: Arc<crate::stats::traffic::BalancerStats>) {
         let _ = self.stats.set(stats);

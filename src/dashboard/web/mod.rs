@@ -541,7 +541,7 @@ mod tests {
     use super::*;
 
     fn web() -> Web {
-        Web::new(Exporter::new(Arc::from(Vec::new())), Arc::from(Vec::new()), Duration::from_secs(1))
+        Web::new(Exporter::new(Balancers::default()), Balancers::default(), Duration::from_secs(1))
     }
 
     async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, Response) {
