@@ -59,7 +59,21 @@ const LAG_WARNING_EVERY: Duration = Duration::from_secs(60);
 pub struct Recorder {
     thread: JoinHandle<()>,
     done: mpsc::Receiver<()>,
+    notes: Notes,
 }
+
+/// An event that no report shows (a reload of the config), written with the next interval.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// When it happened, in milliseconds since the epoch.
+    pub t: i64,
+    pub kind: &'static str,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Where [`Note`]s are sent to be recorded.
+pub type Notes = mpsc::Sender<Note>;
 
 impl Recorder {
     /// Starts the writer thread on `store`, following `reports` (subscribe before the monitor
@@ -70,11 +84,17 @@ impl Recorder {
         balancers: Balancers,
     ) -> std::io::Result<Self> {
         let (tx, done) = mpsc::channel();
+        let (notes, noted) = mpsc::channel();
         let thread = std::thread::Builder::new().name("history".into()).spawn(move || {
-            run(store, reports, balancers);
+            run(store, reports, balancers, noted);
             let _ = tx.send(());
         })?;
-        Ok(Self { thread, done })
+        Ok(Self { thread, done, notes })
+    }
+
+    /// Where to send events no report shows, to be recorded with the next interval.
+    pub fn notes(&self) -> Notes {
+        self.notes.clone()
     }
 
     /// Waits up to `limit` for the writer to write its last interval and close the file.
@@ -90,8 +110,9 @@ impl Recorder {
     }
 }
 
-fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: Balancers) {
+fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: Balancers, notes: mpsc::Receiver<Note>) {
     let mut w = Writer::new(store, balancers);
+    w.notes = Some(notes);
     w.start();
     let mut missed = 0u64;
     let mut warned: Option<Instant> = None;
@@ -157,6 +178,8 @@ struct Writer {
     backends: HashMap<String, BackendState>,
     /// The first write error, while writes fail.
     failing: Option<String>,
+    /// Events from outside the reports, written with the next interval.
+    notes: Option<mpsc::Receiver<Note>>,
 }
 
 impl Writer {
@@ -172,6 +195,7 @@ impl Writer {
             links: HashMap::new(),
             backends: HashMap::new(),
             failing: None,
+            notes: None,
         }
     }
 
@@ -259,7 +283,11 @@ impl Writer {
         let snapshots: Vec<BalancerSnapshot> = self.balancers.iter().map(|b| b.snapshot(Instant::now())).collect();
         let (prev_minute, prev_hour) = (floor_to(self.prev_t, MINUTE_MS), floor_to(self.prev_t, HOUR_MS));
         let before = self.memory();
+        let notes: Vec<Note> = self.notes.as_ref().map(|n| n.try_iter().collect()).unwrap_or_default();
         let written = self.write("an interval", |w| {
+            for n in &notes {
+                w.store.event(n.t.min(t), n.kind, &n.subject, &n.detail)?;
+            }
             let mut records = Vec::with_capacity(report.targets.len() + report.interfaces.len());
             let mut events = w.targets(report, t, span, &mut records)?;
             let now = |(kind, subject, detail)| (t, kind, subject, detail);

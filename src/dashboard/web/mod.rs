@@ -13,6 +13,7 @@
 //! [`MAX_LAG`] reports behind, or takes nothing for [`server::WRITE_TIMEOUT`], is cut; the page
 //! then reconnects and reloads, or polls the API while the streams are all taken.
 
+pub mod admin;
 pub mod server;
 pub mod state;
 
@@ -76,6 +77,8 @@ pub struct Web {
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
     cache: Arc<Mutex<Cache>>,
     serialisers: Arc<Semaphore>,
+    /// Where admin requests go (`None`: no balancers run here).
+    admin: Option<admin::Admin>,
 }
 
 /// One report's event as the streams send it: the whole `event: report` block, shared.
@@ -124,7 +127,14 @@ impl Web {
             watches: Arc::default(),
             cache: Arc::default(),
             serialisers: Arc::new(Semaphore::new(SERIALISERS)),
+            admin: None,
         }
+    }
+
+    /// Serves the admin API ([`admin`]) too, sending its commands to `admin`.
+    pub fn with_admin(mut self, admin: admin::Admin) -> Self {
+        self.admin = Some(admin);
+        self
     }
 
     /// Binds `addr`, with a warning when the address is reachable from other hosts (the API has
@@ -263,8 +273,10 @@ impl Web {
 
     /// The service: every route, for `stop` to end the event streams.
     pub fn router(self, stop: CancellationToken) -> Router {
+        let admin = admin::routes(self.admin.clone());
         let app = App { web: self, stop };
         Router::new()
+            .merge(admin)
             .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
             .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
             .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
