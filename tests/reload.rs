@@ -273,10 +273,12 @@ fn a_new_listen_address_answers_and_the_old_one_closes_after_its_requests_finish
 fn reload_asks_the_running_up_and_says_when_nothing_runs() {
     let d = dir("cli");
     let config = d.join("netpulse.toml");
+    let history = d.join("history.db");
     let text = |port: u16| {
         format!(
             "[serve.http]\nbind = \"127.0.29.4\"\nports = \"29401-29402\"\n[[balance.http]]\nlisten = \"127.0.29.4:29400\"\n\
-             backends = [\"127.0.29.4:{port}\"]\nworkers = 1\n[monitor]\nmetrics = \"127.0.29.4:29490\"\n[history]\nenabled = false\n"
+             backends = [\"127.0.29.4:{port}\"]\nworkers = 1\n[monitor]\nmetrics = \"127.0.29.4:29490\"\n[history]\npath = \"{}\"\n",
+            history.display()
         )
     };
     write(&config, &text(29401));
@@ -290,10 +292,19 @@ fn reload_asks_the_running_up_and_says_when_nothing_runs() {
     let (code, out) = run(&["reload", "--metrics", "127.0.29.4:29490"], Duration::from_secs(30));
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("netpulse: reload refused: invalid config") && out.lines().count() == 1, "{out}");
-    drop(p);
+    let mut p = p;
+    assert_eq!(p.signal_and_wait("TERM", Duration::from_secs(20)).code(), Some(0));
     let (code, out) = run(&["reload", "--metrics", "127.0.29.4:29490"], Duration::from_secs(30));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("nothing answers at 127.0.29.4:29490"), "{out}");
+    // The reload is in the history's events.
+    let (code, out) = run(&["history", "--events", "--history", history.to_str().unwrap()], Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" reload ") && l.contains("reloaded: http \"http\": backends +127.0.29.4:29402")),
+        "{out}"
+    );
     // Without a config file there is nothing to read again.
     let mut p = Proc::up(&[
         "balance",
@@ -417,4 +428,53 @@ fn host_name_backends_resolve_at_start_and_again_and_a_name_that_does_not_is_an_
     assert_eq!(status.code(), Some(2), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("line 3") && out.contains("cannot resolve backend nosuch.test"), "{out}");
+}
+
+#[test]
+fn a_udp_balancer_reloads_without_losing_a_reply() {
+    let d = dir("udp");
+    let config = d.join("netpulse.toml");
+    let text = |backends: &str| {
+        format!(
+            "[serve.udp]\nbind = \"127.0.29.8\"\nports = \"29801-29803\"\n[[balance.udp]]\nname = \"ping\"\n\
+             listen = \"127.0.29.8:29800\"\nbackends = [{backends}]\nworkers = 1\naccess_log = false\n\
+             [monitor]\nmetrics = \"127.0.29.8:29890\"\n[history]\nenabled = false\n"
+        )
+    };
+    let (a, b) = ("\"127.0.29.8:29801\", \"127.0.29.8:29802\"", "\"127.0.29.8:29802\", \"127.0.29.8:29803\"");
+    write(&config, &text(a));
+    let mut p = Proc::up(&["up", "--config", config.to_str().unwrap(), "--no-tui", "-q"]);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let s = common::udp_client("127.0.29.8");
+            let (mut answered, mut lost) = (0u32, Vec::new());
+            let mut seq = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let ping = format!("PING {seq} 00:00:00");
+                s.send_to(ping.as_bytes(), "127.0.29.8:29800").unwrap();
+                let mut buf = [0u8; 64];
+                match s.recv_from(&mut buf) {
+                    Ok((n, _)) if buf[..n] == *ping.to_uppercase().as_bytes() => answered += 1,
+                    _ => lost.push(seq),
+                }
+            }
+            (answered, lost)
+        })
+    };
+    for n in 1..=6 {
+        write(&config, &text(if n % 2 == 1 { b } else { a }));
+        reload_and_wait(&p, n, "reloaded: udp \"ping\": backends");
+        thread::sleep(Duration::from_millis(200));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, lost) = client.join().unwrap();
+    assert!(answered > 100, "{answered} answered");
+    assert!(lost.is_empty(), "pings without a reply across the reloads: {lost:?}");
+    let now: Vec<String> = backends(addr("127.0.29.8:29890"), "ping").into_iter().map(|b| b.0).collect();
+    assert_eq!(now, ["127.0.29.8:29801", "127.0.29.8:29802"]);
+    assert_eq!(p.signal_and_wait("TERM", Duration::from_secs(20)).code(), Some(0));
+    assert!(p.output().contains("udp balancer \"ping\" stopped:"), "{}", p.output());
 }

@@ -438,7 +438,7 @@ impl Supervisor {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
             )
             .unwrap_or(i64::MAX);
-            let note = Note { t, kind: "config_reloaded", subject: "config".into(), detail: lines.join("; ") };
+            let note = Note { t, kind: "reload", subject: "config".into(), detail: lines.join("; ") };
             let _ = notes.send(note);
         }
         Ok(lines.join("\n"))

@@ -264,7 +264,13 @@ impl Writer {
     /// Notes the stop and packs the journal, so the file is complete without it.
     fn stop(&mut self) {
         let t = now_ms().max(self.prev_t + 1);
-        self.write("stopping", |w| w.store.event(t, "stop", "netpulse", "netpulse stopped recording"));
+        let notes: Vec<Note> = self.notes.as_ref().map(|n| n.try_iter().collect()).unwrap_or_default();
+        self.write("stopping", |w| {
+            for n in &notes {
+                w.store.event(n.t.min(t), n.kind, &n.subject, &n.detail)?;
+            }
+            w.store.event(t, "stop", "netpulse", "netpulse stopped recording")
+        });
         for _ in 0..10_000 {
             let mut more = false;
             if !self.write("packing", |w| {
