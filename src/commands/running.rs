@@ -195,6 +195,17 @@ struct Balancer {
     health: Option<CancellationToken>,
 }
 
+impl Balancer {
+    /// Closes the clones of its listening sockets (before it is retired: once its workers close
+    /// theirs, nothing may keep the sockets open).
+    fn close_sockets(&mut self) {
+        self.sockets = match self.sockets {
+            Sockets::Tcp(_) => Sockets::Tcp(Vec::new()),
+            Sockets::Udp(_) => Sockets::Udp(Vec::new()),
+        };
+    }
+}
+
 /// A next generation, bound, waiting for the reload to commit.
 struct Next {
     settings: Settings,
@@ -218,6 +229,10 @@ pub(super) struct Supervisor {
     notes: Option<Notes>,
     sources: ProbeSources,
     stop: CancellationToken,
+    /// Stops every generation's workers: cancelled once the process stops, after the clones of
+    /// the listening sockets are closed (a socket left open by a clone would take connections
+    /// that nobody accepts any more).
+    halt: CancellationToken,
     /// Each generation's workers, joined: its number and how it ended.
     joins: JoinSet<(u64, Result<()>)>,
     generations: u64,
@@ -243,6 +258,7 @@ impl Supervisor {
             notes: running.notes,
             sources: ProbeSources::default(),
             stop,
+            halt: CancellationToken::new(),
             joins: JoinSet::new(),
             generations: 0,
             unresolved: Default::default(),
@@ -278,7 +294,7 @@ impl Supervisor {
         let retire = match b {
             Bound::Http(b) => {
                 // Retiring an HTTP generation is stopping it: it finishes what is under way.
-                let retire = self.stop.child_token();
+                let retire = self.halt.child_token();
                 let threads = b.spawn(retire.clone()).with_context(|| format!("cannot start {who}"))?;
                 self.joins.spawn_blocking(move || {
                     let mut result = Ok(());
@@ -296,7 +312,7 @@ impl Supervisor {
             Bound::Udp(b) => {
                 let retire = CancellationToken::new();
                 let threads = b
-                    .spawn_retirable(self.stop.clone(), retire.clone())
+                    .spawn_retirable(self.halt.clone(), retire.clone())
                     .with_context(|| format!("cannot start {who}"))?;
                 let (stop, retired) = (self.stop.clone(), retire.clone());
                 self.joins.spawn_blocking(move || {
@@ -397,8 +413,13 @@ impl Supervisor {
                 tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
             }
         };
-        // Stopping: every generation stops with the process; wait for them to finish.
+        // Stopping: every generation stops with the process (its sockets' clones closed first);
+        // wait for them to finish.
         self.stop.cancel();
+        for b in &mut self.balancers {
+            b.close_sockets();
+        }
+        self.halt.cancel();
         let mut failure = failure;
         let drained = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
             while let Some(done) = self.joins.join_next().await {
@@ -479,7 +500,8 @@ impl Supervisor {
         let (keep, removed): (Vec<Balancer>, Vec<Balancer>) = std::mem::take(&mut self.balancers)
             .into_iter()
             .partition(|b| wanted.iter().any(|w| w.same_balancer(&b.settings)));
-        for b in removed {
+        for mut b in removed {
+            b.close_sockets();
             b.retire.cancel();
             if let Some(h) = &b.health {
                 h.cancel();
@@ -639,7 +661,8 @@ impl Supervisor {
         };
         match replaces {
             Some(i) => {
-                let old = std::mem::replace(&mut self.balancers[i], started);
+                let mut old = std::mem::replace(&mut self.balancers[i], started);
+                old.close_sockets();
                 old.retire.cancel();
             }
             None => self.balancers.push(started),
