@@ -41,6 +41,58 @@ pub enum Command {
     Status(StatusArgs),
     /// What happened while you were away: uptime, loss, RTT percentiles, outages, events
     History(HistoryArgs),
+    /// Make a running `up` read its config again (as SIGHUP does), over its admin API
+    Reload(ControlArgs),
+    /// Drain, disable or enable a backend of a running `up`, or set its weight
+    #[command(subcommand)]
+    Backend(BackendCommand),
+}
+
+/// Where the running `up` is asked: its admin API, on the metrics address.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The metrics address of the running `up` (default: [monitor] metrics of --config, else
+    /// the embedded default's)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<Addr>,
+    /// The config the running `up` was started with, to find its metrics address
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Take no new requests, clients or flows; those under way finish
+    Drain(BackendTarget),
+    /// Take nothing (out of rotation until enabled)
+    Disable(BackendTarget),
+    /// Take requests again, as its health allows
+    Enable(BackendTarget),
+    /// Set its weight (1 to 1000), used by the weighted strategies
+    Weight(BackendWeight),
+}
+
+#[derive(Debug, Args)]
+pub struct BackendTarget {
+    /// The balancer's name (`name =` in the config; "http" or "udp" by default)
+    pub balancer: String,
+    /// The backend: IP:PORT, or NAME:PORT as configured
+    pub backend: String,
+    #[command(flatten)]
+    pub at: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendWeight {
+    /// The balancer's name
+    pub balancer: String,
+    /// The backend: IP:PORT, or NAME:PORT as configured
+    pub backend: String,
+    /// The new weight, 1 to 1000
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub weight: u32,
+    #[command(flatten)]
+    pub at: ControlArgs,
 }
 
 /// Where `up` and `monitor` record their history.

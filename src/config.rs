@@ -147,7 +147,7 @@ impl HistoryConfig {
 }
 
 /// `[monitor]`: what `netpulse up` watches and where it publishes metrics.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     #[serde(default = "default_monitor_interval")]
@@ -178,7 +178,7 @@ impl<'de> Deserialize<'de> for TargetSpec {
 }
 
 /// `[serve]`: mock backends.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     pub http: Option<ServeHttpConfig>,
@@ -186,7 +186,7 @@ pub struct ServeConfig {
 }
 
 /// `[serve.http]`: HTTP backends that answer with their port.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeHttpConfig {
     #[serde(default = "loopback")]
@@ -195,7 +195,7 @@ pub struct ServeHttpConfig {
 }
 
 /// `[serve.udp]`: classic UDP ping servers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeUdpConfig {
     #[serde(default = "loopback")]
@@ -214,17 +214,23 @@ fn no_delay() -> Dur {
 }
 
 /// `[balance]`: `[[balance.http]]` and `[[balance.udp]]` tables.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceConfig {
     #[serde(default)]
     pub http: Vec<HttpBalancerConfig>,
     #[serde(default)]
     pub udp: Vec<UdpBalancerConfig>,
+    /// How often backends written as `NAME:PORT` are resolved again (default 30s; a changed
+    /// address is swapped in, a failure keeps the last one).
+    pub dns_refresh: Option<Dur>,
 }
 
+/// Default time between two resolutions of a backend's host name.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+
 /// One HTTP reverse proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpBalancerConfig {
     #[serde(default = "default_http_name")]
@@ -271,7 +277,7 @@ pub struct HttpBalancerConfig {
 }
 
 /// One UDP balancer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UdpBalancerConfig {
     #[serde(default = "default_udp_name")]
@@ -623,6 +629,9 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.history.check()?;
+        if self.balance.dns_refresh.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+            return Err("balance: dns_refresh must be at least \"1s\"".into());
+        }
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
         let tcp = self.balance.http.iter().map(|b| (b.listen.0, b.name.as_str(), "tcp"));
         let udp = self.balance.udp.iter().map(|b| (b.listen.0, b.name.as_str(), "udp"));
@@ -962,11 +971,14 @@ impl<'de> Deserialize<'de> for Addr {
 
 /// One backend as configured: its address and its weight (`"127.0.0.1:8001"`, or
 /// `{ addr = "127.0.0.1:8001", weight = 5 }` in a file; `127.0.0.1:8001=5` on the command line).
+/// The address may be a host name (`"web1.internal:8080"`), resolved when the config is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     /// Share of the requests relative to the others under the weighted strategies (1 to 1000).
     pub weight: u32,
+    /// The `NAME:PORT` it was written as, when it was a name (resolved to `addr`).
+    pub host: Option<String>,
 }
 
 impl FromStr for BackendSpec {
@@ -976,8 +988,61 @@ impl FromStr for BackendSpec {
             Some((a, w)) => (a, parse_weight(w)?),
             None => (s, 1),
         };
-        Ok(BackendSpec { addr: addr.parse::<Addr>()?.0, weight })
+        BackendSpec::at(addr, weight)
     }
+}
+
+impl BackendSpec {
+    /// The backend written `IP:PORT`, or `NAME:PORT` resolved now.
+    fn at(written: &str, weight: u32) -> Result<Self, String> {
+        let written = written.trim();
+        let not_ip = match written.parse::<Addr>() {
+            Ok(a) => return Ok(BackendSpec { addr: a.0, weight, host: None }),
+            Err(e) => e,
+        };
+        // Anything that is no host name keeps the message about writing IP:PORT.
+        let Some((name, port)) = written.rsplit_once(':').filter(|(name, _)| is_host_name(name)) else {
+            return Err(not_ip);
+        };
+        let port = port.parse::<u16>().ok().filter(|&p| p > 0).ok_or(format!("'{written}' has a bad port '{port}'"))?;
+        let addr = resolve_backend(name, port)?;
+        Ok(BackendSpec { addr, weight, host: Some(format!("{name}:{port}")) })
+    }
+
+    /// Resolves the name it was written as again (`None` for a backend written as an address).
+    pub fn resolve_again(&self) -> Option<Result<SocketAddr, String>> {
+        let (name, port) = self.host.as_deref()?.rsplit_once(':')?;
+        Some(port.parse().map_err(|_| format!("'{port}' is not a port")).and_then(|p| resolve_backend(name, p)))
+    }
+}
+
+/// Whether `s` is written like a host name: dot-separated labels of letters, digits and `-`,
+/// not all digits (so a mistyped IPv4 address is not looked up).
+fn is_host_name(s: &str) -> bool {
+    let labels_ok = s.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    });
+    !s.is_empty() && s.len() <= 253 && labels_ok && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// The address of a backend's host name: its first IPv4 address, else its first IPv6 one (as
+/// ping and the probes choose).
+pub fn resolve_backend(name: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve backend {name}: {e}; check the name, or write IP:PORT"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("cannot resolve backend {name}: it has no address; write IP:PORT"))
 }
 
 fn parse_weight(w: &str) -> Result<u32, String> {
@@ -996,7 +1061,7 @@ impl<'de> Deserialize<'de> for BackendSpec {
             #[serde(default)]
             weight: Option<i64>,
         }
-        const SHAPE: &str = "a backend is \"IP:PORT\" or { addr = \"IP:PORT\", weight = N }";
+        const SHAPE: &str = "a backend is \"IP:PORT\" (or \"NAME:PORT\") or { addr = \"IP:PORT\", weight = N }";
         match toml::Value::deserialize(d)? {
             toml::Value::String(s) => s.parse().map_err(de::Error::custom),
             toml::Value::Table(t) => {
@@ -1007,7 +1072,7 @@ impl<'de> Deserialize<'de> for BackendSpec {
                     Some(w) => parse_weight(&w.to_string()).map_err(de::Error::custom)?,
                     None => 1,
                 };
-                Ok(BackendSpec { addr: t.addr.parse::<Addr>().map_err(de::Error::custom)?.0, weight })
+                BackendSpec::at(&t.addr, weight).map_err(de::Error::custom)
             }
             other => Err(de::Error::custom(format!("{SHAPE}, not {other}"))),
         }
@@ -1021,7 +1086,7 @@ pub struct Backends(pub Vec<BackendSpec>);
 impl Backends {
     /// All with weight 1.
     pub fn of(addrs: &[SocketAddr]) -> Self {
-        Backends(addrs.iter().map(|&addr| BackendSpec { addr, weight: 1 }).collect())
+        Backends(addrs.iter().map(|&addr| BackendSpec { addr, weight: 1, host: None }).collect())
     }
 
     /// The addresses, in order.
@@ -1234,6 +1299,24 @@ mod tests {
             let e = udp(text).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_backend_may_be_a_host_name_resolved_when_read() {
+        let text = "[[balance.http]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"localhost:8001\", \
+                    { addr = \"127.0.0.1:8002\", weight = 2 }]\n";
+        let c = Config::parse(text, "t.toml").unwrap();
+        let b = &c.balance.http[0].backends.0;
+        assert_eq!(b[0].addr, "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(b[0].host.as_deref(), Some("localhost:8001"));
+        assert_eq!(b[1].host, None);
+        assert_eq!(b[0].resolve_again(), Some(Ok("127.0.0.1:8001".parse().unwrap())));
+        assert_eq!(b[1].resolve_again(), None);
+        assert_eq!("localhost:8003=4".parse::<BackendSpec>().unwrap().weight, 4);
+        // Not names: a mistyped address keeps the IP:PORT advice; a bad port says so.
+        assert!("127.0.0.300:80".parse::<BackendSpec>().unwrap_err().contains("IP:PORT"));
+        assert!("localhost:http".parse::<BackendSpec>().unwrap_err().contains("bad port"));
+        assert!("web_1:80".parse::<BackendSpec>().unwrap_err().contains("IP:PORT"));
     }
 
     #[test]

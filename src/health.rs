@@ -78,8 +78,7 @@ impl HealthFeed {
         let balancers = balancers
             .into_iter()
             .map(|(w, rules)| {
-                let addrs: Vec<SocketAddr> = w.set.load().backends().iter().map(|b| b.addr).collect();
-                let state = HealthState::new(&addrs, rules);
+                let state = HealthState::starting_from(&w.set.load(), rules);
                 (w, state)
             })
             .collect();

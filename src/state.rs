@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -126,22 +126,39 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Every kept rotation of a run.
-#[derive(Debug, Default)]
+/// Every kept rotation of a run, shared by the saver and the supervisor that replaces a balancer
+/// on reload (its next generation's picker is followed from then on).
+#[derive(Debug, Default, Clone)]
 pub struct Rotations {
-    kept: Vec<Kept>,
-    /// Per rotation: whether its last save failed (said once until one succeeds).
-    warned: Vec<bool>,
+    inner: Arc<Mutex<Vec<(Kept, bool)>>>,
 }
 
 impl Rotations {
     pub fn new(kept: Vec<Kept>) -> Self {
-        let warned = vec![false; kept.len()];
-        Self { kept, warned }
+        Self { inner: Arc::new(Mutex::new(kept.into_iter().map(|k| (k, false)).collect())) }
     }
 
-    fn save_all(&mut self, force: bool) {
-        for (k, warned) in self.kept.iter_mut().zip(self.warned.iter_mut()) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Kept, bool)>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reload replaced the balancer whose picker was `old`: from now on its rotation is
+    /// `picker`'s, over `backends`, on `listen` (another address is another file).
+    pub fn follow(&self, old: &Arc<Picker>, listen: SocketAddr, backends: Vec<SocketAddr>, picker: Arc<Picker>) {
+        let mut kept = self.lock();
+        if let Some((k, _)) = kept.iter_mut().find(|(k, _)| Arc::ptr_eq(&k.picker, old)) {
+            if let Some(dir) = k.file.parent() {
+                k.file = file_of(dir, &k.saved.proto, listen);
+            }
+            k.saved.listen = listen;
+            k.saved.backends = backends;
+            k.saved.position = usize::MAX; // written at the next save whatever the position
+            k.picker = picker;
+        }
+    }
+
+    fn save_all(&self, force: bool) {
+        for (k, warned) in self.lock().iter_mut() {
             match k.save(force) {
                 Ok(()) => *warned = false,
                 Err(e) if !*warned => {
@@ -160,33 +177,28 @@ impl Rotations {
     }
 
     /// Saves every rotation each [`SAVE_EVERY`] while it moves, until `stop`; a failure is said
-    /// once per balancer, and the balancer goes on. Gives the rotations back for [`Rotations::finish`].
-    pub async fn keep(mut self, stop: CancellationToken) -> Self {
-        if self.kept.is_empty() {
-            return self;
+    /// once per balancer, and the balancer goes on. [`Rotations::finish`] saves the last turns.
+    pub async fn keep(self, stop: CancellationToken) {
+        if self.lock().is_empty() {
+            return;
         }
         let mut tick = tokio::time::interval(SAVE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.cancelled() => return self,
+                _ = stop.cancelled() => return,
             }
             // A write and fsync: off the async workers.
-            self = match tokio::task::spawn_blocking(move || {
-                self.save_all(false);
-                self
-            })
-            .await
-            {
-                Ok(s) => s,
-                Err(_) => return Self::default(),
-            };
+            let me = self.clone();
+            if tokio::task::spawn_blocking(move || me.save_all(false)).await.is_err() {
+                return;
+            }
         }
     }
 
     /// The last save, once the balancers have drained.
-    pub fn finish(mut self) {
+    pub fn finish(&self) {
         self.save_all(true);
     }
 }

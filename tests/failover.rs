@@ -358,7 +358,7 @@ fn sighup_does_not_stop_the_balancer() {
     let _backend = Proc::up(&["serve", "http", "--bind", "127.0.8.9", "--ports", "8001", "--quiet"]);
     let mut lb = Proc::up(&["balance", "http", "--listen", "127.0.8.9:8000", "--quiet", "--backend", "127.0.8.9:8001"]);
     assert!(std::process::Command::new("kill").args(["-HUP", &lb.pid().to_string()]).status().unwrap().success());
-    lb.wait_for("SIGHUP: reloading the config is not supported yet", Duration::from_secs(3));
+    lb.wait_for("SIGHUP: nothing to reload: netpulse was started without a config file", Duration::from_secs(3));
     assert_eq!(get(addr("127.0.8.9:8000"), "/").status, 200);
     assert!(lb.signal_and_wait("TERM", Duration::from_secs(5)).success());
 }

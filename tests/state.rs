@@ -169,3 +169,35 @@ check = "none"
     });
     assert_eq!(udp_backends(&second.output()), vec![2527, 2528], "ping 5 goes to the server after ping 4's");
 }
+
+#[test]
+fn a_reload_keeps_the_rotation_going_and_the_saved_place_follows_it() {
+    let data = common::data_home();
+    let file = config(&data, "127.0.31.5", true);
+    let front = "127.0.31.5:8000";
+    let mut p = up(&file, &data);
+    assert_eq!(ports(front, 3), vec![8001, 8002, 8003]);
+    // Same backends, another timeout: the next generation takes the rotation over.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("access_log = false", "access_log = false\ntimeout = \"5s\"")).unwrap();
+    let pid = p.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    p.wait_for("reloaded", Duration::from_secs(10));
+    assert_eq!(ports(front, 2), vec![8004, 8001], "the rotation went on through the reload");
+    // Another backend list: the rotation's place carries on over the new list, and is what a
+    // restart resumes.
+    let text = std::fs::read_to_string(&file).unwrap().replace(", \"127.0.31.5:8004\"]", "]");
+    std::fs::write(&file, text).unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    common::wait_until(format_args!("a second reload: {}", p.printed()), Duration::from_secs(10), || {
+        (p.output().matches("reloaded").count() >= 2).then_some(())
+    });
+    let served = ports(front, 1);
+    assert!(p.signal_and_wait("TERM", Duration::from_secs(10)).success());
+    let again = up(&file, &data);
+    assert!(again.output().contains("rotation resumed"), "{}", again.output());
+    let next = ports(front, 1)[0];
+    let order = [8001, 8002, 8003];
+    let after = order[(order.iter().position(|&x| x == served[0]).unwrap() + 1) % 3];
+    assert_eq!(next, after, "after a restart, the server after the last one served ({})", served[0]);
+}

@@ -121,6 +121,16 @@ impl HealthState {
         Self { rules, backends }
     }
 
+    /// Every backend starts where `set` has it: in rotation or not (checks that start anew on
+    /// a reload go on from what the previous ones found).
+    pub fn starting_from(set: &BackendSet, rules: HealthRules) -> Self {
+        let mut state = Self::new(&set.backends().iter().map(|b| b.addr).collect::<Vec<_>>(), rules);
+        for (t, b) in state.backends.iter_mut().zip(set.backends()) {
+            t.up = b.healthy;
+        }
+        state
+    }
+
     /// Records one check result for `addr`; returns what changed, in order (a backend flipping,
     /// then fail-open starting or ending). Unknown addresses change nothing.
     pub fn observe(&mut self, addr: SocketAddr, check: Check) -> Vec<Transition> {

@@ -3,9 +3,11 @@
 //! `up`'s start-up path, so they bind, report and stop the same way.
 
 mod balance;
+mod control;
 mod history;
 mod monitor;
 mod ping;
+mod running;
 mod serve;
 mod status;
 mod udp_ping;
@@ -49,6 +51,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitor(args) => monitor::run(args),
         Command::Status(args) => status::run(args),
         Command::History(args) => history::run(&args),
+        Command::Reload(args) => control::reload(&args),
+        Command::Backend(cmd) => control::backend(cmd),
     }
 }
 
@@ -92,15 +96,32 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// Ctrl-C or SIGTERM. SIGHUP (which nginx and HAProxy users send to reload) does not stop
-/// anything: reloading is not there yet, so it is logged and the running config kept.
+/// anything: commands without a config to reload log it and go on (`up` reloads: see
+/// [`stop_signals`] and [`hangups`]).
 ///
 /// The signals are listened for from the call on (call it inside the runtime), not from the
 /// first poll: a command creates it before saying it is up, so that a signal sent right after
 /// stops it cleanly instead of killing it.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (stop, hup) = (stop_signals(), hangups());
+    async move {
+        let hup = async {
+            let Some(mut s) = hup else { return std::future::pending::<()>().await };
+            while s.recv().await.is_some() {
+                tracing::warn!("SIGHUP: this command has no config to reload; still running as started");
+            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = hup => {}
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM alone (the caller handles SIGHUP), listened for from the call on.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (int, term, hup) =
-        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok(), signal(SignalKind::hangup()).ok());
+    let (int, term) = (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok());
     let wait = |s: Option<tokio::signal::unix::Signal>| async move {
         match s {
             Some(mut s) => s.recv().await.is_some(),
@@ -108,16 +129,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
     };
     async move {
-        let hup = async {
-            let Some(mut s) = hup else { return std::future::pending::<()>().await };
-            while s.recv().await.is_some() {
-                tracing::warn!("SIGHUP: reloading the config is not supported yet; still running as started");
-            }
-        };
         tokio::select! {
             _ = wait(int) => {}
             _ = wait(term) => {}
-            _ = hup => {}
         }
     }
+}
+
+/// SIGHUP, which asks a running `up` (or `balance`, `serve`) to read its config again, as nginx
+/// and HAProxy users send it. Listened for from the call on, like [`shutdown_signal`]: from then
+/// on the signal no longer ends the process.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }

@@ -4,7 +4,6 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +14,7 @@ use crate::dashboard::web::Web;
 use crate::dashboard::{print, tui};
 use crate::metrics::Exporter;
 use crate::monitor::engine::{Monitor, MonitorPlan};
+use crate::stats::traffic::Balancers;
 
 pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     let plan = MonitorPlan::try_from(&args).map_err(UsageError)?;
@@ -38,9 +38,9 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
         let listener = Web::bind(addr.0)?;
         web_at = listener.local_addr().ok();
         tracing::info!("dashboard on http://{0}/ and metrics on http://{0}/metrics", addr.0);
-        let exporter = Exporter::new(std::sync::Arc::from(Vec::new()));
+        let exporter = Exporter::new(Balancers::default());
         rt.spawn(exporter.clone().follow(monitor.subscribe()));
-        let web = Web::new(exporter, std::sync::Arc::from(Vec::new()), monitor.plan().interval)
+        let web = Web::new(exporter, Balancers::default(), monitor.plan().interval)
             .with_history(store.as_ref().map(|s| s.path.clone()));
         rt.spawn(web.clone().follow(monitor.subscribe()));
         let sinks = sinks.clone();
@@ -48,7 +48,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
     }
     let recorder = match store {
         Some(store) => {
-            let no_balancers = std::sync::Arc::from(Vec::new());
+            let no_balancers = Balancers::default();
             crate::history::writer::Recorder::start(store, monitor.subscribe(), no_balancers)
                 .map_err(|e| tracing::warn!("history: cannot start its writer: {e}; running without history"))
                 .ok()
@@ -64,7 +64,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode> {
             log_pane: false,
             web: web_at,
         };
-        let dashboard = tui::Dashboard::start(options, Some(monitor.subscribe()), Arc::from(Vec::new()), "")
+        let dashboard = tui::Dashboard::start(options, Some(monitor.subscribe()), Balancers::default(), "")
             .context("cannot start the dashboard (--no-tui prints lines instead)")?;
         let quit = dashboard.quit_requested();
         let result = rt.block_on(async {

@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{UsageError, log, say, shutdown_signal};
+use super::running::{Health, Loader, Running, Supervisor};
+use super::{UsageError, hangups, log, say, stop_signals};
 use crate::balance::BackendSet;
 use crate::balance::HealthRules;
 use crate::cli::UpArgs;
@@ -25,6 +26,7 @@ use crate::config::{
 };
 use crate::dashboard::tui;
 use crate::dashboard::web::Web;
+use crate::dashboard::web::admin::Admin;
 use crate::health::{HealthFeed, Watched};
 use crate::log::Log;
 use crate::metrics::Exporter;
@@ -33,22 +35,31 @@ use crate::monitor::report::TargetId;
 use crate::net::{self, DRAIN_TIMEOUT};
 use crate::probe::{ProbeKey, ProbeSources, Target, UdpExchange};
 use crate::proxy::http::HttpBalancer;
-use crate::proxy::udp::{UdpBalancer, UdpStats};
+use crate::proxy::udp::UdpBalancer;
 use crate::serve::http::HttpServers;
 use crate::serve::udp::{Faults, UdpServers};
 use crate::stats::traffic::{BalancerStats, Balancers};
 
 pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
+    let (no_history, history) = (args.record.no_history, args.record.history.clone());
+    let with_flags = move |mut config: Config| {
+        if no_history {
+            config.history.enabled = false;
+        } else if let Some(path) = &history {
+            config.history.enabled = true;
+            config.history.path = Some(path.clone());
+        }
+        config
     };
-    if args.record.no_history {
-        config.history.enabled = false;
-    } else if let Some(path) = args.record.history {
-        config.history.enabled = true;
-        config.history.path = Some(path);
-    }
+    // A reload reads the file again, with the same flags over it.
+    let load: Option<Loader> = args.config.clone().map(|path| {
+        let with_flags = with_flags.clone();
+        Arc::new(move || Ok(with_flags(Config::load(&path)?))) as Loader
+    });
+    let config = match &args.config {
+        Some(path) => with_flags(Config::load(path)?),
+        None => with_flags(Config::embedded_default()),
+    };
     let dashboard = (!args.dashboard.no_tui && std::io::stdout().is_terminal()).then(|| tui::Options {
         command: "up",
         interval: config.monitor.as_ref().map(|m| m.interval.0),
@@ -57,18 +68,18 @@ pub(super) fn run(args: UpArgs) -> Result<ExitCode> {
         log_pane: true,
         web: None,
     });
-    start_with(config, log(args.quiet), dashboard)
+    start_with(config, log(args.quiet), dashboard, load)
 }
 
 /// Everything a config asks for, bound but not yet running.
 struct Bound {
     http_servers: Option<HttpServers>,
     udp_servers: Option<UdpServers>,
-    http: Vec<HttpBalancer>,
-    udp: Vec<UdpBalancer>,
+    http: Vec<(HttpBalancer, HttpBalancerConfig)>,
+    udp: Vec<(UdpBalancer, UdpBalancerConfig)>,
     monitor: Option<Watch>,
-    /// Monitors that only health-check one balancer's backends (no `[monitor]` probes them).
-    checkers: Vec<(Monitor, HealthFeed)>,
+    /// Each balancer's health checks: probes of `[monitor]`, or a monitor of their own.
+    health: Vec<(String, Health)>,
     /// Every balancer's statistics, for the sinks.
     balancers: Balancers,
     /// The history file the monitor's reports are recorded into.
@@ -82,11 +93,10 @@ struct Bound {
 struct Watch {
     monitor: Monitor,
     metrics: Option<(Exporter, std::net::TcpListener)>,
-    health: Option<HealthFeed>,
 }
 
 /// One balancer's active health checks.
-struct Checks {
+pub(super) struct Checks {
     name: String,
     stats: Arc<BalancerStats>,
     set: Arc<ArcSwap<BackendSet>>,
@@ -100,7 +110,7 @@ struct Checks {
 }
 
 impl Checks {
-    fn http(b: &HttpBalancer, c: &HttpBalancerConfig) -> Option<Self> {
+    pub(super) fn http(b: &HttpBalancer, c: &HttpBalancerConfig) -> Option<Self> {
         let h = &c.health;
         let (target, summary): (fn(SocketAddr, &HealthCheckConfig) -> Target, String) = match h.kind(true) {
             CheckKind::Http => {
@@ -113,7 +123,7 @@ impl Checks {
         Some(Self::new(b.stats(), b.backends(), targets, h, false, summary))
     }
 
-    fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
+    pub(super) fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
         let h = &c.health;
         if h.kind(false) != CheckKind::Ping {
             return None;
@@ -153,7 +163,7 @@ impl Checks {
     }
 
     /// A monitor of its own that checks these backends, and the feed that applies the results.
-    fn checker(self, sources: &ProbeSources) -> (Monitor, HealthFeed) {
+    pub(super) fn checker(self, sources: &ProbeSources) -> (Monitor, HealthFeed) {
         let mut targets = Targets::default();
         let probes = self.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
         let plan = MonitorPlan {
@@ -175,11 +185,16 @@ impl Checks {
 /// Binds everything `config` asks for, prints what listens where, and runs it until Ctrl-C or
 /// SIGTERM.
 pub(super) fn start(config: Config, log: Log) -> Result<ExitCode> {
-    start_with(config, log, None)
+    start_with(config, log, None, None)
 }
 
-/// [`start`], with the terminal dashboard when `dashboard` says how.
-fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Result<ExitCode> {
+/// [`start`], reloading with `load` on SIGHUP (and the admin API's reload).
+pub(super) fn start_reloadable(config: Config, log: Log, load: Loader) -> Result<ExitCode> {
+    start_with(config, log, None, Some(load))
+}
+
+/// [`start`], with the terminal dashboard when `dashboard` says how, reloading with `load`.
+fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>, load: Option<Loader>) -> Result<ExitCode> {
     // Hosts the mock backends, the monitor and signal handling; balancers run on threads of
     // their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,9 +205,9 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
     let mut config = config;
     fit_descriptors(&mut config, net::raise_descriptor_limit());
     let bound = rt.block_on(async { bind(&config, &log) })?;
-    let stop = {
+    let (stop, hup) = {
         let _runtime = rt.enter();
-        shutdown_signal()
+        (stop_signals(), hangups())
     };
     say(&bound.banner)?;
     let dashboard = match dashboard {
@@ -208,8 +223,17 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
         }
         None => None,
     };
-    rt.block_on(serve(bound, stop, dashboard))?;
+    let reload = Reload { config, load, log, hup };
+    rt.block_on(serve(bound, stop, dashboard, reload))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a reload needs: the config running, how to read it again, and the signal that asks.
+struct Reload {
+    config: Config,
+    load: Option<Loader>,
+    log: Log,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 /// Fits a config to the descriptor limit, as HAProxy derives its maxconn: each HTTP client
@@ -217,7 +241,13 @@ fn start_with(config: Config, log: Log, dashboard: Option<tui::Options>) -> Resu
 /// pools add nothing beyond that), and each UDP flow has a socket. When the limits would need more, HTTP balancers get fewer
 /// connections (said on stderr); when even that cannot fit, a warning names the fix. Running
 /// out anyway drops one connection or datagram at a time, never the process.
-fn fit_descriptors(config: &mut Config, limit: u64) {
+pub(super) fn fit_descriptors(config: &mut Config, limit: u64) {
+    fit_descriptors_saying(config, limit, true);
+}
+
+/// [`fit_descriptors`], saying what it lowered only when `say` (a reload lowers quietly what
+/// the start already said it lowered).
+pub(super) fn fit_descriptors_saying(config: &mut Config, limit: u64, say: bool) {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Listening sockets, the runtime's own, the log, health checks (less under a tiny limit).
     let spare = 64.min(limit / 4);
@@ -231,18 +261,18 @@ fn fit_descriptors(config: &mut Config, limit: u64) {
     let room = limit.saturating_sub(udp + spare);
     let share = (room / per / config.balance.http.len().max(1)).max(1);
     for b in &mut config.balance.http {
-        if b.max_connections > share {
+        if b.max_connections > share && say {
             tracing::info!(
                 "http balancer \"{}\": max_connections {} lowered to {share} to fit the descriptor limit {limit} \
                  (raise it with `ulimit -n` to allow more)",
                 b.name,
                 b.max_connections
             );
-            b.max_connections = share;
         }
+        b.max_connections = b.max_connections.min(share);
     }
     let need = config.balance.http.iter().map(|b| per * b.max_connections).sum::<usize>() + udp + spare;
-    if need > limit {
+    if need > limit && say {
         tracing::warn!(
             "the config may need {need} open descriptors at its limits (UDP flows {udp}) but the limit is \
              {limit}: raise it (`ulimit -n {need}`, or LimitNOFILE={need} in a systemd unit) or lower max_flows; \
@@ -294,7 +324,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
         checks.extend(check);
         tries.insert(0, format!("curl http://{at}/"));
-        http.push(b);
+        http.push((b, c.clone()));
     }
     let mut udp = Vec::new();
     for c in &config.balance.udp {
@@ -310,23 +340,31 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
         checks.extend(check);
         tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
-        udp.push(b);
+        udp.push((b, c.clone()));
     }
     if tries.is_empty() {
         return Err(UsageError("nothing to run: the config has no [serve] or [balance] section".into()).into());
     }
     // Under `[monitor]` with `health` on, its probes are the checks; otherwise each balancer
     // checks its backends with a monitor of its own.
-    let mut checkers = Vec::new();
+    let mut health = Vec::new();
     if !config.monitor.as_ref().is_some_and(|m| m.health) {
-        checkers = std::mem::take(&mut checks).into_iter().map(|c| c.checker(&sources)).collect();
+        health = std::mem::take(&mut checks)
+            .into_iter()
+            .map(|c| {
+                let name = c.name.clone();
+                let (monitor, feed) = c.checker(&sources);
+                (name, Health::Own(monitor, feed))
+            })
+            .collect();
     }
     let (rotations, kept_in) = keep_rotations(&config.state, &http, &udp);
-    let balancers: Balancers = http.iter().map(HttpBalancer::stats).chain(udp.iter().map(UdpBalancer::stats)).collect();
+    let balancers: Balancers = http.iter().map(|(b, _)| b.stats()).chain(udp.iter().map(|(b, _)| b.stats())).collect();
     let mut history = None;
     let monitor = match &config.monitor {
         Some(m) => {
-            let w = watch(m, &balancers, &http, &udp, checks, sources)?;
+            let (w, feeds) = watch(m, &balancers, &http, &udp, checks, sources)?;
+            health.extend(feeds);
             let _ =
                 writeln!(banner, "  monitor        {} targets every {}", w.monitor.plan().targets.len(), m.interval);
             if let Some(addr) = m.metrics {
@@ -351,15 +389,15 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  {t}");
     }
     banner.push_str("Ctrl-C stops it.\n");
-    Ok(Bound { http_servers, udp_servers, http, udp, monitor, checkers, balancers, history, rotations, banner })
+    Ok(Bound { http_servers, udp_servers, http, udp, monitor, health, balancers, history, rotations, banner })
 }
 
 /// Restores each balancer's rotation where the last run left it (`[state] rotation`), and where
 /// it is kept (for the banner).
 fn keep_rotations(
     state: &crate::config::StateConfig,
-    http: &[HttpBalancer],
-    udp: &[UdpBalancer],
+    http: &[(HttpBalancer, HttpBalancerConfig)],
+    udp: &[(UdpBalancer, UdpBalancerConfig)],
 ) -> (crate::state::Rotations, Option<std::path::PathBuf>) {
     use crate::state::Kept;
     let dir = match (&state.dir, state.rotation) {
@@ -371,12 +409,12 @@ fn keep_rotations(
         },
     };
     let mut kept = Vec::new();
-    for b in http {
+    for (b, _) in http {
         if let Ok(at) = b.local_addr() {
             kept.extend(Kept::restore(&dir, "http", b.name(), at, b.backend_addrs(), b.picker()));
         }
     }
-    for b in udp {
+    for (b, _) in udp {
         if let Ok(at) = b.local_addr() {
             kept.extend(Kept::restore(&dir, "udp", b.name(), at, b.backend_addrs(), b.picker()));
         }
@@ -454,23 +492,25 @@ impl Targets {
 fn watch(
     m: &MonitorConfig,
     balancers: &Balancers,
-    http: &[HttpBalancer],
-    udp: &[UdpBalancer],
+    http: &[(HttpBalancer, HttpBalancerConfig)],
+    udp: &[(UdpBalancer, UdpBalancerConfig)],
     checks: Vec<Checks>,
     sources: ProbeSources,
-) -> Result<Watch> {
+) -> Result<(Watch, Vec<(String, Health)>)> {
     let mut targets = Targets::default();
-    let mut watched = Vec::new();
+    let mut health = Vec::new();
     for c in checks {
         let probes = c.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
-        watched.push((Watched { name: c.name, set: c.set, probes, stats: Some(c.stats) }, c.rules));
+        let name = c.name.clone();
+        let watched = Watched { name: c.name, set: c.set, probes, stats: Some(c.stats) };
+        health.push((name, Health::Main(HealthFeed::new(vec![(watched, c.rules)]))));
     }
-    for b in http {
+    for (b, _) in http {
         for a in b.backend_addrs() {
             targets.add_unless_checked(a, Target::http_backend(a));
         }
     }
-    for b in udp {
+    for (b, _) in udp {
         for a in b.backend_addrs() {
             targets.add_unless_checked(a, Target::udp_backend(a));
         }
@@ -490,14 +530,14 @@ fn watch(
         Some(addr) => Some((Exporter::new(balancers.clone()), Web::bind(addr.0)?)),
         None => None,
     };
-    let health = (!watched.is_empty()).then(|| HealthFeed::new(watched));
-    Ok(Watch { monitor: Monitor::new(plan), metrics, health })
+    Ok((Watch { monitor: Monitor::new(plan), metrics }, health))
 }
 
 async fn serve(
     bound: Bound,
     signalled: impl std::future::Future<Output = ()>,
     dashboard: Option<tui::Dashboard>,
+    reload: Reload,
 ) -> Result<()> {
     // `q` or Ctrl-C in the dashboard (a key in raw mode, not a signal) stops as SIGINT does.
     let quit = dashboard.as_ref().map(tui::Dashboard::quit_requested);
@@ -508,25 +548,31 @@ async fn serve(
         }
     };
     let stop = CancellationToken::new();
-    let rotations = tokio::spawn(bound.rotations.keep(stop.clone()));
+    let saver = tokio::spawn(bound.rotations.clone().keep(stop.clone()));
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let mut recorder = None;
-    for (checker, feed) in bound.checkers {
-        tokio::spawn(feed.follow(checker.subscribe()));
-        let stop = stop.clone();
-        tasks.spawn(async move { checker.run(stop).await.context("health checks") });
-    }
+    let (admin, commands) = Admin::channel();
+    // The health checks that follow the monitor subscribe before it runs.
+    let health: Vec<_> = bound
+        .health
+        .into_iter()
+        .map(|(name, h)| {
+            let reports = match (&h, &bound.monitor) {
+                (Health::Main(_), Some(w)) => Some(w.monitor.subscribe()),
+                _ => None,
+            };
+            (name, h, reports)
+        })
+        .collect();
     if let Some(w) = bound.monitor {
         if let Some((exporter, listener)) = w.metrics {
             tokio::spawn(exporter.clone().follow(w.monitor.subscribe()));
             let web = Web::new(exporter, bound.balancers.clone(), w.monitor.plan().interval)
-                .with_history(bound.history.as_ref().map(|s| s.path.clone()));
+                .with_history(bound.history.as_ref().map(|s| s.path.clone()))
+                .with_admin(admin.clone());
             tokio::spawn(web.clone().follow(w.monitor.subscribe()));
             let stop = stop.clone();
             tasks.spawn(async move { web.serve(listener, stop).await.context("metrics and dashboard") });
-        }
-        if let Some(feed) = w.health {
-            tokio::spawn(feed.follow(w.monitor.subscribe()));
         }
         tokio::spawn(crate::dashboard::events::follow(w.monitor.subscribe()));
         if let Some(store) = bound.history {
@@ -544,30 +590,23 @@ async fn serve(
         tasks.spawn(async move { s.run(stop).await.context("http backends") });
     }
     let mut threads = Vec::new();
-    for b in bound.http {
-        let name = format!("http balancer \"{}\"", b.name());
-        for t in b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))? {
-            threads.push((name.clone(), t));
-        }
-    }
     if let Some(s) = bound.udp_servers {
         for t in s.spawn(stop.clone()).context("cannot start udp servers")? {
             threads.push(("udp server".to_string(), t));
         }
     }
-    for b in bound.udp {
-        let name = format!("udp balancer \"{}\"", b.name());
-        let handles = b.spawn(stop.clone()).with_context(|| format!("cannot start {name}"))?;
-        tasks.spawn_blocking(move || {
-            let mut total = UdpStats::default();
-            for t in handles {
-                let stats = t.join().map_err(|_| anyhow::anyhow!("{name} crashed"))?.with_context(|| name.clone())?;
-                total.add(&stats);
-            }
-            tracing::info!("{name} stopped: {total}");
-            Ok(())
-        });
-    }
+    let running = Running {
+        http: bound.http,
+        udp: bound.udp,
+        health,
+        balancers: bound.balancers.clone(),
+        notes: recorder.as_ref().map(crate::history::writer::Recorder::notes),
+        rotations: bound.rotations.clone(),
+    };
+    let supervisor = Supervisor::start(running, reload.config, reload.load, reload.log, stop.clone())?;
+    let hup = reload.hup;
+    tasks.spawn(async move { supervisor.run(hup, Some(commands)).await });
+    drop(admin);
     for (name, t) in threads {
         tasks.spawn_blocking(move || match t.join() {
             Ok(r) => r.with_context(|| name.clone()),
@@ -602,8 +641,9 @@ async fn serve(
     if drained.is_err() {
         tracing::warn!("some requests were still running after {DRAIN_TIMEOUT:?}; stopped anyway");
     }
-    if let Ok(r) = rotations.await {
-        let _ = tokio::task::spawn_blocking(move || r.finish()).await;
+    if saver.await.is_ok() {
+        let rotations = bound.rotations.clone();
+        let _ = tokio::task::spawn_blocking(move || rotations.finish()).await;
     }
     if let Some(r) = recorder {
         let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;

@@ -59,7 +59,21 @@ const LAG_WARNING_EVERY: Duration = Duration::from_secs(60);
 pub struct Recorder {
     thread: JoinHandle<()>,
     done: mpsc::Receiver<()>,
+    notes: Notes,
 }
+
+/// An event that no report shows (a reload of the config), written with the next interval.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// When it happened, in milliseconds since the epoch.
+    pub t: i64,
+    pub kind: &'static str,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Where [`Note`]s are sent to be recorded.
+pub type Notes = mpsc::Sender<Note>;
 
 impl Recorder {
     /// Starts the writer thread on `store`, following `reports` (subscribe before the monitor
@@ -70,11 +84,17 @@ impl Recorder {
         balancers: Balancers,
     ) -> std::io::Result<Self> {
         let (tx, done) = mpsc::channel();
+        let (notes, noted) = mpsc::channel();
         let thread = std::thread::Builder::new().name("history".into()).spawn(move || {
-            run(store, reports, balancers);
+            run(store, reports, balancers, noted);
             let _ = tx.send(());
         })?;
-        Ok(Self { thread, done })
+        Ok(Self { thread, done, notes })
+    }
+
+    /// Where to send events no report shows, to be recorded with the next interval.
+    pub fn notes(&self) -> Notes {
+        self.notes.clone()
     }
 
     /// Waits up to `limit` for the writer to write its last interval and close the file.
@@ -90,8 +110,9 @@ impl Recorder {
     }
 }
 
-fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: Balancers) {
+fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: Balancers, notes: mpsc::Receiver<Note>) {
     let mut w = Writer::new(store, balancers);
+    w.notes = Some(notes);
     w.start();
     let mut missed = 0u64;
     let mut warned: Option<Instant> = None;
@@ -120,7 +141,7 @@ fn run(store: Store, mut reports: broadcast::Receiver<Arc<Report>>, balancers: B
 /// for benchmarks and tests that feed the writer synthetic reports.
 #[doc(hidden)]
 pub fn replay(store: Store, reports: impl IntoIterator<Item = Report>) {
-    let mut w = Writer::new(store, Arc::from(Vec::new()));
+    let mut w = Writer::new(store, Balancers::default());
     w.start();
     for r in reports {
         w.interval(&r);
@@ -157,6 +178,8 @@ struct Writer {
     backends: HashMap<String, BackendState>,
     /// The first write error, while writes fail.
     failing: Option<String>,
+    /// Events from outside the reports, written with the next interval.
+    notes: Option<mpsc::Receiver<Note>>,
 }
 
 impl Writer {
@@ -172,6 +195,7 @@ impl Writer {
             links: HashMap::new(),
             backends: HashMap::new(),
             failing: None,
+            notes: None,
         }
     }
 
@@ -240,7 +264,13 @@ impl Writer {
     /// Notes the stop and packs the journal, so the file is complete without it.
     fn stop(&mut self) {
         let t = now_ms().max(self.prev_t + 1);
-        self.write("stopping", |w| w.store.event(t, "stop", "netpulse", "netpulse stopped recording"));
+        let notes: Vec<Note> = self.notes.as_ref().map(|n| n.try_iter().collect()).unwrap_or_default();
+        self.write("stopping", |w| {
+            for n in &notes {
+                w.store.event(n.t.min(t), n.kind, &n.subject, &n.detail)?;
+            }
+            w.store.event(t, "stop", "netpulse", "netpulse stopped recording")
+        });
         for _ in 0..10_000 {
             let mut more = false;
             if !self.write("packing", |w| {
@@ -259,7 +289,11 @@ impl Writer {
         let snapshots: Vec<BalancerSnapshot> = self.balancers.iter().map(|b| b.snapshot(Instant::now())).collect();
         let (prev_minute, prev_hour) = (floor_to(self.prev_t, MINUTE_MS), floor_to(self.prev_t, HOUR_MS));
         let before = self.memory();
+        let notes: Vec<Note> = self.notes.as_ref().map(|n| n.try_iter().collect()).unwrap_or_default();
         let written = self.write("an interval", |w| {
+            for n in &notes {
+                w.store.event(n.t.min(t), n.kind, &n.subject, &n.detail)?;
+            }
             let mut records = Vec::with_capacity(report.targets.len() + report.interfaces.len());
             let mut events = w.targets(report, t, span, &mut records)?;
             let now = |(kind, subject, detail)| (t, kind, subject, detail);
@@ -470,6 +504,8 @@ impl Writer {
                         BackendState::Up => ("backend_in", format!("backend {name} is back in rotation")),
                         BackendState::Down => ("backend_out", format!("backend {name} is out of rotation: {why}")),
                         BackendState::Ejected => ("backend_out", format!("backend {name} is ejected: {why}")),
+                        BackendState::Draining => ("backend_out", format!("backend {name} is draining: {why}")),
+                        BackendState::Disabled => ("backend_out", format!("backend {name} is disabled: {why}")),
                     };
                     events.push((kind, name, detail));
                 }
@@ -544,7 +580,8 @@ mod store_tests {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-fail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("h.db");
-        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let mut w =
+            Writer::new(Store::open(&path, Retention::default()).unwrap(), crate::stats::traffic::Balancers::default());
         let t0 = now_ms() + 1000;
         w.interval(&report(t0, 1, Some(900), (1, 1)));
         // The journal goes away under the writer: the next interval's transaction fails midway
@@ -568,7 +605,8 @@ mod store_tests {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-lag-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("h.db");
-        let mut w = Writer::new(Store::open(&path, Retention::default()).unwrap(), std::sync::Arc::from(Vec::new()));
+        let mut w =
+            Writer::new(Store::open(&path, Retention::default()).unwrap(), crate::stats::traffic::Balancers::default());
         let t0 = now_ms() + 1000;
         w.interval(&report(t0, 1, Some(900), (1, 1)));
         // Reports 2 and 3 (one lost probe, one answered) never reached the writer.
@@ -594,7 +632,7 @@ mod store_tests {
             hours: std::time::Duration::from_secs(86_400),
         };
         let store = Store::open(&path, keep).unwrap();
-        let mut w = Writer::new(store, std::sync::Arc::from(Vec::new()));
+        let mut w = Writer::new(store, crate::stats::traffic::Balancers::default());
         // 2.5 hours of 1 s intervals, starting on an hour; every 7th probe lost.
         let t0 = floor_to(now_ms(), HOUR_MS) - 3 * HOUR_MS;
         w.prev_t = t0 - 1000;

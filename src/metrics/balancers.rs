@@ -60,12 +60,16 @@ fn common(page: &mut Page, balancers: &[BalancerSnapshot]) {
     let mut f = page.family(
         "netpulse_backend_state",
         Kind::Gauge,
-        "The backend's state, one series per state: up (in rotation), down (failed its health checks), ejected (failed on the data path, out for a while).",
+        "The backend's state, one series per state: up (in rotation), down (failed its health checks), ejected (failed on the data path, out for a while), draining or disabled (by an operator).",
     );
     for (b, be) in backends() {
-        for (name, state) in
-            [("up", BackendState::Up), ("down", BackendState::Down), ("ejected", BackendState::Ejected)]
-        {
+        for (name, state) in [
+            ("up", BackendState::Up),
+            ("down", BackendState::Down),
+            ("ejected", BackendState::Ejected),
+            ("draining", BackendState::Draining),
+            ("disabled", BackendState::Disabled),
+        ] {
             f.sample(&labels(b, be).with("state", name), be.state == state);
         }
     }

@@ -44,6 +44,22 @@ impl Backends {
         }
     }
 
+    /// Reads and updates `set` instead of a set of its own: a reload's next generation shares
+    /// the running one's live set when the backends are the same, in the same order.
+    pub fn share(&mut self, set: Arc<ArcSwap<BackendSet>>) {
+        self.set = set;
+    }
+
+    /// Takes over the running generation's picker: the very same one while the backends are the
+    /// same (the rotation and the load counts go on), else only its place in the rotation.
+    pub fn take_over(&mut self, picker: Arc<Picker>, same_backends: bool) {
+        if same_backends {
+            self.picker = picker;
+        } else {
+            self.picker.resume_at(picker.position());
+        }
+    }
+
     /// Where ejections are noted for the sinks.
     pub fn note_in(&self, stats: Arc<crate::stats::traffic::BalancerStats>) {
         let _ = self.stats.set(stats);

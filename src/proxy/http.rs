@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::backends::Backends;
 use super::h1::{self, Chunked, Framing, HeadError, RequestHead};
+use super::reload::Takeover;
 use crate::balance::{BackendSet, OutlierRules, Strategy};
 use crate::clock::UtcTime;
 use crate::config::{HashKey, HttpBalancerConfig};
@@ -149,10 +150,14 @@ impl Pool {
     }
 
     /// Closes the idle connections the backend closed (or that sat too long), so a dead
-    /// backend does not keep sockets in CLOSE_WAIT until its next request.
-    fn sweep(&self, gauge: Option<&HttpBackendCells>) {
+    /// backend does not keep sockets in CLOSE_WAIT until its next request; all of them when
+    /// the backend is no longer `enabled` (an operator drains or disables it).
+    fn sweep(&self, gauge: Option<&HttpBackendCells>, enabled: bool) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|(conn, since)| {
+            if !enabled {
+                return false;
+            }
             let quiet = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             quiet && since.elapsed() < POOL_IDLE_TIMEOUT
         });
@@ -272,9 +277,25 @@ impl Outcome {
 impl HttpBalancer {
     /// Binds the listening socket; nothing is served until [`HttpBalancer::spawn`].
     pub fn bind(config: &HttpBalancerConfig, log: Log) -> Result<Self, BindError> {
+        Self::bind_with(config, log, None)
+    }
+
+    /// [`HttpBalancer::bind`], or with a [`Takeover`] the next generation of a running balancer.
+    pub fn bind_with(
+        config: &HttpBalancerConfig,
+        log: Log,
+        takeover: Option<Takeover<std::net::TcpListener>>,
+    ) -> Result<Self, BindError> {
         let owner = format!("http balancer \"{}\"", config.name);
         let workers = config.workers.unwrap_or_else(default_workers);
-        let listeners = net::bind_tcp_shared(config.listen.0, &owner, workers)?;
+        let (sockets, previous, shared, picker) = match takeover {
+            Some(t) => (t.sockets, Some(t.stats), t.set, t.picker),
+            None => (None, None, None, None),
+        };
+        let listeners = match sockets {
+            Some(l) => l,
+            None => net::bind_tcp_shared(config.listen.0, &owner, workers)?,
+        };
         let outliers = OutlierRules {
             failures: config.eject_after,
             base: config.eject_for.0,
@@ -283,8 +304,23 @@ impl HttpBalancer {
         };
         let set =
             BackendSet::weighted(&config.backends.addrs(), &config.backends.weights()).with_strategy(config.strategy);
-        let backends = Backends::new(&config.name, set, outliers);
-        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Http, &config.strategy_name(), backends.set()));
+        let mut backends = Backends::new(&config.name, set, outliers);
+        let same_backends = shared.is_some();
+        if let Some(set) = shared {
+            backends.share(set);
+        }
+        if let Some(picker) = picker {
+            backends.take_over(picker, same_backends);
+        }
+        let strategy = config.strategy_name();
+        let stats = match previous {
+            Some(stats) => {
+                stats.follow(backends.set());
+                stats.set_strategy(&strategy);
+                stats
+            }
+            None => Arc::new(BalancerStats::new(&config.name, Proto::Http, &strategy, backends.set())),
+        };
         if let Ok(at) = listeners[0].local_addr() {
             stats.set_listen(at);
         }
@@ -308,6 +344,11 @@ impl HttpBalancer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listeners[0].local_addr()
+    }
+
+    /// Clones of its listening sockets, for a next generation to take over.
+    pub fn share_sockets(&self) -> io::Result<Vec<std::net::TcpListener>> {
+        super::reload::share(&self.listeners, std::net::TcpListener::try_clone)
     }
 
     pub fn name(&self) -> &str {
@@ -360,15 +401,23 @@ impl HttpBalancer {
 /// worker's connections have closed since the most it had
 /// (at least [`TRIM_AFTER`], and at least half of them), gives the memory they used back to the
 /// OS, so a burst of clients does not leave the process large.
-async fn keep_tidy(permits: Arc<Semaphore>, most: Arc<AtomicUsize>, worker: Arc<Worker>, shutdown: CancellationToken) {
+async fn keep_tidy(
+    permits: Arc<Semaphore>,
+    most: Arc<AtomicUsize>,
+    worker: Arc<Worker>,
+    backends: Arc<ArcSwap<BackendSet>>,
+    shutdown: CancellationToken,
+) {
     let slots = permits.available_permits();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TRIM_EVERY) => {}
             _ = shutdown.cancelled() => return,
         }
+        let set = backends.load();
         for (i, pool) in worker.pools.iter().enumerate() {
-            pool.sweep(worker.backend(i));
+            let enabled = set.get(i).is_none_or(|b| b.admin == crate::balance::Admin::Enabled);
+            pool.sweep(worker.backend(i), enabled);
         }
         let open = slots.saturating_sub(permits.available_permits());
         let peak = most.load(Ordering::Relaxed);
@@ -407,7 +456,13 @@ impl Proxy {
         // The most connections open at once since memory was last given back.
         let most = Arc::new(AtomicUsize::new(0));
         let slots = permits.available_permits();
-        let trim = tokio::spawn(keep_tidy(permits.clone(), most.clone(), pools.clone(), shutdown.clone()));
+        let trim = tokio::spawn(keep_tidy(
+            permits.clone(),
+            most.clone(),
+            pools.clone(),
+            self.backends.set(),
+            shutdown.clone(),
+        ));
         let mut warn = crate::log::Throttled::default();
         while let Some((stream, peer, permit)) =
             net::accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await

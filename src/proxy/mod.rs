@@ -3,4 +3,5 @@
 pub mod backends;
 mod h1;
 pub mod http;
+pub mod reload;
 pub mod udp;

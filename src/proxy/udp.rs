@@ -25,6 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::backends::Backends;
+use super::reload::Takeover;
 use crate::balance::{BackendSet, OutlierRules, Strategy};
 use crate::clock::UtcTime;
 use crate::config::{HashKey, UdpBalancerConfig};
@@ -41,6 +42,8 @@ const BATCH: usize = 32;
 const SLOT: usize = 65_536;
 /// How often idle flows are swept and the stop signal is checked.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a retired generation goes on relaying replies (at most the flow idle timeout).
+pub const RETIRE_GRACE: Duration = Duration::from_secs(5);
 /// The mio token of the listening socket; flow token `i` is `Token(i + 1)`.
 const LISTENER: Token = Token(0);
 
@@ -179,14 +182,35 @@ impl Pending {
             Some((i, std::mem::take(&mut w.in_flight), waited))
         })
     }
+
+    /// Whether some request of the flow still awaits its reply.
+    fn awaited(&self) -> bool {
+        self.0.iter().any(|w| w.unanswered > 0)
+    }
 }
 
 impl UdpBalancer {
     /// Binds the listening sockets; nothing is relayed until [`UdpBalancer::spawn`].
     pub fn bind(config: &UdpBalancerConfig, log: Log) -> Result<Self, BindError> {
+        Self::bind_with(config, log, None)
+    }
+
+    /// [`UdpBalancer::bind`], or with a [`Takeover`] the next generation of a running balancer.
+    pub fn bind_with(
+        config: &UdpBalancerConfig,
+        log: Log,
+        takeover: Option<Takeover<UdpSocket>>,
+    ) -> Result<Self, BindError> {
         let owner = format!("udp balancer \"{}\"", config.name);
         let workers = config.workers.unwrap_or_else(|| thread::available_parallelism().map_or(1, usize::from));
-        let sockets = net::bind_udp_shared(config.listen.0, &owner, workers)?;
+        let (sockets, previous, shared, picker) = match takeover {
+            Some(t) => (t.sockets, Some(t.stats), t.set, t.picker),
+            None => (None, None, None, None),
+        };
+        let sockets = match sockets {
+            Some(s) => s,
+            None => net::bind_udp_shared(config.listen.0, &owner, workers)?,
+        };
         for s in &sockets {
             s.set_nonblocking(true).map_err(|source| BindError {
                 proto: "udp",
@@ -197,8 +221,23 @@ impl UdpBalancer {
         }
         let set =
             BackendSet::weighted(&config.backends.addrs(), &config.backends.weights()).with_strategy(config.strategy);
-        let backends = Backends::new(&config.name, set, OutlierRules { failures: 0, ..OutlierRules::default() });
-        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Udp, &config.strategy_name(), backends.set()));
+        let mut backends = Backends::new(&config.name, set, OutlierRules { failures: 0, ..OutlierRules::default() });
+        let same_backends = shared.is_some();
+        if let Some(set) = shared {
+            backends.share(set);
+        }
+        if let Some(picker) = picker {
+            backends.take_over(picker, same_backends);
+        }
+        let strategy = config.strategy_name();
+        let stats = match previous {
+            Some(stats) => {
+                stats.follow(backends.set());
+                stats.set_strategy(&strategy);
+                stats
+            }
+            None => Arc::new(BalancerStats::new(&config.name, Proto::Udp, &strategy, backends.set())),
+        };
         if let Ok(at) = sockets[0].local_addr() {
             stats.set_listen(at);
         }
@@ -219,6 +258,11 @@ impl UdpBalancer {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sockets[0].local_addr()
+    }
+
+    /// Clones of its listening sockets, for a next generation to take over.
+    pub fn share_sockets(&self) -> io::Result<Vec<UdpSocket>> {
+        super::reload::share(&self.sockets, UdpSocket::try_clone)
     }
 
     pub fn name(&self) -> &str {
@@ -247,14 +291,25 @@ impl UdpBalancer {
 
     /// Runs one event loop per listening socket, each on a thread of its own, until `shutdown`.
     pub fn spawn(self, shutdown: CancellationToken) -> io::Result<Vec<thread::JoinHandle<io::Result<UdpStats>>>> {
+        self.spawn_retirable(shutdown, CancellationToken::new())
+    }
+
+    /// [`UdpBalancer::spawn`], and once `retire` is cancelled (a reload's next generation reads
+    /// the listening sockets now) the workers take no more requests but go on relaying the
+    /// replies to those they sent, until none is awaited or for [`RETIRE_GRACE`] at most.
+    pub fn spawn_retirable(
+        self,
+        shutdown: CancellationToken,
+        retire: CancellationToken,
+    ) -> io::Result<Vec<thread::JoinHandle<io::Result<UdpStats>>>> {
         self.sockets
             .into_iter()
             .enumerate()
             .map(|(i, socket)| {
-                let (shared, stop) = (self.shared.clone(), shutdown.clone());
+                let (shared, stop, retire) = (self.shared.clone(), shutdown.clone(), retire.clone());
                 thread::Builder::new()
                     .name(format!("udp-{}-{i}", shared.name))
-                    .spawn(move || Relay::new(shared, socket)?.run(stop))
+                    .spawn(move || Relay::new(shared, socket)?.run(stop, retire))
             })
             .collect()
     }
@@ -292,13 +347,23 @@ impl Relay {
         })
     }
 
-    fn run(mut self, shutdown: CancellationToken) -> io::Result<UdpStats> {
+    fn run(mut self, shutdown: CancellationToken, retire: CancellationToken) -> io::Result<UdpStats> {
         let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
         // mio is edge-triggered: a listener whose batch came back full may hold more datagrams
         // without a new event, so it is read again on the next turn, after the others had theirs.
         let mut more_requests = false;
+        // Once retired: until when replies are still relayed.
+        let mut retiring: Option<Instant> = None;
         while !shutdown.is_cancelled() {
+            if retiring.is_none() && retire.is_cancelled() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&self.socket.as_raw_fd()));
+                more_requests = false;
+                retiring = Some(Instant::now() + RETIRE_GRACE.min(self.shared.idle_timeout));
+            }
+            if retiring.is_some_and(|until| Instant::now() >= until || !self.flows.any(|f| f.pending.awaited())) {
+                break;
+            }
             let wait = if more_requests { Duration::ZERO } else { TICK };
             match self.poll.poll(&mut events, Some(wait)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
@@ -308,7 +373,7 @@ impl Relay {
             let mut read_requests = std::mem::take(&mut more_requests);
             for event in &events {
                 match event.token() {
-                    LISTENER => read_requests = true,
+                    LISTENER => read_requests = retiring.is_none(),
                     Token(t) => self.on_replies(t - 1)?,
                 }
             }
@@ -572,6 +637,11 @@ impl<F> FlowTable<F> {
 
     fn len(&self) -> usize {
         self.by_client.len()
+    }
+
+    /// Whether some flow is as `f` says.
+    fn any(&self, f: impl Fn(&F) -> bool) -> bool {
+        self.by_client.values().any(|e| f(&e.flow))
     }
 
     /// The flow of `client`, marked as used at `now` (moved to the back).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::balance::BackendSet;
+use crate::balance::{Admin, BackendSet};
 
 /// A count written by one thread only.
 #[derive(Debug, Default)]
@@ -363,10 +363,25 @@ impl std::fmt::Display for Proto {
     }
 }
 
+/// Each worker's cells with the backends they count for, in the order of its cells (a reload
+/// may give the next workers another list).
 #[derive(Debug)]
 enum Workers {
-    Http(Vec<Arc<HttpWorkerCells>>),
-    Udp(Vec<Arc<UdpWorkerCells>>),
+    Http(Vec<(Layout, Arc<HttpWorkerCells>)>),
+    Udp(Vec<(Layout, Arc<UdpWorkerCells>)>),
+}
+
+/// The backends a worker's cells stand for, by index.
+type Layout = Arc<[SocketAddr]>;
+
+/// What workers that stopped had counted, per backend: kept so a reload does not reset the
+/// counters of the backends that stay (their gauges, all back to zero, are not kept).
+#[derive(Debug, Default)]
+struct Retired {
+    http: HttpTotals,
+    http_backends: HashMap<SocketAddr, HttpBackendCounts>,
+    udp: UdpTotals,
+    udp_backends: HashMap<SocketAddr, UdpBackendCounts>,
 }
 
 /// The last health change of a backend, as the feed or an ejection noted it.
@@ -383,10 +398,11 @@ pub struct BalancerStats {
     name: String,
     proto: Proto,
     listen: Mutex<Option<SocketAddr>>,
-    strategy: String,
-    set: Arc<ArcSwap<BackendSet>>,
+    strategy: Mutex<String>,
+    /// The live set of the balancer's running generation (a reload may swap in another).
+    set: ArcSwap<ArcSwap<BackendSet>>,
     started: SystemTime,
-    workers: Mutex<Workers>,
+    workers: Mutex<(Workers, Retired)>,
     changes: Mutex<HashMap<SocketAddr, Change>>,
 }
 
@@ -400,10 +416,10 @@ impl BalancerStats {
             name: name.to_string(),
             proto,
             listen: Mutex::new(None),
-            strategy: strategy.to_string(),
-            set,
+            strategy: Mutex::new(strategy.to_string()),
+            set: ArcSwap::new(set),
             started: SystemTime::now(),
-            workers: Mutex::new(workers),
+            workers: Mutex::new((workers, Retired::default())),
             changes: Mutex::new(HashMap::new()),
         }
     }
@@ -421,24 +437,38 @@ impl BalancerStats {
         *self.listen.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
     }
 
-    fn backends_len(&self) -> usize {
-        self.set.load().len()
+    /// The strategy as the sinks show it (a reload may change it).
+    pub fn set_strategy(&self, strategy: &str) {
+        *self.strategy.lock().unwrap_or_else(|p| p.into_inner()) = strategy.to_string();
+    }
+
+    /// Reads the backends of `set` from now on: a reload's next generation of the balancer
+    /// counts into the same statistics, so the counters of the backends that stay go on.
+    pub fn follow(&self, set: Arc<ArcSwap<BackendSet>>) {
+        self.set.store(set);
+    }
+
+    /// The backends the next worker's cells stand for.
+    fn layout(&self) -> Layout {
+        self.set.load().load().backends().iter().map(|b| b.addr).collect()
     }
 
     /// Cells for one more HTTP worker (each worker takes its own at start).
     pub fn http_worker(&self) -> Arc<HttpWorkerCells> {
-        let cells = Arc::new(HttpWorkerCells::new(self.backends_len()));
-        if let Workers::Http(w) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
-            w.push(cells.clone());
+        let layout = self.layout();
+        let cells = Arc::new(HttpWorkerCells::new(layout.len()));
+        if let (Workers::Http(w), _) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.push((layout, cells.clone()));
         }
         cells
     }
 
     /// Cells for one more UDP worker.
     pub fn udp_worker(&self) -> Arc<UdpWorkerCells> {
-        let cells = Arc::new(UdpWorkerCells::new(self.backends_len()));
-        if let Workers::Udp(w) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
-            w.push(cells.clone());
+        let layout = self.layout();
+        let cells = Arc::new(UdpWorkerCells::new(layout.len()));
+        if let (Workers::Udp(w), _) = &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.push((layout, cells.clone()));
         }
         cells
     }
@@ -451,14 +481,18 @@ impl BalancerStats {
 
     /// Everything counted so far, summed over the workers, with each backend's state at `now`.
     pub fn snapshot(&self, now: Instant) -> BalancerSnapshot {
-        let set = self.set.load();
+        let set = self.set.load().load_full();
         let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let wall = SystemTime::now();
         let mut backends: Vec<BackendSnapshot> = set
             .backends()
             .iter()
             .map(|b| {
-                let state = if !b.healthy {
+                let state = if b.admin == Admin::Disabled {
+                    BackendState::Disabled
+                } else if b.admin == Admin::Draining {
+                    BackendState::Draining
+                } else if !b.healthy {
                     BackendState::Down
                 } else if !b.available(now) {
                     BackendState::Ejected
@@ -487,17 +521,21 @@ impl BalancerStats {
                 }
             })
             .collect();
-        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let (http, udp) = match &*workers {
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let (workers, retired) = &mut *workers;
+        let (http, udp) = match workers {
             Workers::Http(w) => {
-                let (totals, per) = sum_http(w, backends.len());
+                retire_http(w, retired);
+                let (totals, per) = sum_http(w, retired, &addrs);
                 for (b, c) in backends.iter_mut().zip(per) {
                     b.http = Some(c);
                 }
                 (Some(totals), None)
             }
             Workers::Udp(w) => {
-                let (totals, per) = sum_udp(w, backends.len());
+                retire_udp(w, retired);
+                let (totals, per) = sum_udp(w, retired, &addrs);
                 for (b, c) in backends.iter_mut().zip(per) {
                     b.udp = Some(c);
                 }
@@ -508,7 +546,7 @@ impl BalancerStats {
             name: self.name.clone(),
             proto: self.proto,
             listen: *self.listen.lock().unwrap_or_else(|p| p.into_inner()),
-            strategy: self.strategy.clone(),
+            strategy: self.strategy.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             started: crate::clock::UtcTime::from_system(self.started).rfc3339(),
             http,
             udp,
@@ -525,10 +563,78 @@ fn classes(cells: &[Counter; 5], into: &mut Classes) {
     into.c5xx += cells[4].get();
 }
 
-fn sum_http(workers: &[Arc<HttpWorkerCells>], n: usize) -> (HttpTotals, Vec<HttpBackendCounts>) {
+/// Where each of a worker's cells goes among `addrs` (the backends shown), by its layout.
+fn places(layout: &[SocketAddr], addrs: &[SocketAddr]) -> Vec<Option<usize>> {
+    if layout == addrs {
+        return (0..addrs.len()).map(Some).collect();
+    }
+    layout.iter().map(|a| addrs.iter().position(|b| b == a)).collect()
+}
+
+/// Folds the counts of the HTTP workers that stopped (nobody else holds their cells, so they
+/// can no longer change) into `retired`, and lets their cells go.
+fn retire_http(workers: &mut Vec<(Layout, Arc<HttpWorkerCells>)>, retired: &mut Retired) {
+    workers.retain(|(layout, w)| {
+        if Arc::strong_count(w) > 1 {
+            return true;
+        }
+        let (t, per) = sum_http(&[(layout.clone(), w.clone())], &Retired::default(), layout);
+        add_http_totals(&mut retired.http, &t);
+        for (addr, c) in layout.iter().zip(per) {
+            add_http_backend(retired.http_backends.entry(*addr).or_default(), &c);
+        }
+        false
+    });
+}
+
+fn add_http_totals(into: &mut HttpTotals, t: &HttpTotals) {
+    into.clients_accepted += t.clients_accepted;
+    into.requests += t.requests;
+    add_classes(&mut into.responses, &t.responses);
+    into.no_backend += t.no_backend;
+    into.refused += t.refused;
+    into.client_aborts += t.client_aborts;
+    into.retries += t.retries;
+}
+
+fn add_classes(into: &mut Classes, c: &Classes) {
+    into.c1xx += c.c1xx;
+    into.c2xx += c.c2xx;
+    into.c3xx += c.c3xx;
+    into.c4xx += c.c4xx;
+    into.c5xx += c.c5xx;
+}
+
+fn add_http_backend(into: &mut HttpBackendCounts, c: &HttpBackendCounts) {
+    into.requests += c.requests;
+    add_classes(&mut into.responses, &c.responses);
+    for (k, v) in &c.errors {
+        *into.errors.entry(k).or_default() += v;
+    }
+    into.retried += c.retried;
+    into.bytes_sent += c.bytes_sent;
+    into.bytes_received += c.bytes_received;
+    into.latency.merge(&c.latency);
+}
+
+fn sum_http(
+    workers: &[(Layout, Arc<HttpWorkerCells>)],
+    retired: &Retired,
+    addrs: &[SocketAddr],
+) -> (HttpTotals, Vec<HttpBackendCounts>) {
     let mut t = HttpTotals::default();
-    let mut per: Vec<HttpBackendCounts> = (0..n).map(|_| HttpBackendCounts::default()).collect();
-    for w in workers {
+    add_http_totals(&mut t, &retired.http);
+    let mut per: Vec<HttpBackendCounts> = addrs
+        .iter()
+        .map(|a| {
+            let mut p = HttpBackendCounts::default();
+            if let Some(r) = retired.http_backends.get(a) {
+                add_http_backend(&mut p, r);
+            }
+            p
+        })
+        .collect();
+    for (layout, w) in workers {
         t.clients_active += w.clients.get();
         t.clients_accepted += w.clients_accepted.get();
         t.requests += w.requests.get();
@@ -537,7 +643,8 @@ fn sum_http(workers: &[Arc<HttpWorkerCells>], n: usize) -> (HttpTotals, Vec<Http
         t.refused += w.refused.get();
         t.client_aborts += w.client_aborts.get();
         t.retries += w.retries.get();
-        for (p, c) in per.iter_mut().zip(w.backends.iter()) {
+        for (place, c) in places(layout, addrs).into_iter().zip(w.backends.iter()) {
+            let Some(p) = place.and_then(|i| per.get_mut(i)) else { continue };
             p.requests += c.requests.get();
             classes(&c.responses, &mut p.responses);
             for (e, cell) in HttpError::ALL.iter().zip(&c.errors) {
@@ -562,13 +669,61 @@ fn sum_http(workers: &[Arc<HttpWorkerCells>], n: usize) -> (HttpTotals, Vec<Http
     (t, per)
 }
 
-fn sum_udp(workers: &[Arc<UdpWorkerCells>], n: usize) -> (UdpTotals, Vec<UdpBackendCounts>) {
+/// [`retire_http`] for UDP workers.
+fn retire_udp(workers: &mut Vec<(Layout, Arc<UdpWorkerCells>)>, retired: &mut Retired) {
+    workers.retain(|(layout, w)| {
+        if Arc::strong_count(w) > 1 {
+            return true;
+        }
+        let (t, per) = sum_udp(&[(layout.clone(), w.clone())], &Retired::default(), layout);
+        add_udp_totals(&mut retired.udp, &t);
+        for (addr, c) in layout.iter().zip(per) {
+            add_udp_backend(retired.udp_backends.entry(*addr).or_default(), &c);
+        }
+        false
+    });
+}
+
+fn add_udp_totals(into: &mut UdpTotals, t: &UdpTotals) {
+    into.requests += t.requests;
+    into.replies += t.replies;
+    for (k, v) in &t.drops {
+        *into.drops.entry(k).or_default() += v;
+    }
+    into.flows_opened += t.flows_opened;
+    into.flows_evicted += t.flows_evicted;
+    into.flows_expired += t.flows_expired;
+}
+
+fn add_udp_backend(into: &mut UdpBackendCounts, c: &UdpBackendCounts) {
+    into.datagrams_sent += c.datagrams_sent;
+    into.bytes_sent += c.bytes_sent;
+    into.datagrams_received += c.datagrams_received;
+    into.bytes_received += c.bytes_received;
+    into.unanswered += c.unanswered;
+}
+
+fn sum_udp(
+    workers: &[(Layout, Arc<UdpWorkerCells>)],
+    retired: &Retired,
+    addrs: &[SocketAddr],
+) -> (UdpTotals, Vec<UdpBackendCounts>) {
     let mut t = UdpTotals::default();
-    let mut per: Vec<UdpBackendCounts> = (0..n).map(|_| UdpBackendCounts::default()).collect();
     for d in UdpDrop::ALL {
         t.drops.insert(d.name(), 0);
     }
-    for w in workers {
+    add_udp_totals(&mut t, &retired.udp);
+    let mut per: Vec<UdpBackendCounts> = addrs
+        .iter()
+        .map(|a| {
+            let mut p = UdpBackendCounts::default();
+            if let Some(r) = retired.udp_backends.get(a) {
+                add_udp_backend(&mut p, r);
+            }
+            p
+        })
+        .collect();
+    for (layout, w) in workers {
         t.requests += w.requests.get();
         t.replies += w.replies.get();
         for (d, cell) in UdpDrop::ALL.iter().zip(&w.drops) {
@@ -578,7 +733,8 @@ fn sum_udp(workers: &[Arc<UdpWorkerCells>], n: usize) -> (UdpTotals, Vec<UdpBack
         t.flows_opened += w.flows_opened.get();
         t.flows_evicted += w.flows_evicted.get();
         t.flows_expired += w.flows_expired.get();
-        for (p, c) in per.iter_mut().zip(w.backends.iter()) {
+        for (place, c) in places(layout, addrs).into_iter().zip(w.backends.iter()) {
+            let Some(p) = place.and_then(|i| per.get_mut(i)) else { continue };
             p.datagrams_sent += c.datagrams_sent.get();
             p.bytes_sent += c.bytes_sent.get();
             p.datagrams_received += c.datagrams_received.get();
@@ -704,6 +860,10 @@ pub enum BackendState {
     Down,
     /// Out for a while after failing on the data path.
     Ejected,
+    /// Taking no new requests by an operator's word; those under way finish.
+    Draining,
+    /// Taken out by an operator.
+    Disabled,
 }
 
 /// One backend in a snapshot.
@@ -848,8 +1008,36 @@ pub fn recent(now: &BalancerSnapshot, then: Option<&BalancerSnapshot>, secs: f64
         .collect()
 }
 
-/// Every balancer of a process, for the sinks to read.
-pub type Balancers = Arc<[Arc<BalancerStats>]>;
+/// Every balancer of a process, for the sinks to read: a list a reload may replace whole
+/// (balancers added or removed); cheap to clone, and each clone sees the replacement.
+#[derive(Debug, Clone, Default)]
+pub struct Balancers(Arc<ArcSwap<Vec<Arc<BalancerStats>>>>);
+
+impl Balancers {
+    /// The balancers now, in order.
+    pub fn iter(&self) -> std::vec::IntoIter<Arc<BalancerStats>> {
+        self.0.load().iter().cloned().collect::<Vec<_>>().into_iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    /// Replaces the list (what every clone reads from now on).
+    pub fn replace(&self, list: Vec<Arc<BalancerStats>>) {
+        self.0.store(Arc::new(list));
+    }
+}
+
+impl FromIterator<Arc<BalancerStats>> for Balancers {
+    fn from_iter<I: IntoIterator<Item = Arc<BalancerStats>>>(iter: I) -> Self {
+        Balancers(Arc::new(ArcSwap::from_pointee(iter.into_iter().collect())))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -900,6 +1088,41 @@ mod tests {
         let after = stats.snapshot(Instant::now());
         assert_eq!(after.backends[0].state, BackendState::Up);
         assert_eq!(after.backends[0].why.as_deref(), Some("back in rotation: its ejection ended"));
+    }
+
+    #[test]
+    fn a_reloaded_backend_list_keeps_the_counts_of_the_backends_that_stay() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let first = Arc::new(ArcSwap::from_pointee(BackendSet::new(&[a, b])));
+        let stats = BalancerStats::new("web", Proto::Http, "round-robin", first);
+        let old = stats.http_worker();
+        old.requests.add(3);
+        old.backends[0].requests.add(1);
+        old.backends[1].requests.add(2);
+        // The next generation: `a` left, `c` came, `b` stays (now first).
+        let mut next = BackendSet::new(&[b, c]);
+        next.set_admin(c, Admin::Draining);
+        stats.follow(Arc::new(ArcSwap::from_pointee(next)));
+        stats.set_strategy("weighted");
+        let new = stats.http_worker();
+        new.requests.add(5);
+        new.backends[0].requests.add(4);
+        new.backends[1].requests.add(1);
+        let counts = |s: &BalancerSnapshot| -> Vec<(u16, u64)> {
+            s.backends.iter().map(|x| (x.addr.port(), x.http.as_ref().unwrap().requests)).collect()
+        };
+        let during = stats.snapshot(Instant::now());
+        assert_eq!(counts(&during), vec![(2, 6), (3, 1)]);
+        assert_eq!((during.http.as_ref().unwrap().requests, during.strategy.as_str()), (8, "weighted"));
+        assert_eq!(during.backends[1].state, BackendState::Draining);
+        // The old generation stops: its counts are kept, its cells let go.
+        drop(old);
+        let after = stats.snapshot(Instant::now());
+        assert_eq!(counts(&after), vec![(2, 6), (3, 1)]);
+        assert_eq!(after.http.as_ref().unwrap().requests, 8);
+        assert!(matches!(&stats.workers.lock().unwrap().0, Workers::Http(w) if w.len() == 1));
     }
 
     #[test]

@@ -822,6 +822,8 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
                 BackendState::Up => ("up", t.good()),
                 BackendState::Down => ("down", t.bad()),
                 BackendState::Ejected => ("ejected", t.warn()),
+                BackendState::Draining => ("draining", t.warn()),
+                BackendState::Disabled => ("disabled", t.bad()),
             };
             let how_long = match (be.state, be.ejected_for_ms, be.for_secs) {
                 (BackendState::Ejected, Some(left), _) => format!(" {}", age(left.div_ceil(1000))),

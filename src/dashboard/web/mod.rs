@@ -14,6 +14,7 @@
 //! [`MAX_LAG`] reports behind, or takes nothing for [`server::WRITE_TIMEOUT`], is cut; the page
 //! then reconnects and reloads, or polls the API while the streams are all taken.
 
+pub mod admin;
 pub mod history;
 pub mod server;
 pub mod state;
@@ -84,6 +85,8 @@ pub struct Web {
     /// The file the monitor records its history into, for `/api/v1/history` (`None`: off).
     history: Option<Arc<PathBuf>>,
     history_queries: Arc<Semaphore>,
+    /// Where admin requests go (`None`: no balancers run here).
+    admin: Option<admin::Admin>,
 }
 
 /// One report's event as the streams send it: the whole `event: report` block, shared.
@@ -134,6 +137,7 @@ impl Web {
             serialisers: Arc::new(Semaphore::new(SERIALISERS)),
             history: None,
             history_queries: Arc::new(Semaphore::new(HISTORY_QUERIES)),
+            admin: None,
         }
     }
 
@@ -141,6 +145,12 @@ impl Web {
     /// history is off, and the API says so).
     pub fn with_history(mut self, path: Option<PathBuf>) -> Self {
         self.history = path.map(Arc::new);
+        self
+    }
+
+    /// Serves the admin API ([`admin`]) too, sending its commands to `admin`.
+    pub fn with_admin(mut self, admin: admin::Admin) -> Self {
+        self.admin = Some(admin);
         self
     }
 
@@ -280,8 +290,10 @@ impl Web {
 
     /// The service: every route, for `stop` to end the event streams.
     pub fn router(self, stop: CancellationToken) -> Router {
+        let admin = admin::routes(self.admin.clone());
         let app = App { web: self, stop };
         Router::new()
+            .merge(admin)
             .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
             .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
             .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
@@ -608,7 +620,7 @@ mod tests {
     use super::*;
 
     fn web() -> Web {
-        Web::new(Exporter::new(Arc::from(Vec::new())), Arc::from(Vec::new()), Duration::from_secs(1))
+        Web::new(Exporter::new(Balancers::default()), Balancers::default(), Duration::from_secs(1))
     }
 
     async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, Response) {

@@ -37,6 +37,8 @@ const MAX_BUF: usize = 64 * 1024;
 pub struct Conn {
     /// The address the client connected to.
     pub local: SocketAddr,
+    /// The client's address.
+    pub peer: SocketAddr,
     /// Cancelling it closes the connection at once (unsent data is dropped, the peer gets a reset).
     pub cut: CancellationToken,
 }
@@ -59,8 +61,8 @@ pub async fn serve(
     tokio::pin!(stop);
     let owner = format!("dashboard {local}");
     let mut warn = crate::log::Throttled::default();
-    while let Some((stream, _peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await {
-        let conn = Conn { local, cut: CancellationToken::new() };
+    while let Some((stream, peer, permit)) = accept_limited(&listener, &permits, &mut stop, &owner, &mut warn).await {
+        let conn = Conn { local, peer, cut: CancellationToken::new() };
         let cut = conn.cut.clone();
         let io = TokioIo::new(Deadline::new(stream, WRITE_TIMEOUT, cut.clone()));
         let router = router.clone();
