@@ -8,6 +8,7 @@
 //! whole while the data path reads it without a lock; a pick only ever sees a snapshot.
 
 pub mod health;
+pub mod measured;
 pub mod outlier;
 mod rotation;
 

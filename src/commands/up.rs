@@ -93,6 +93,8 @@ struct Checks {
     rules: HealthRules,
     interval: Duration,
     timeout: Duration,
+    /// Whether they set the backends' weights too (the `measured` strategy).
+    measure: bool,
     /// How the banner describes them.
     summary: String,
 }
@@ -146,6 +148,7 @@ impl Checks {
             rules: h.rules(udp),
             interval: h.interval.0,
             timeout: h.timeout.0,
+            measure: false,
             summary,
         }
     }
@@ -162,8 +165,9 @@ impl Checks {
             window: 10,
             sources: sources.clone(),
         };
+        let measure = self.measure.then_some(self.interval);
         let feed = HealthFeed::new(vec![(
-            Watched { name: self.name, set: self.set, probes, stats: Some(self.stats) },
+            Watched { name: self.name, set: self.set, probes, stats: Some(self.stats), measure },
             self.rules,
         )]);
         (Monitor::new(plan), feed)
@@ -380,6 +384,10 @@ fn check_line(banner: &mut String, check: Option<&Checks>, monitor: Option<&Moni
         (Some(c), Some(m)) if m.health => format!("health: {}, probed by the monitor every {}", c.summary, m.interval),
         (Some(c), _) => format!("health: {}, every {}", c.summary, Dur(c.interval)),
     };
+    let line = match check {
+        Some(c) if c.measure => format!("{line}; their RTT and loss set the weights"),
+        _ => line,
+    };
     let _ = writeln!(banner, "                 {line}");
 }
 
@@ -422,7 +430,8 @@ fn watch(
     let mut watched = Vec::new();
     for c in checks {
         let probes = c.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
-        watched.push((Watched { name: c.name, set: c.set, probes, stats: Some(c.stats) }, c.rules));
+        let measure = c.measure.then_some(m.interval.0);
+        watched.push((Watched { name: c.name, set: c.set, probes, stats: Some(c.stats), measure }, c.rules));
     }
     for b in http {
         for a in b.backend_addrs() {
