@@ -183,8 +183,8 @@ fn announce(w: &Watched, report: &Report, changes: &[Transition]) {
 }
 
 /// Sets a `measured` balancer's weights from its probes: swaps the set whole when a factor
-/// changed, explains every backend's weight in the statistics, and logs a factor that halved
-/// or doubled since it was last logged.
+/// changed, explains every backend's weight in the statistics, and logs a factor that moved by
+/// a quarter or more since it was last logged (so noise near a value does not flood the log).
 fn weigh(w: &Watched, m: &mut Weights) {
     let factors = m.probes.factors();
     let pairs: Vec<(SocketAddr, f64)> = factors.iter().map(|(a, f)| (*a, f.factor)).collect();
@@ -196,7 +196,7 @@ fn weigh(w: &Watched, m: &mut Weights) {
         let configured = set.backends().iter().find(|b| b.addr == *addr).map_or(1, |b| b.weight);
         let why = f.explain(configured);
         let last = m.logged.entry(*addr).or_insert(1.0);
-        if f.factor <= *last / 2.0 || f.factor >= *last * 2.0 {
+        if (f.factor - *last).abs() >= 0.25 {
             tracing::info!("{}: backend {addr} {why}", w.name);
             *last = f.factor;
         }

@@ -15,11 +15,13 @@
 //! hundredths (so the weight explained is the weight used):
 //!
 //! - `rtt` is an EWMA of the answered probes' round trips whose half-life is [`RTT_HALF_LIFE`]
-//!   of wall time at the probe interval, so a backend that turns slow (or fast again) shows
-//!   within a few seconds, and a single late answer fades as fast. Shares follow 1/RTT: a
-//!   backend twice as far away gets half the traffic. The millisecond added to every RTT is
-//!   the resolution of the comparison: differences well below it (loopback, a LAN, scheduling
-//!   noise on a busy host) move nothing.
+//!   of wall time at the probe interval, so a backend that turns fast again shows within a few
+//!   seconds. An answer later than twice the average plus 1 ms counts as that much: a single
+//!   late answer (often the prober's own scheduling on a busy host) moves the weight a little,
+//!   while a lasting change still shows within about 8 s (the average can at most double plus
+//!   1 ms per half-life). Shares follow 1/RTT: a backend twice as far away gets half the
+//!   traffic. The millisecond added to every RTT is the resolution of the comparison:
+//!   differences well below it (loopback, a LAN, scheduling noise) move nothing.
 //! - `loss` is the share of the probes over the last [`LOSS_SPAN`] that got no answer (lost,
 //!   refused or failed). Every 5 points of loss halve the weight (1 % costs 13 %, 10 % three
 //!   quarters, 20 % fifteen sixteenths): a request that hits a lost packet waits a
@@ -118,14 +120,14 @@ pub fn factors(measures: &[Measure]) -> Vec<Factor> {
 }
 
 /// `rtt 4.2 ms (3.8× the median), loss 12%`; the comparison only when `median` is given and
-/// the ratio is worth saying.
+/// the backend is slower than it by 5 % or more.
 fn figures(m: &Measure, median: Option<f64>) -> String {
     let loss = m.loss.unwrap_or(0.0);
     let loss = if loss <= 0.0 { "no loss".to_string() } else { format!("loss {}%", number(loss * 100.0)) };
     match m.rtt_ms {
         None => format!("no answer, {loss}"),
         Some(rtt) => {
-            let ratio = median.filter(|&md| md > 0.0).map(|md| rtt / md).filter(|r| *r >= 1.05 || *r <= 0.95);
+            let ratio = median.filter(|&md| md > 0.0).map(|md| rtt / md).filter(|r| *r >= 1.05);
             match ratio {
                 Some(r) => format!("rtt {} ms ({}× the median), {loss}", number(rtt), number(r)),
                 None => format!("rtt {} ms, {loss}", number(rtt)),
@@ -201,7 +203,7 @@ impl Measured {
         for b in self.backends.iter_mut().filter(|b| b.addr == addr) {
             if let Some(r) = rtt_ms {
                 let r = r.max(0.0);
-                b.rtt_ms = Some(b.rtt_ms.map_or(r, |e| e + alpha * (r - e)));
+                b.rtt_ms = Some(b.rtt_ms.map_or(r, |e| e + alpha * (r.min(2.0 * e + RTT_SLACK_MS) - e)));
             }
             if b.outcomes.len() == span && b.outcomes.pop_front() == Some(true) {
                 b.unanswered -= 1;
@@ -327,6 +329,19 @@ mod tests {
             }
         }
         assert!(back.is_some_and(|i| i <= 12), "back after {back:?} probes");
+        // A single late answer moves the weight a little; a lasting change within 8 probes.
+        t.observe(a[0], Some(0.5));
+        t.observe(a[1], Some(200.0));
+        assert!(t.factors()[1].1.factor >= 0.6, "{:?}", t.factors());
+        let mut slow = None;
+        for i in 1..=10 {
+            t.observe(a[0], Some(0.5));
+            t.observe(a[1], Some(20.5));
+            if slow.is_none() && t.factors()[1].1.factor <= 0.1 {
+                slow = Some(i);
+            }
+        }
+        assert!(slow.is_some_and(|i| i <= 8), "slow after {slow:?} probes");
         // At 250 ms, the same in wall time: four times the probes.
         let fast = Measured::new(&a, Duration::from_millis(250));
         assert_eq!(fast.span, 240);
