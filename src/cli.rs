@@ -10,8 +10,8 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, Addr, Affinity, BackendSpec, Backends, CheckKind, Dur, HealthCheckConfig, HttpBalancerConfig, PortList,
-    Probability, ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, UdpBalancerConfig,
+    self, Addr, Affinity, BackendSpec, Backends, CheckKind, Dur, HashKey, HealthCheckConfig, HttpBalancerConfig,
+    PortList, Probability, ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, Strategy, UdpBalancerConfig,
 };
 
 /// Monitor network performance and load-balance HTTP and UDP, in one binary.
@@ -281,6 +281,12 @@ pub struct BalanceHttpArgs {
     /// Backend address, with an optional weight (ADDR=5); repeat it or separate with commas
     #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR[=WEIGHT]")]
     pub backends: Vec<BackendSpec>,
+    /// How each request's backend is chosen
+    #[arg(long, value_enum, default_value = "round-robin", value_name = "STRATEGY")]
+    pub strategy: Strategy,
+    /// What --strategy hash hashes: client-ip (default) or header:NAME
+    #[arg(long, value_name = "KEY")]
+    pub hash_key: Option<HashKey>,
     /// Time to connect to a backend before answering 504
     #[arg(long, default_value_t = config::default_connect_timeout(), value_name = "DUR")]
     pub connect_timeout: Dur,
@@ -349,7 +355,13 @@ pub struct BalanceUdpArgs {
     /// Backend address, with an optional weight (ADDR=5); repeat it or separate with commas
     #[arg(long = "backend", short = 'b', required = true, value_delimiter = ',', value_name = "ADDR[=WEIGHT]")]
     pub backends: Vec<BackendSpec>,
-    /// none: every datagram to the next backend; client: pin each client address to one backend
+    /// How each datagram's backend is chosen
+    #[arg(long, value_enum, default_value = "round-robin", value_name = "STRATEGY")]
+    pub strategy: Strategy,
+    /// What --strategy hash hashes: source (client IP and port, default) or client-ip
+    #[arg(long, value_name = "KEY")]
+    pub hash_key: Option<HashKey>,
+    /// client: the same as --strategy hash (pins each client address to one backend)
     #[arg(long, value_enum, default_value = "none")]
     pub affinity: Affinity,
     /// Client flows held at once (least recently used one evicted)
@@ -421,6 +433,8 @@ impl From<BalanceHttpArgs> for HttpBalancerConfig {
             name: "http".into(),
             listen: a.listen,
             backends: Backends(a.backends.clone()),
+            strategy: a.strategy,
+            hash_key: a.hash_key,
             connect_timeout: a.connect_timeout,
             timeout: a.timeout,
             head_timeout: a.head_timeout,
@@ -455,10 +469,12 @@ impl From<HealthArgs> for HealthCheckConfig {
 
 impl From<BalanceUdpArgs> for UdpBalancerConfig {
     fn from(a: BalanceUdpArgs) -> Self {
-        UdpBalancerConfig {
+        let mut config = UdpBalancerConfig {
             name: "udp".into(),
             listen: a.listen,
             backends: Backends(a.backends.clone()),
+            strategy: a.strategy,
+            hash_key: a.hash_key,
             affinity: a.affinity,
             max_flows: a.max_flows,
             flow_idle_timeout: a.flow_idle_timeout,
@@ -470,7 +486,9 @@ impl From<BalanceUdpArgs> for UdpBalancerConfig {
                 expect: a.check_expect,
                 ..a.health.into()
             },
-        }
+        };
+        config.resolve_affinity();
+        config
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
-pub use crate::balance::Affinity;
+pub use crate::balance::{Affinity, Strategy};
 
 /// The configuration `netpulse up` runs when given no file: the classic lab on 127.0.0.1.
 pub const DEFAULT_CONFIG: &str = include_str!("../examples/netpulse.toml");
@@ -211,6 +211,11 @@ pub struct HttpBalancerConfig {
     pub name: String,
     pub listen: Addr,
     pub backends: Backends,
+    /// How a backend is chosen for each request.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// What `strategy = "hash"` hashes: `"client-ip"` (the default) or `"header:NAME"`.
+    pub hash_key: Option<HashKey>,
     /// Time allowed to open a connection to a backend (502 when exceeded).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
@@ -253,6 +258,13 @@ pub struct UdpBalancerConfig {
     pub name: String,
     pub listen: Addr,
     pub backends: Backends,
+    /// How a backend is chosen for each datagram.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// What `strategy = "hash"` hashes: `"source"` (the client's address and port, the default)
+    /// or `"client-ip"`.
+    pub hash_key: Option<HashKey>,
+    /// `"client"`: the older name of `strategy = "hash"` on the source (kept as an alias).
     #[serde(default)]
     pub affinity: Affinity,
     /// Client flows (each with its own upstream socket) held at once; the least recently used
@@ -269,6 +281,94 @@ pub struct UdpBalancerConfig {
     /// Active health checks of the backends (`[balance.udp.health]`).
     #[serde(default)]
     pub health: HealthCheckConfig,
+}
+
+/// What `strategy = "hash"` hashes to choose a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address (HTTP's default; for UDP, every port of a host together).
+    ClientIp,
+    /// The value of a request header (HTTP); a request without it takes the next turn of the
+    /// rotation, as HAProxy's `balance hdr()` does.
+    Header(String),
+    /// The client's address and port (UDP's default: one flow, one backend).
+    Source,
+}
+
+impl HashKey {
+    /// The words the banner and the statistics use: `client-ip`, `header:NAME`, `source`.
+    pub fn describe(&self) -> String {
+        match self {
+            HashKey::ClientIp => "client-ip".into(),
+            HashKey::Header(name) => format!("header:{name}"),
+            HashKey::Source => "source".into(),
+        }
+    }
+}
+
+impl FromStr for HashKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "client-ip" => Ok(HashKey::ClientIp),
+            "source" => Ok(HashKey::Source),
+            other => match other.strip_prefix("header:") {
+                // A field name is an HTTP token (RFC 9110 §5.1).
+                Some(name)
+                    if !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+                {
+                    Ok(HashKey::Header(name.to_string()))
+                }
+                _ => Err(format!("hash key '{s}' is not one of client-ip, source, header:NAME (e.g. header:X-User)")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl HttpBalancerConfig {
+    /// What `strategy = "hash"` hashes (the client IP unless told).
+    pub fn hash_key(&self) -> HashKey {
+        self.hash_key.clone().unwrap_or(HashKey::ClientIp)
+    }
+
+    /// The strategy as the banner and the statistics name it (`hash` with its key).
+    pub fn strategy_name(&self) -> String {
+        strategy_name(self.strategy, &self.hash_key())
+    }
+}
+
+impl UdpBalancerConfig {
+    /// What `strategy = "hash"` hashes (the source address and port unless told).
+    pub fn hash_key(&self) -> HashKey {
+        self.hash_key.clone().unwrap_or(HashKey::Source)
+    }
+
+    /// The strategy as the banner and the statistics name it (`hash` with its key).
+    pub fn strategy_name(&self) -> String {
+        strategy_name(self.strategy, &self.hash_key())
+    }
+
+    /// `affinity = "client"` is `strategy = "hash"` (on the source unless told): applied once,
+    /// where a file is parsed or flags become config, so `strategy` always says what runs.
+    pub fn resolve_affinity(&mut self) {
+        if self.affinity == Affinity::Client && self.strategy == Strategy::RoundRobin {
+            self.strategy = Strategy::Hash;
+        }
+    }
+}
+
+fn strategy_name(strategy: Strategy, key: &HashKey) -> String {
+    match strategy {
+        Strategy::Hash => format!("hash ({})", key.describe()),
+        s => s.name().to_string(),
+    }
 }
 
 /// What a health check does.
@@ -476,8 +576,9 @@ pub fn default_flow_idle() -> Dur {
 impl Config {
     /// Parses and validates TOML text; `origin` names it in errors ("config PATH").
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid { path: origin.to_string(), message: describe_toml_error(&e, text) })?;
+        config.balance.udp.iter_mut().for_each(UdpBalancerConfig::resolve_affinity);
         config.validate(origin)?;
         Ok(config)
     }
@@ -592,14 +693,42 @@ impl Config {
                 return Err(format!("balance.http \"{}\": eject_for must be longer than 0s", b.name));
             }
             b.health.check(&format!("balance.http \"{}\"", b.name), true)?;
+            check_hash_key(&format!("balance.http \"{}\"", b.name), b.strategy, b.hash_key.as_ref(), true)?;
         }
         for b in &self.balance.udp {
             b.health.check(&format!("balance.udp \"{}\"", b.name), false)?;
+            let what = format!("balance.udp \"{}\"", b.name);
+            if b.affinity == Affinity::Client && b.strategy != Strategy::Hash {
+                return Err(format!(
+                    "{what}: affinity = \"client\" is strategy = \"hash\" on the source; it cannot go with strategy = \"{}\" (drop one)",
+                    b.strategy
+                ));
+            }
+            check_hash_key(&what, b.strategy, b.hash_key.as_ref(), false)?;
             if b.flow_idle_timeout.0.is_zero() {
                 return Err(format!("balance.udp \"{}\": flow_idle_timeout must be longer than 0s", b.name));
             }
         }
         Ok(())
+    }
+}
+
+/// A hash key fits the balancer's protocol and is given only to `strategy = "hash"`.
+fn check_hash_key(what: &str, strategy: Strategy, key: Option<&HashKey>, http: bool) -> Result<(), String> {
+    let Some(key) = key else { return Ok(()) };
+    if strategy != Strategy::Hash {
+        return Err(format!(
+            "{what}: hash_key applies to strategy = \"hash\", not \"{strategy}\"; drop it or set the strategy"
+        ));
+    }
+    match (key, http) {
+        (HashKey::Source, true) => Err(format!(
+            "{what}: hash_key \"source\" is for UDP balancers; HTTP hashes \"client-ip\" or \"header:NAME\""
+        )),
+        (HashKey::Header(_), false) => {
+            Err(format!("{what}: a UDP datagram has no headers; hash \"source\" or \"client-ip\""))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1040,6 +1169,51 @@ mod tests {
         assert_eq!(c.history.destination(Some(file), true), Some(Destination::Off), "--no-history wins");
         let off = Config::parse("[history]\nenabled = false\n", "t.toml").unwrap();
         assert_eq!(off.history.destination(None, false), Some(Destination::Off));
+    }
+
+    #[test]
+    fn strategies_and_hash_keys_are_checked_and_affinity_client_is_hash_on_the_source() {
+        let http = |extra: &str| {
+            Config::parse(
+                &format!("[[balance.http]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n{extra}"),
+                "t.toml",
+            )
+        };
+        let udp = |extra: &str| {
+            Config::parse(
+                &format!("[[balance.udp]]\nlisten = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n{extra}"),
+                "t.toml",
+            )
+        };
+        assert_eq!(http("").unwrap().balance.http[0].strategy, Strategy::RoundRobin);
+        let c = http("strategy = \"least-connections\"").unwrap();
+        assert_eq!(c.balance.http[0].strategy_name(), "least-connections");
+        let c = http("strategy = \"hash\"\nhash_key = \"header:X-User\"").unwrap();
+        assert_eq!(c.balance.http[0].hash_key(), HashKey::Header("X-User".into()));
+        assert_eq!(c.balance.http[0].strategy_name(), "hash (header:X-User)");
+        assert_eq!(http("strategy = \"hash\"").unwrap().balance.http[0].strategy_name(), "hash (client-ip)");
+        for (text, says) in [
+            ("strategy = \"fastest\"", "unknown variant `fastest`"),
+            ("strategy = \"hash\"\nhash_key = \"header:\"", "header:NAME"),
+            ("strategy = \"hash\"\nhash_key = \"header:X User\"", "header:NAME"),
+            ("strategy = \"hash\"\nhash_key = \"source\"", "for UDP balancers"),
+            ("hash_key = \"client-ip\"", "hash_key applies to strategy = \"hash\""),
+        ] {
+            let e = http(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let c = udp("affinity = \"client\"").unwrap();
+        assert_eq!((c.balance.udp[0].strategy, c.balance.udp[0].hash_key()), (Strategy::Hash, HashKey::Source));
+        let c = udp("strategy = \"hash\"\nhash_key = \"client-ip\"").unwrap();
+        assert_eq!(c.balance.udp[0].strategy_name(), "hash (client-ip)");
+        assert_eq!(udp("strategy = \"p2c\"").unwrap().balance.udp[0].strategy, Strategy::P2c);
+        for (text, says) in [
+            ("affinity = \"client\"\nstrategy = \"weighted\"", "cannot go with strategy = \"weighted\""),
+            ("strategy = \"hash\"\nhash_key = \"header:X-User\"", "no headers"),
+        ] {
+            let e = udp(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

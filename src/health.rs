@@ -188,8 +188,9 @@ fn announce(w: &Watched, report: &Report, changes: &[Transition]) {
 fn weigh(w: &Watched, m: &mut Weights) {
     let factors = m.probes.factors();
     let pairs: Vec<(SocketAddr, f64)> = factors.iter().map(|(a, f)| (*a, f.factor)).collect();
-    if w.set.load().with_measured(&pairs).is_some() {
-        w.set.rcu(|current| current.with_measured(&pairs).unwrap_or_else(|| BackendSet::clone(current)));
+    // Most reports change no factor (they are in hundredths): then nothing is swapped.
+    if w.set.load().backends().iter().any(|b| pairs.iter().any(|&(a, f)| a == b.addr && b.measured != f)) {
+        w.set.rcu(|current| current.with_measured(&pairs));
     }
     let set = w.set.load();
     for (addr, f) in &factors {

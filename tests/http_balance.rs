@@ -622,3 +622,196 @@ fn pooled_connections_to_a_backend_that_went_away_are_closed() {
     };
     wait_until("the pooled connection to close", Duration::from_secs(10), || (close_wait() == 0).then_some(()));
 }
+
+// Strategies (`--strategy`), each through a running balancer on 127.0.27.x.
+
+/// A backend on `at` that answers like `serve http` ("Handled by server on port N") after
+/// `delay`, on as many connections at once as clients open.
+fn slow_backend(at: &str, delay: Duration) {
+    let port = addr(at).port();
+    scripted_backend(at, move |_| {
+        thread::sleep(delay);
+        let body = format!("Handled by server on port {port}\n");
+        (format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
+    });
+}
+
+/// `clients` keep-alive connections to `front` at once, each making `each` GETs with `headers`;
+/// the port of the backend that answered each request, per client.
+fn ports_from(front: &str, clients: usize, each: usize, headers: &'static str) -> Vec<Vec<u16>> {
+    let front = addr(front);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Http::connect(front);
+                (0..each)
+                    .map(|_| {
+                        let r = c.raw(format!("GET / HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes());
+                        assert_eq!(r.status, 200, "{r:?}");
+                        port_of(&r.body)
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn share(ports: &[Vec<u16>], port: u16) -> usize {
+    ports.iter().flatten().filter(|&&p| p == port).count()
+}
+
+#[test]
+fn weighted_five_one_one_gives_five_sevenths_spread_not_in_bursts() {
+    let _backends = Proc::up(&["serve", "http", "--bind", "127.0.27.1", "--ports", "8001-8003", "--quiet"]);
+    let lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.27.1:8000",
+        "--strategy",
+        "weighted",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.27.1:8001=5,127.0.27.1:8002,127.0.27.1:8003=1",
+    ]);
+    assert!(lb.output().contains("(weighted)"), "{}", lb.output());
+    let seq = ports_from("127.0.27.1:8000", 1, 700, "").remove(0);
+    // nginx's smooth order: a a b a c a a.
+    assert_eq!(seq[..7], [8001, 8001, 8002, 8001, 8003, 8001, 8001]);
+    for (port, want) in [(8001, 500.0), (8002, 100.0), (8003, 100.0)] {
+        let got = seq.iter().filter(|&&p| p == port).count() as f64;
+        assert!((got - want).abs() <= 0.05 * 700.0, "{port}: {got} of 700");
+    }
+    // Spread, not in bursts: b and c never twice in a row; a at most four in a row (two at the
+    // end of one period, two at the start of the next), never all five of its turns at once.
+    let runs: Vec<(u16, usize)> = seq.chunk_by(|a, b| a == b).map(|r| (r[0], r.len())).collect();
+    assert!(runs.iter().all(|&(p, n)| if p == 8001 { n <= 4 } else { n == 1 }), "{runs:?}");
+}
+
+#[test]
+fn least_connections_sends_around_a_backend_held_busy_by_slow_requests() {
+    // 8001 takes a second over every request; 8002 and 8003 answer at once.
+    slow_backend("127.0.27.2:8001", Duration::from_secs(1));
+    slow_backend("127.0.27.2:8002", Duration::ZERO);
+    slow_backend("127.0.27.2:8003", Duration::ZERO);
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.27.2:8000",
+        "--strategy",
+        "least-connections",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.27.2:8001,127.0.27.2:8002,127.0.27.2:8003",
+    ]);
+    // Two clients at once until 300 requests are answered: while 8001 holds one of them, the
+    // other one's requests find 8002 and 8003 idle and go there (round robin would send a third
+    // of them to 8001, each waiting a second).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            thread::spawn(move || {
+                let mut c = Http::connect(addr("127.0.27.2:8000"));
+                let mut ports = Vec::new();
+                while done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 300 {
+                    ports.push(port_of(&c.get("/").body));
+                }
+                ports
+            })
+        })
+        .collect();
+    let ports: Vec<Vec<u16>> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let (total, slow) = (ports.iter().map(Vec::len).sum::<usize>(), share(&ports, 8001));
+    assert!(slow * 10 < total, "the busy backend got {slow} of {total}");
+    assert!(share(&ports, 8002) > total / 3 && share(&ports, 8003) > total / 3, "{ports:?}");
+}
+
+#[test]
+fn p2c_gives_a_backend_that_answers_50ms_late_a_clearly_smaller_share() {
+    slow_backend("127.0.27.3:8001", Duration::ZERO);
+    slow_backend("127.0.27.3:8002", Duration::from_millis(50));
+    slow_backend("127.0.27.3:8003", Duration::ZERO);
+    let _lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.27.3:8000",
+        "--strategy",
+        "p2c",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.27.3:8001,127.0.27.3:8002,127.0.27.3:8003",
+    ]);
+    let ports = ports_from("127.0.27.3:8000", 2, 150, "");
+    let late = share(&ports, 8002);
+    // Round robin would give it 100 of 300; its first answer already marks it slow.
+    assert!(late <= 15, "the late backend got {late} of 300");
+    assert!(share(&ports, 8001) > 100 && share(&ports, 8003) > 100, "{ports:?}");
+}
+
+#[test]
+fn hash_on_a_header_keeps_each_user_on_one_backend_and_moves_only_a_dead_backends_users() {
+    let _two = Proc::up(&["serve", "http", "--bind", "127.0.27.4", "--ports", "8001-8002", "--quiet"]);
+    let mut third = Proc::up(&["serve", "http", "--bind", "127.0.27.4", "--ports", "8003", "--quiet"]);
+    let lb = Proc::up(&[
+        "balance",
+        "http",
+        "--listen",
+        "127.0.27.4:8000",
+        "--strategy",
+        "hash",
+        "--hash-key",
+        "header:X-User",
+        "--check",
+        "none",
+        "--quiet",
+        "--backend",
+        "127.0.27.4:8001,127.0.27.4:8002,127.0.27.4:8003",
+    ]);
+    assert!(lb.output().contains("(hash of header:X-User)"), "{}", lb.output());
+    let front = addr("127.0.27.4:8000");
+    let mut c = Http::connect(front);
+    let homes = |c: &mut Http| -> Vec<u16> {
+        (0..60)
+            .map(|user| {
+                let picks: Vec<u16> = (0..3)
+                    .map(|_| {
+                        let r = c.raw(format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\n\r\n").as_bytes());
+                        port_of(&r.body)
+                    })
+                    .collect();
+                assert!(picks.iter().all(|&p| p == picks[0]), "user {user} moved: {picks:?}");
+                picks[0]
+            })
+            .collect()
+    };
+    let before = homes(&mut c);
+    for port in [8001, 8002, 8003] {
+        let n = before.iter().filter(|&&p| p == port).count();
+        assert!((8..=35).contains(&n), "{port} is home to {n} of 60 users: {before:?}");
+    }
+    // Without the header a request takes the next turn of the rotation.
+    let turns: std::collections::BTreeSet<u16> = (0..3).map(|_| port_of(&c.get("/").body)).collect();
+    assert_eq!(turns.len(), 3, "{turns:?}");
+
+    third.kill();
+    // Its users are retried on the next backend of the table (then it is ejected, and they go
+    // there directly); everyone else stays where they were.
+    let after = homes(&mut c);
+    for (user, (&b, &a)) in before.iter().zip(&after).enumerate() {
+        if b == 8003 {
+            assert_ne!(a, 8003, "user {user}");
+        } else {
+            assert_eq!(a, b, "user {user} moved although its backend is alive");
+        }
+    }
+}

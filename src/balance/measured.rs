@@ -40,8 +40,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::BackendSet;
-
 /// The least factor a backend gets, however bad its probes.
 pub const FLOOR: f64 = 0.05;
 /// The time over which a change of RTT counts half in the EWMA.
@@ -232,23 +230,6 @@ impl Measured {
     }
 }
 
-impl BackendSet {
-    /// The same backends with these measured factors (by address; others keep theirs), or
-    /// `None` when nothing would change.
-    pub fn with_measured(&self, factors: &[(SocketAddr, f64)]) -> Option<BackendSet> {
-        let mut next = self.clone();
-        let mut changed = false;
-        for &(addr, f) in factors {
-            let f = if f.is_finite() { f.clamp(FLOOR, 1.0) } else { 1.0 };
-            for b in next.backends.iter_mut().filter(|b| b.addr == addr && b.measured != f) {
-                b.measured = f;
-                changed = true;
-            }
-        }
-        changed.then_some(next)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,18 +339,6 @@ mod tests {
         t.observe(addr(9), None);
         t.observe(a[0], Some(f64::NAN));
         assert_eq!(t.measures()[0].1.loss, Some(0.0), "unknown backends and NaN change nothing");
-    }
-
-    #[test]
-    fn a_set_takes_factors_by_address_and_says_when_nothing_changed() {
-        let set = BackendSet::weighted(&[addr(1), addr(2)], &[5, 1]);
-        let next = set.with_measured(&[(addr(2), 0.25), (addr(9), 0.5)]).unwrap();
-        assert_eq!(next.backends()[1].measured, 0.25);
-        assert_eq!(next.backends()[1].effective_weight(), 0.25);
-        assert_eq!(next.backends()[0].effective_weight(), 5.0);
-        assert_eq!(next.with_measured(&[(addr(2), 0.25)]), None);
-        let odd = next.with_measured(&[(addr(1), f64::NAN), (addr(2), 0.0)]).unwrap();
-        assert_eq!((odd.backends()[0].measured, odd.backends()[1].measured), (1.0, FLOOR));
     }
 
     fn measure() -> impl Strategy<Value = Measure> {

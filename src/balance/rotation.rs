@@ -32,6 +32,12 @@ impl RoundRobin {
         backends.iter().enumerate().filter(|(i, b)| may(*i, b)).nth(turn).map(|(i, _)| i)
     }
 
+    /// Takes the next turn: a number that grows by one per call, shared by every worker (the
+    /// smooth weighted order is indexed by it).
+    pub(crate) fn turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The index of the backend for the next request among the healthy ones.
     pub fn pick(&self, set: &BackendSet) -> Option<usize> {
         self.pick_where(set, |_, b| b.healthy)

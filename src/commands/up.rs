@@ -21,7 +21,7 @@ use crate::balance::BackendSet;
 use crate::balance::HealthRules;
 use crate::cli::UpArgs;
 use crate::config::{
-    Affinity, CheckKind, Config, Dur, HealthCheckConfig, HttpBalancerConfig, MonitorConfig, UdpBalancerConfig,
+    CheckKind, Config, Dur, HashKey, HealthCheckConfig, HttpBalancerConfig, MonitorConfig, Strategy, UdpBalancerConfig,
 };
 use crate::dashboard::tui;
 use crate::dashboard::web::Web;
@@ -287,8 +287,11 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     for c in &config.balance.http {
         let b = HttpBalancer::bind(c, log.clone())?;
         let at = b.local_addr()?;
-        let _ =
-            writeln!(banner, "  http balancer  \"{}\" on {at} -> {} (round-robin)", c.name, list(&c.backends.addrs()));
+        let how = match c.strategy {
+            Strategy::Hash => format!("hash of {}", c.hash_key().describe()),
+            s => s.name().to_string(),
+        };
+        let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::http(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
         checks.extend(check);
@@ -299,9 +302,10 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     for c in &config.balance.udp {
         let b = UdpBalancer::bind(c, log.clone())?;
         let at = b.local_addr()?;
-        let how = match c.affinity {
-            Affinity::None => "round-robin per datagram",
-            Affinity::Client => "round-robin, pinned per client",
+        let how = match (c.strategy, c.hash_key()) {
+            (Strategy::Hash, HashKey::Source) => "hash of the source, pinned per client".to_string(),
+            (Strategy::Hash, key) => format!("hash of {}, pinned per client", key.describe()),
+            (s, _) => format!("{s} per datagram"),
         };
         let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::udp(&b, c);

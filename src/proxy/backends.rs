@@ -1,16 +1,16 @@
 //! A balancer's backends as its data path uses them: the set it reads without a lock (replaced
-//! whole by health checks and ejections), the one [`Picker`], and the record of the data path's
-//! own failures that ejects a backend for a while. The rules are `balance`'s; this only applies
-//! them, and says so on stderr.
+//! whole by health checks, ejections and weight changes), the one [`Picker`] with its strategy's
+//! state, and the record of the data path's own failures that ejects a backend for a while. The
+//! rules are `balance`'s; this only applies them, and says so on stderr.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::balance::{Affinity, BackendSet, OutlierRules, Outliers, Picker};
+use crate::balance::{BackendSet, OutlierRules, Outliers, Picker};
 
 /// The live backends of one balancer, shared by its workers.
 #[derive(Debug)]
@@ -18,6 +18,8 @@ pub struct Backends {
     name: String,
     set: Arc<ArcSwap<BackendSet>>,
     picker: Picker,
+    /// Whether the strategy counts requests in flight (fixed for the life of these backends).
+    tracks: bool,
     outliers: Mutex<Outliers>,
     /// Per backend: whether its last request failed. A success takes the lock only then, so the
     /// common path is one load of a flag that stays in every core's cache.
@@ -27,13 +29,17 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(name: &str, addrs: &[SocketAddr], affinity: Affinity, rules: OutlierRules) -> Self {
+    /// The backends of `set` (its strategy, weights and order), all in rotation until their
+    /// checks say otherwise.
+    pub fn new(name: &str, set: BackendSet, rules: OutlierRules) -> Self {
+        let addrs: Vec<SocketAddr> = set.backends().iter().map(|b| b.addr).collect();
         Self {
             name: name.to_string(),
-            set: Arc::new(ArcSwap::from_pointee(BackendSet::new(addrs))),
-            picker: Picker::new(affinity),
-            outliers: Mutex::new(Outliers::new(addrs, rules)),
+            picker: Picker::new(addrs.len()),
+            tracks: set.strategy().tracks_load(),
+            outliers: Mutex::new(Outliers::new(&addrs, rules)),
             failing: addrs.iter().map(|_| AtomicBool::new(false)).collect(),
+            set: Arc::new(ArcSwap::from_pointee(set)),
             stats: std::sync::OnceLock::new(),
         }
     }
@@ -61,22 +67,71 @@ impl Backends {
         self.failing.is_empty()
     }
 
-    /// The set as it is now, for a batch of picks (no reference count is taken).
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<BackendSet>> {
+    /// The set as it is at `now`, for a batch of picks (no reference count is taken). When an
+    /// ejection its strategy's plan left out has ended, the set is first replaced by one planned
+    /// for `now` (once, by whichever worker sees it first), so that backend gets its share again.
+    pub fn snapshot(&self, now: Instant) -> arc_swap::Guard<Arc<BackendSet>> {
+        let set = self.set.load();
+        if set.plan_expires().is_none_or(|t| now < t) {
+            return set;
+        }
+        drop(set);
+        self.set.rcu(|current| {
+            if current.plan_expires().is_some_and(|t| now >= t) {
+                Arc::new(current.refreshed(now))
+            } else {
+                current.clone()
+            }
+        });
         self.set.load()
     }
 
-    /// The backend in `set` (a [`Backends::snapshot`]) for a client whose requests last went to
-    /// `pinned` (see [`Picker::pick`]).
-    pub fn pick_in(&self, set: &BackendSet, pinned: Option<SocketAddr>, now: Instant) -> Option<SocketAddr> {
-        self.picker.pick(set, pinned, now)
+    /// The backend in `set` (a [`Backends::snapshot`]) for a request with hash key `key` at
+    /// `now`, never one it already `tried` (see [`Picker::pick`]); counted as in flight under
+    /// the strategies that count, until [`Backends::end`].
+    pub fn pick_in(&self, set: &BackendSet, key: Option<u64>, now: Instant, tried: &[usize]) -> Option<usize> {
+        let index = self.picker.pick(set, key, now, tried)?;
+        self.picker.start(set, index);
+        Some(index)
     }
 
-    /// The next turn of the rotation, skipping backends this request already `tried`: the
-    /// backend's index (its place in the configuration) and address.
-    pub fn pick_index(&self, now: Instant, tried: &[usize]) -> Option<(usize, SocketAddr)> {
-        let set = self.set.load();
-        self.picker.pick_index(&set, now, tried).and_then(|i| set.get(i).map(|b| (i, b.addr)))
+    /// [`Backends::pick_in`] the set as it is now: the backend's index (its place in the
+    /// configuration) and address. Every pick is ended by [`Backends::end`] (or the guard of
+    /// [`Backends::track`]).
+    pub fn pick(&self, key: Option<u64>, now: Instant, tried: &[usize]) -> Option<(usize, SocketAddr)> {
+        let set = self.snapshot(now);
+        let index = self.pick_in(&set, key, now, tried)?;
+        set.get(index).map(|b| (index, b.addr))
+    }
+
+    /// The request picked for backend `index` ended at `now` after `latency` (to the response
+    /// head or reply; for a failure, what it cost), if known.
+    pub fn end(&self, index: usize, latency: Option<Duration>, now: Instant) {
+        self.end_many(index, 1, latency, now);
+    }
+
+    /// `count` picks of backend `index` ended at `now`, the last after `latency` if known.
+    pub fn end_many(&self, index: usize, count: u32, latency: Option<Duration>, now: Instant) {
+        if self.tracks && count > 0 {
+            self.picker.end_many(&self.set.load(), index, count, latency, now);
+        }
+    }
+
+    /// Whether picks count requests in flight (and their latency): only the load-aware
+    /// strategies do, so the others never touch a shared counter.
+    pub fn tracks_load(&self) -> bool {
+        self.tracks
+    }
+
+    /// Ends the pick of backend `index` when dropped, however the request ends; [`InFlight::answered`]
+    /// gives it the latency first.
+    pub fn track(&self, index: usize) -> InFlight<'_> {
+        InFlight { backends: self, index, latency: None }
+    }
+
+    /// The picker (its rotation position, its load counts).
+    pub fn picker(&self) -> &Picker {
+        &self.picker
     }
 
     /// A request to backend `index` succeeded.
@@ -116,6 +171,29 @@ impl Backends {
                 e.length,
                 e.count
             );
+        }
+    }
+}
+
+/// One picked request on its way: ends it in the [`Picker`] when dropped.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    backends: &'a Backends,
+    index: usize,
+    latency: Option<Duration>,
+}
+
+impl InFlight<'_> {
+    /// The backend's answer (or failure) came after `latency`.
+    pub fn answered(&mut self, latency: Duration) {
+        self.latency = Some(latency);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.backends.tracks {
+            self.backends.end(self.index, self.latency, Instant::now());
         }
     }
 }

@@ -360,6 +360,19 @@ pub(crate) fn parse_request(
     }))
 }
 
+/// The value of the first `name` field of the request head `head` (a head that
+/// [`parse_request`] accepted), for hashing; `None` when it has none.
+pub(crate) fn header_value<'a>(head: &'a [u8], name: &str) -> Option<Cow<'a, [u8]>> {
+    // Read as `parse_request` read it (HTTP/1.2 and up as 1.1).
+    if let Some(lowered) = lower_minor_version(head) {
+        return header_value(&lowered, name).map(|v| Cow::Owned(v.into_owned()));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| Cow::Borrowed(h.value))
+}
+
 /// Parses a response head at the start of `buf`; `Ok(None)`: incomplete. The head for the
 /// client goes to `out` without its final blank line; `chunked_ok` is false for HTTP/1.0
 /// clients, in which case a chunked body will be decoded and the caller must close afterwards.

@@ -1,5 +1,6 @@
-//! The HTTP/1.1 reverse proxy: one rotation shared by all clients, pooled keep-alive connections
-//! to the backends, bodies streamed both ways, and errors that say who caused them.
+//! The HTTP/1.1 reverse proxy: one strategy's choice per request (by default one rotation shared
+//! by all clients), pooled keep-alive connections to the backends, bodies streamed both ways,
+//! and errors that say who caused them.
 //!
 //! Each client connection is one task that reads a request head, asks `balance` for a backend,
 //! and relays the exchange byte for byte (re-framing only what HTTP requires), so a request
@@ -20,9 +21,9 @@ use tokio::sync::Semaphore;
 
 use super::backends::Backends;
 use super::h1::{self, Chunked, Framing, HeadError, RequestHead};
-use crate::balance::{BackendSet, OutlierRules};
+use crate::balance::{BackendSet, OutlierRules, Strategy};
 use crate::clock::UtcTime;
-use crate::config::HttpBalancerConfig;
+use crate::config::{HashKey, HttpBalancerConfig};
 use crate::log::Log;
 use crate::stats::traffic::{BalancerStats, HttpBackendCells, HttpError, HttpWorkerCells, Proto};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,8 @@ struct Proxy {
     stats: Arc<BalancerStats>,
     /// Health may change, order never does: index `i` is always backend `i` of the config.
     backends: Backends,
+    /// What a request is hashed by, under `strategy = "hash"` only.
+    hash_key: Option<HashKey>,
     /// Other backends a failed request may be retried on.
     retries: u32,
     /// Time for a whole request head to arrive, from its first byte.
@@ -278,8 +281,10 @@ impl HttpBalancer {
             max: OutlierRules::default().max.max(config.eject_for.0),
             ..OutlierRules::default()
         };
-        let backends = Backends::new(&config.name, &config.backends.addrs(), crate::config::Affinity::None, outliers);
-        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Http, "round-robin", backends.set()));
+        let set =
+            BackendSet::weighted(&config.backends.addrs(), &config.backends.weights()).with_strategy(config.strategy);
+        let backends = Backends::new(&config.name, set, outliers);
+        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Http, &config.strategy_name(), backends.set()));
         if let Ok(at) = listeners[0].local_addr() {
             stats.set_listen(at);
         }
@@ -288,6 +293,7 @@ impl HttpBalancer {
             name: config.name.clone(),
             stats,
             backends,
+            hash_key: (config.strategy == Strategy::Hash).then(|| config.hash_key()),
             retries: config.retries,
             head_timeout: config.head_timeout.0,
             resource_warn: Mutex::new(crate::log::Throttled::default()),
@@ -536,6 +542,15 @@ impl Buf {
     }
 }
 
+/// The hash key of a request under `strategy = "hash"`: its client's IP, or the value of the
+/// named header in its `head` (`None` without one: the request takes the next turn).
+fn request_key(key: &HashKey, head: &[u8], peer: SocketAddr) -> Option<u64> {
+    match key {
+        HashKey::ClientIp | HashKey::Source => Some(crate::balance::hash_ip(peer.ip())),
+        HashKey::Header(name) => h1::header_value(head, name).map(|v| crate::balance::hash_value(&v)),
+    }
+}
+
 /// Writes everything with a deadline, so a peer that stops reading cannot hold a connection
 /// (and its permit) forever; a timeout is an `io::ErrorKind::TimedOut` error.
 async fn write_within(s: &mut TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
@@ -578,9 +593,10 @@ impl Proxy {
                 None => return,
             };
             let start = Instant::now();
+            let key = self.hash_key.as_ref().and_then(|k| request_key(k, &c.cbuf.bytes()[..head.len], peer));
             c.cbuf.consume(head.len);
             cells.requests.inc();
-            let outcome = self.exchange(w, &mut c, &head, &shutdown).await;
+            let outcome = self.exchange(w, &mut c, &head, key, &shutdown).await;
             if outcome.status == 499 || outcome.client_left {
                 cells.client_aborts.inc();
             } else {
@@ -687,7 +703,14 @@ impl Proxy {
 
     /// Relays one request and its response, on another backend when its backend fails and a
     /// retry is safe; answers errors itself when nothing was sent to the client yet.
-    async fn exchange(&self, w: &Worker, c: &mut Conn, head: &RequestHead, shutdown: &CancellationToken) -> Outcome {
+    async fn exchange(
+        &self,
+        w: &Worker,
+        c: &mut Conn,
+        head: &RequestHead,
+        key: Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         if head.expect_continue && !head.http10 {
             if let Err(e) = write_within(&mut c.client, b"HTTP/1.1 100 Continue\r\n\r\n", self.timeout).await {
                 return self.fail(c, head, None, ProxyError::Client(e), true).await;
@@ -709,7 +732,11 @@ impl Proxy {
         let mut retried: Vec<(SocketAddr, String)> = Vec::new();
         let mut host_len = 0;
         let mut last: Option<(SocketAddr, ProxyError, bool)> = None;
-        while let Some((index, backend)) = self.backends.pick_index(Instant::now(), &tried) {
+        while let Some((index, backend)) = self.backends.pick(key, Instant::now(), &tried) {
+            // In flight until this attempt ends, however it ends (counted by the load-aware
+            // strategies only); it learns the time to the response head, or what a failure cost.
+            let mut in_flight = self.backends.track(index);
+            let attempt = Instant::now();
             // Another attempt after a failure: a retry, counted now that there is a backend for it.
             if let Some(&before) = tried.last() {
                 w.cells.retries.inc();
@@ -722,7 +749,15 @@ impl Proxy {
                 c.req.splice(host_at..host_at + host_len, line.bytes());
                 host_len = line.len();
             }
-            match self.forward(w, c, head, index, backend, &body, shutdown).await {
+            let forwarded = self.forward(w, c, head, index, backend, &body, shutdown).await;
+            match &forwarded {
+                Ok(outcome) => in_flight.answered(outcome.head_after.unwrap_or_else(|| attempt.elapsed())),
+                // A failure costs at least a connect timeout, so a backend that refuses at once
+                // does not look like the fastest.
+                Err(_) => in_flight.answered(attempt.elapsed().max(self.connect_timeout)),
+            }
+            drop(in_flight);
+            match forwarded {
                 Ok(mut outcome) => {
                     outcome.retried = retried;
                     if let Some(b) = w.backend(index) {

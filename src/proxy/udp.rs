@@ -2,10 +2,13 @@
 //! listening socket and `sendmmsg` for the replies, with an O(1) LRU table of client flows.
 //!
 //! Each client address gets a flow: an upstream socket of its own, so a backend's reply — which
-//! arrives on that socket — can be sent back to exactly that client. Datagrams rotate over the
-//! backends one by one (or stay with one backend per client under `affinity = "client"`); the
-//! choice is `balance`'s, through [`Backends`]. With the access log off, no datagram allocates
-//! or takes a lock; a silent backend costs a table entry, never a wait.
+//! arrives on that socket — can be sent back to exactly that client. Every datagram is balanced
+//! on its own by the balancer's strategy (by default they rotate over the backends one by one;
+//! under `strategy = "hash"` a client's source is its pin); the choice is `balance`'s, through
+//! [`Backends`]. For least-connections and p2c a datagram is "in flight" from its send until its
+//! reply, or until it has waited the health check timeout without one (then it counts as a slow
+//! answer). With the access log off, no datagram allocates or takes a lock; a silent backend
+//! costs a table entry, never a wait.
 
 use std::collections::hash_map::RandomState;
 use std::io;
@@ -22,9 +25,9 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::backends::Backends;
-use crate::balance::{BackendSet, OutlierRules};
+use crate::balance::{BackendSet, OutlierRules, Strategy};
 use crate::clock::UtcTime;
-use crate::config::UdpBalancerConfig;
+use crate::config::{HashKey, UdpBalancerConfig};
 use crate::log::Log;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +57,13 @@ struct Shared {
     name: String,
     /// What the workers count, for the sinks to read.
     stats: Arc<BalancerStats>,
-    /// The backends, the one rotation and the affinity rule (no passive ejection for UDP: a
-    /// datagram without a reply is not a failure).
+    /// The backends and the strategy's state (no passive ejection for UDP: a datagram without
+    /// a reply is not a failure).
     backends: Backends,
+    /// What a datagram is hashed by, under `strategy = "hash"` only.
+    hash_key: Option<HashKey>,
+    /// How long a datagram counts as in flight without a reply (least-connections, p2c).
+    reply_wait: Duration,
     /// Flow-table bound of each worker (the configured bound split between them).
     max_flows: usize,
     idle_timeout: Duration,
@@ -117,30 +124,60 @@ impl std::fmt::Display for UdpStats {
 /// One client's upstream side.
 struct Flow {
     socket: UdpSocket,
-    /// Where this client's datagrams last went (kept under client affinity).
-    backend: Option<SocketAddr>,
     pending: Pending,
 }
 
 /// Per backend, this flow's requests still without a reply (counted as unanswered when the
-/// flow closes). Empty until the first request; a count saturates rather than wraps.
+/// flow closes), and those of them still in flight for the load-aware strategies. Empty until
+/// the first request; a count saturates rather than wraps.
 #[derive(Debug, Default)]
-struct Pending(Box<[u32]>);
+struct Pending(Box<[Waiting]>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Waiting {
+    unanswered: u32,
+    /// Sent and neither answered nor given up on (only under least-connections and p2c)...
+    in_flight: u32,
+    /// ...the last of them sent then.
+    sent_at: Option<Instant>,
+}
 
 impl Pending {
-    fn sent(&mut self, index: usize, backends: usize) {
+    /// A request went to backend `index` at `now`; `in_flight` under the load-aware strategies.
+    fn sent(&mut self, index: usize, backends: usize, now: Instant, in_flight: bool) {
         if self.0.is_empty() {
-            self.0 = vec![0; backends].into_boxed_slice();
+            self.0 = vec![Waiting::default(); backends].into_boxed_slice();
         }
-        if let Some(n) = self.0.get_mut(index) {
-            *n = n.saturating_add(1);
+        if let Some(w) = self.0.get_mut(index) {
+            w.unanswered = w.unanswered.saturating_add(1);
+            if in_flight {
+                w.in_flight = w.in_flight.saturating_add(1);
+                w.sent_at = Some(now);
+            }
         }
     }
 
-    fn answered(&mut self, index: usize) {
-        if let Some(n) = self.0.get_mut(index) {
-            *n = n.saturating_sub(1);
+    /// Backend `index` answered at `now`: whether a datagram in flight ended, and its reply time
+    /// when that is unambiguous (the only one in flight: the last sent).
+    fn answered(&mut self, index: usize, now: Instant) -> Option<Option<Duration>> {
+        let w = self.0.get_mut(index)?;
+        w.unanswered = w.unanswered.saturating_sub(1);
+        if w.in_flight == 0 {
+            return None;
         }
+        w.in_flight -= 1;
+        Some(w.sent_at.filter(|_| w.in_flight == 0).map(|t| now.saturating_duration_since(t)))
+    }
+
+    /// Gives up on what has waited `wait` at `now`: per backend, how many and how long.
+    fn expire(&mut self, now: Instant, wait: Duration) -> impl Iterator<Item = (usize, u32, Duration)> + '_ {
+        self.0.iter_mut().enumerate().filter_map(move |(i, w)| {
+            let waited = now.saturating_duration_since(w.sent_at?);
+            if w.in_flight == 0 || waited < wait {
+                return None;
+            }
+            Some((i, std::mem::take(&mut w.in_flight), waited))
+        })
     }
 }
 
@@ -158,17 +195,10 @@ impl UdpBalancer {
                 source,
             })?;
         }
-        let backends = Backends::new(
-            &config.name,
-            &config.backends.addrs(),
-            config.affinity,
-            OutlierRules { failures: 0, ..OutlierRules::default() },
-        );
-        let strategy = match config.affinity {
-            crate::balance::Affinity::None => "round-robin",
-            crate::balance::Affinity::Client => "round-robin, pinned per client",
-        };
-        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Udp, strategy, backends.set()));
+        let set =
+            BackendSet::weighted(&config.backends.addrs(), &config.backends.weights()).with_strategy(config.strategy);
+        let backends = Backends::new(&config.name, set, OutlierRules { failures: 0, ..OutlierRules::default() });
+        let stats = Arc::new(BalancerStats::new(&config.name, Proto::Udp, &config.strategy_name(), backends.set()));
         if let Ok(at) = sockets[0].local_addr() {
             stats.set_listen(at);
         }
@@ -177,6 +207,8 @@ impl UdpBalancer {
             name: config.name.clone(),
             stats,
             backends,
+            hash_key: (config.strategy == Strategy::Hash).then(|| config.hash_key()),
+            reply_wait: config.health.timeout.0,
             max_flows: config.max_flows.div_ceil(sockets.len()),
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
@@ -301,7 +333,9 @@ impl Relay {
             self.warn.warn(self.now, || format!("udp balancer \"{name}\": receive: {e}"));
             return Ok(false);
         }
-        let set = self.shared.backends.snapshot();
+        let shared = self.shared.clone();
+        let backends = &shared.backends;
+        let set = backends.snapshot(self.now);
         for i in 0..self.requests.len() {
             let Some(client) = self.requests.addr(i) else {
                 continue;
@@ -318,30 +352,33 @@ impl Relay {
                 }
             }
             let Some(flow) = self.flows.touch(&client, self.now) else { continue };
-            // The pin only matters under client affinity; the picker decides whether to keep it.
-            let backend = self.shared.backends.pick_in(&set, flow.backend, self.now);
-            flow.backend = backend;
+            // Under hash the client's source is its pin: the same key, the same backend.
+            let key = match &self.shared.hash_key {
+                Some(HashKey::ClientIp) => Some(crate::balance::hash_ip(client.ip())),
+                Some(HashKey::Source) => Some(crate::balance::hash_source(client)),
+                Some(HashKey::Header(_)) | None => None,
+            };
+            let picked = backends.pick_in(&set, key, self.now, &[]);
+            let backend = picked.and_then(|i| set.get(i)).map(|b| b.addr);
             let payload = self.requests.payload(i);
             let cells = &self.cells;
             cells.requests.inc();
-            let sent = match backend {
-                Some(b) => {
+            let sent = match (picked, backend) {
+                (Some(index), Some(b)) => {
                     let ok = flow.socket.send_to(payload, b).is_ok();
-                    let index = set.index_of(b);
-                    match index.and_then(|i| cells.backends.get(i)) {
-                        Some(c) if ok => {
+                    if ok {
+                        if let Some(c) = cells.backends.get(index) {
                             c.datagrams_sent.inc();
                             c.bytes_sent.add(payload.len() as u64);
-                            flow.pending.sent(index.unwrap_or(0), set.len());
                         }
-                        _ => {}
-                    }
-                    if !ok {
+                        flow.pending.sent(index, set.len(), self.now, backends.tracks_load());
+                    } else {
+                        backends.end(index, None, self.now);
                         cells.dropped(UdpDrop::SendFailed);
                     }
                     ok
                 }
-                None => {
+                _ => {
                     cells.dropped(UdpDrop::NoBackend);
                     false
                 }
@@ -377,7 +414,7 @@ impl Relay {
             if got == 0 {
                 return Ok(());
             }
-            let set = self.shared.backends.snapshot();
+            let set = self.shared.backends.snapshot(self.now);
             let mut from_backend = false;
             let mut i = before;
             while i < self.replies.len() {
@@ -389,7 +426,9 @@ impl Relay {
                             c.datagrams_received.inc();
                             c.bytes_received.add(self.replies.payload(i).len() as u64);
                         }
-                        flow.pending.answered(index);
+                        if let Some(latency) = flow.pending.answered(index, self.now) {
+                            self.shared.backends.end(index, latency, self.now);
+                        }
                         if self.shared.log.enabled() {
                             self.shared.log.line(format!(
                                 "{} udp {} {client} <- {b} {}B",
@@ -453,7 +492,7 @@ impl Relay {
         self.poll.registry().register(&mut SourceFd(&socket.as_raw_fd()), token, Interest::READABLE)?;
         self.cells.flows_opened.inc();
         self.cells.flows.up();
-        self.flows.insert(client, Flow { socket, backend: None, pending: Pending::default() }, self.now);
+        self.flows.insert(client, Flow { socket, pending: Pending::default() }, self.now);
         Ok(())
     }
 
@@ -462,17 +501,29 @@ impl Relay {
     fn close_flow(&self, flow: Flow) {
         let _ = self.poll.registry().deregister(&mut SourceFd(&flow.socket.as_raw_fd()));
         self.cells.flows.down();
-        for (c, &n) in self.cells.backends.iter().zip(flow.pending.0.iter()) {
-            c.unanswered.add(u64::from(n));
+        for (c, w) in self.cells.backends.iter().zip(flow.pending.0.iter()) {
+            c.unanswered.add(u64::from(w.unanswered));
+        }
+        for (i, w) in flow.pending.0.iter().enumerate() {
+            self.shared.backends.end_many(i, w.in_flight, None, self.now);
         }
     }
 
     /// Closes the flows idle for the idle timeout: the front of the table, up to the first
-    /// one that is not.
+    /// one that is not. Under least-connections and p2c, datagrams that waited too long for a
+    /// reply stop counting as in flight, their wait counted as their backend's latency.
     fn sweep_idle(&mut self) {
         while let Some(flow) = self.flows.pop_idle(self.now, self.shared.idle_timeout) {
             self.close_flow(flow);
             self.cells.flows_expired.inc();
+        }
+        if self.shared.backends.tracks_load() {
+            let (backends, now, wait) = (&self.shared.backends, self.now, self.shared.reply_wait);
+            for flow in self.flows.flows_mut() {
+                for (index, count, waited) in flow.pending.expire(now, wait) {
+                    backends.end_many(index, count, Some(waited), now);
+                }
+            }
         }
     }
 }
@@ -530,6 +581,11 @@ impl<F> FlowTable<F> {
         let client = *self.clients.get(token)?;
         let entry = self.by_client.get_mut(&client)?;
         Some((client, &mut entry.flow))
+    }
+
+    /// Every flow, in no particular order and leaving the order alone.
+    fn flows_mut(&mut self) -> impl Iterator<Item = &mut F> {
+        self.by_client.values_mut().map(|e| &mut e.flow)
     }
 
     /// The token the next [`FlowTable::insert`] will give its flow.
@@ -635,6 +691,8 @@ mod tests {
             name: "test".into(),
             listen: Addr(format!("{ip}:0").parse().unwrap()),
             backends: Backends::of(&[backend.local_addr().unwrap()]),
+            strategy: Strategy::default(),
+            hash_key: None,
             affinity: crate::balance::Affinity::default(),
             max_flows,
             flow_idle_timeout: Dur(Duration::from_secs(60)),
