@@ -110,7 +110,8 @@ impl Checks {
             _ => return None,
         };
         let targets = b.backend_addrs().into_iter().map(|a| (a, target(a, h))).collect();
-        Some(Self::new(b.stats(), b.backends(), targets, h, false, summary))
+        let measure = c.strategy == Strategy::Measured;
+        Some(Self { measure, ..Self::new(b.stats(), b.backends(), targets, h, false, summary) })
     }
 
     fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
@@ -128,7 +129,8 @@ impl Checks {
             .into_iter()
             .map(|a| (a, Target::Udp { host: a.to_string(), addr: a, exchange: exchange.clone() }))
             .collect();
-        Some(Self::new(b.stats(), b.backends(), targets, h, true, summary))
+        let measure = c.strategy == Strategy::Measured;
+        Some(Self { measure, ..Self::new(b.stats(), b.backends(), targets, h, true, summary) })
     }
 
     fn new(
@@ -294,6 +296,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::http(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        unmeasured(&c.name, c.strategy, check.as_ref());
         checks.extend(check);
         tries.insert(0, format!("curl http://{at}/"));
         http.push(b);
@@ -310,6 +313,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::udp(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        unmeasured(&c.name, c.strategy, check.as_ref());
         checks.extend(check);
         tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
         udp.push(b);
@@ -393,6 +397,16 @@ fn check_line(banner: &mut String, check: Option<&Checks>, monitor: Option<&Moni
         _ => line,
     };
     let _ = writeln!(banner, "                 {line}");
+}
+
+/// Warns that a `measured` balancer without active checks has nothing to measure.
+fn unmeasured(name: &str, strategy: Strategy, check: Option<&Checks>) {
+    if strategy == Strategy::Measured && check.is_none() {
+        tracing::warn!(
+            "balancer \"{name}\": strategy \"measured\" weighs backends by their health checks' probes, but \
+             its checks are off (check = \"none\"): every backend keeps its configured weight"
+        );
+    }
 }
 
 /// The targets a monitor plan is built from, each probed once, with its id.
