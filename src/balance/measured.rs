@@ -147,14 +147,12 @@ fn number(v: f64) -> String {
     if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
+/// The low median: of an even number, the lower of the middle two (so that of two backends, the
+/// slower is compared with the faster, not with their average).
 fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
+    v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
 /// One backend's recent probes: the RTT EWMA and the outcomes over the loss span.
@@ -281,6 +279,12 @@ mod tests {
         let f = factors(&[m(2.0, 0.0), Measure { rtt_ms: None, loss: Some(0.5) }]);
         assert_eq!((f[0].factor, f[1].factor), (1.0, FLOOR));
         assert_eq!(f[1].why, "no answer, loss 50%");
+    }
+
+    #[test]
+    fn of_two_backends_the_slower_is_compared_with_the_faster() {
+        let f = factors(&[m(1.0, 0.0), m(20.0, 0.0)]);
+        assert_eq!(f[1].why, "rtt 20 ms (20× the median), no loss");
     }
 
     #[test]

@@ -575,7 +575,7 @@ function renderBalancers() {
         // under it, the whole on hover.
         const [figure, because] = cells.Weight.children, said = x.weight_why || "";
         setText(figure, weight(x.effective_weight));
-        setText(because, said.replace(/^weight [0-9.]+(: )?/, ""));
+        setText(because, said.replace(/^weight [0-9.]+(: |, )?/, ""));
         if (cells.Weight.title !== said) cells.Weight.title = said;
       }
       setText(cells["Req/s"], perSec(r.requests_per_s));
