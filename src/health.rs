@@ -347,8 +347,8 @@ mod tests {
         assert_eq!(b[1].weight_why.as_deref(), Some("weight 0.07: rtt 20 ms (41× the median), no loss"));
         assert_eq!(b[2].weight_why.as_deref(), Some("weight 0.2 (4 × 0.05), the floor: rtt 0.5 ms, loss 50%"));
         assert_eq!((b[2].weight, b[2].measured, b[2].effective_weight), (4, FLOOR, 4.0 * FLOOR));
-        // The slow one is fast again: within ten seconds of probes it weighs most of its share.
-        for seq in 21..=26 {
+        // The slow one is fast again: within 16 probes (two a report) it weighs most of its share.
+        for seq in 21..=28 {
             feed.apply(&probed(
                 seq,
                 &[(0, &[Some(0.5), Some(0.5)]), (1, &[Some(0.5), Some(0.5)]), (2, &[Some(0.5), None])],

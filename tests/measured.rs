@@ -74,15 +74,16 @@ fn config(dir: &Path) -> PathBuf {
 /// Which backend answered each request, and when, per balancer.
 type Answers = Arc<Mutex<Vec<(Instant, &'static str, u16)>>>;
 
-/// Clients that each send a request every 10 ms on a keep-alive connection to `balancer` and
-/// note which backend answered, until `stop`.
+/// A client that sends a request every 20 ms on a keep-alive connection to `balancer` and notes
+/// which backend answered, until `stop`. (The lab is kept light: on a busy machine, its own load
+/// would slow the relays and so every probe's round trip, which is what `measured` compares.)
 fn load(
     at: SocketAddr,
     balancer: &'static str,
     answers: &Answers,
     stop: &Arc<AtomicBool>,
 ) -> Vec<thread::JoinHandle<()>> {
-    (0..2)
+    (0..1)
         .map(|_| {
             let (answers, stop) = (answers.clone(), stop.clone());
             thread::spawn(move || {
@@ -92,14 +93,14 @@ fn load(
                     assert_eq!(r.status, 200, "{balancer}: {r:?}");
                     let port = r.body.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or(0);
                     answers.lock().unwrap().push((Instant::now(), balancer, port));
-                    thread::sleep(Duration::from_millis(10));
+                    thread::sleep(Duration::from_millis(20));
                 }
             })
         })
         .collect()
 }
 
-/// Datagrams to 127.0.28.1:`port` (the classic ping, one every 5 ms; replies read by a
+/// Datagrams to 127.0.28.1:`port` (the classic ping, one every 10 ms; replies read by a
 /// thread of their own, so that a lost one holds nothing up) until `stop`.
 fn udp_load(port: u16, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<()>> {
     let socket = std::net::UdpSocket::bind("127.0.28.1:0").unwrap();
@@ -112,7 +113,7 @@ fn udp_load(port: u16, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<()>> {
         while !s1.load(Ordering::Relaxed) {
             seq += 1;
             let _ = socket.send(format!("PING {seq} 00:00:00").as_bytes());
-            thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(10));
         }
     });
     let read = thread::spawn(move || {
@@ -226,14 +227,14 @@ fn measured_sends_less_to_a_slow_and_a_lossy_backend_and_more_again_once_the_del
     for share in udp_round.values() {
         assert!((share - 1.0 / 3.0).abs() < 0.03, "udp round robin gives each a third: {}", pct(&udp_round));
     }
-    assert!(n_udp_weighed > 1000, "{n_udp_weighed} datagrams");
+    assert!(n_udp_weighed > 800, "{n_udp_weighed} datagrams");
     assert!(udp_weighed[&UDP[2]] < 0.15, "the slow UDP server gets less than 15 %: {}", pct(&udp_weighed));
     assert!(udp_weighed[&UDP[1]] < 0.20, "the lossy UDP server gets less than 20 %: {}", pct(&udp_weighed));
     for (port, share) in &round {
         assert!((share - 1.0 / 3.0).abs() < 0.03, "round robin gives each a third: {}", pct(&round));
         assert!(*port != 0, "an answer that named no port");
     }
-    assert!(n_weighed > 500, "{n_weighed} requests");
+    assert!(n_weighed > 400, "{n_weighed} requests");
     assert!(weighed[&SLOW] < 0.15, "the slow backend gets less than 15 %: {}", pct(&weighed));
     assert!(weighed[&LOSSY] < 0.20, "the lossy backend gets less than 20 %: {}", pct(&weighed));
     // Each weight says why, in words.
@@ -246,7 +247,7 @@ fn measured_sends_less_to_a_slow_and_a_lossy_backend_and_more_again_once_the_del
     assert!(page.contains(&gauge), "{gauge} missing");
 
     // The delay goes: within 30 s, the slow backend gets about what the fast one gets again (over
-    // the last 3 s, at least 80 % of the fast one's share), HTTP and UDP alike.
+    // the last 5 s, at least 80 % of the fast one's share), HTTP and UDP alike.
     lab.script("fast");
     let fixed = Instant::now();
     let mut counts: Vec<(Instant, BTreeMap<u16, u64>)> = Vec::new();
@@ -259,7 +260,7 @@ fn measured_sends_less_to_a_slow_and_a_lossy_backend_and_more_again_once_the_del
                 counts.push((now, udp_counts(api, "measured-udp")));
             }
             let (t, newest) = counts.last()?;
-            let (_, then) = counts.iter().rev().find(|(at, _)| *t - *at >= Duration::from_secs(3) && *at >= fixed)?;
+            let (_, then) = counts.iter().rev().find(|(at, _)| *t - *at >= Duration::from_secs(5) && *at >= fixed)?;
             let (s, n) = udp_shares(then, newest);
             (n > 100 && s[&UDP[2]] >= 0.8 * s[&UDP[0]]).then(|| (fixed.elapsed(), s))
         },
@@ -268,14 +269,14 @@ fn measured_sends_less_to_a_slow_and_a_lossy_backend_and_more_again_once_the_del
     let back = wait_until(
         Lazy(|| {
             let now = Instant::now();
-            let last = shares(&answers, "measured", now.checked_sub(Duration::from_secs(3)).unwrap_or(now), now);
+            let last = shares(&answers, "measured", now.checked_sub(Duration::from_secs(5)).unwrap_or(now), now);
             let why = backends(api, "measured").get(&SLOW).map(|b| b["weight_why"].clone());
-            format!("the slow backend's share to return; last 3 s: {}; {why:?}", pct(&last.0))
+            format!("the slow backend's share to return; last 5 s: {}; {why:?}", pct(&last.0))
         }),
         Duration::from_secs(30),
         || {
             let now = Instant::now();
-            let since = now.checked_sub(Duration::from_secs(3)).filter(|t| *t >= fixed)?;
+            let since = now.checked_sub(Duration::from_secs(5)).filter(|t| *t >= fixed)?;
             let (s, n) = shares(&answers, "measured", since, now);
             (n > 100 && s[&SLOW] >= 0.8 * s[&FAST]).then(|| (fixed.elapsed(), s))
         },

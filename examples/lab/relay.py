@@ -104,6 +104,8 @@ async def late(reader, writer, delay):
 
 
 async def relay(client_reader, client_writer, args, delay, rng):
+    # Connect upstream while the client's first bytes come, so the relay adds no round trip.
+    upstream = asyncio.ensure_future(asyncio.open_connection(*args.upstream))
     try:
         first = await client_reader.read(CHUNK)
         if not first:
@@ -113,13 +115,17 @@ async def relay(client_reader, client_writer, args, delay, rng):
             while await client_reader.read(CHUNK):
                 pass
             return
-        up_reader, up_writer = await asyncio.open_connection(*args.upstream)
+        up_reader, up_writer = await upstream
         up_writer.write(first)
         await asyncio.gather(forward(client_reader, up_writer), late(up_reader, client_writer, delay))
     except (ConnectionError, OSError):
         pass
     finally:
         client_writer.close()
+        if not upstream.done():
+            upstream.cancel()
+        elif not upstream.cancelled() and upstream.exception() is None:
+            upstream.result()[1].close()
 
 
 class UdpFlow(asyncio.DatagramProtocol):
