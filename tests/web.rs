@@ -1192,3 +1192,72 @@ fn picking_1_h_draws_the_recorded_hour_with_its_losses_and_live_comes_back() {
     });
     assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
 }
+
+/// A `measured` balancer on 127.0.28.50 over a backend and the same kind of backend behind
+/// examples/lab/relay.py answering 20 ms late (loopback, no namespace needed).
+#[test]
+fn the_page_shows_each_backends_measured_weight_and_why() {
+    let ip = "127.0.28.50";
+    let config = format!(
+        r#"
+[serve.http]
+bind = "{ip}"
+ports = "28001-28002"
+
+[[balance.http]]
+name = "measured"
+listen = "{ip}:28000"
+backends = ["{ip}:28001", "{ip}:28003"]
+strategy = "measured"
+access_log = false
+
+[monitor]
+interval = "200ms"
+metrics = "{ip}:19100"
+
+[history]
+enabled = false
+"#
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-{ip}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("measured.toml"), config).unwrap();
+    let relay = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lab/relay.py");
+    /// Killed on drop, pass or fail.
+    struct Relay(Child);
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _slow = Relay(
+        Command::new("python3")
+            .args([relay, &format!("{ip}:28003"), &format!("{ip}:28002"), "--delay", "20"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    common::wait_tcp(addr(&format!("{ip}:28003")));
+    let _lab = up(&dir.join("measured.toml"));
+    wait_until("the slow backend to be weighed down", START, || {
+        let b = &api(ip, "/api/v1/balancers")["balancers"][0]["backends"][1];
+        (b["measured"].as_f64()? < 0.2).then_some(())
+    });
+    let mut b = Browser::start(1400, 900);
+    b.navigate(&format!("http://{ip}:19100/"));
+    const WEIGHTS: &str = r#"(() => [...document.querySelectorAll("td.weight")]
+      .map((td) => ({ text: td.innerText, title: td.title })))()"#;
+    let cells = wait_until("the page to show the weights", START, || {
+        let cells = b.eval(WEIGHTS)?;
+        (cells.as_array()?.len() == 2 && cells[1]["title"].as_str()?.contains("× the median")).then_some(cells)
+    });
+    let text = b.look().unwrap()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("Weight"), "a Weight column:\n{text}");
+    let (fast, late) = (cells[0]["text"].as_str().unwrap(), cells[1]["text"].as_str().unwrap());
+    assert!(fast.starts_with('1') && fast.contains("best (rtt"), "{cells}");
+    assert!(late.starts_with("0.") && late.contains("× the median"), "{cells}");
+    assert!(cells[1]["title"].as_str().unwrap().starts_with("weight 0."), "the whole reason on hover: {cells}");
+    assert!(b.log.iter().all(|l| !l.starts_with("exception")), "{:?}", b.log);
+    b.screenshot(&artifacts().join("web-measured.png"));
+}

@@ -14,6 +14,7 @@
 pub mod health;
 mod load;
 mod maglev;
+pub mod measured;
 pub mod outlier;
 mod rotation;
 mod weighted;

@@ -634,7 +634,10 @@ impl Supervisor {
             set.store(Arc::new(carried));
         }
         let sockets = bound.sockets().with_context(|| format!("cannot start {who}"))?;
-        let new_checks = !shared || old.settings.health() != settings.health();
+        // `measured` weighs by the checks' probes: a change to or from it needs checks that do.
+        let measured = |s: &Settings| s.strategy() == crate::balance::Strategy::Measured;
+        let new_checks =
+            !shared || old.settings.health() != settings.health() || measured(&old.settings) != measured(&settings);
         Ok(Next { settings, bound, sockets, replaces: Some(i), shared, new_checks })
     }
 

@@ -105,6 +105,8 @@ pub(super) struct Checks {
     rules: HealthRules,
     interval: Duration,
     timeout: Duration,
+    /// Whether they set the backends' weights too (the `measured` strategy).
+    measure: bool,
     /// How the banner describes them.
     summary: String,
 }
@@ -120,7 +122,8 @@ impl Checks {
             _ => return None,
         };
         let targets = b.backend_addrs().into_iter().map(|a| (a, target(a, h))).collect();
-        Some(Self::new(b.stats(), b.backends(), targets, h, false, summary))
+        let measure = c.strategy == Strategy::Measured;
+        Some(Self { measure, ..Self::new(b.stats(), b.backends(), targets, h, false, summary) })
     }
 
     pub(super) fn udp(b: &UdpBalancer, c: &UdpBalancerConfig) -> Option<Self> {
@@ -138,7 +141,8 @@ impl Checks {
             .into_iter()
             .map(|a| (a, Target::Udp { host: a.to_string(), addr: a, exchange: exchange.clone() }))
             .collect();
-        Some(Self::new(b.stats(), b.backends(), targets, h, true, summary))
+        let measure = c.strategy == Strategy::Measured;
+        Some(Self { measure, ..Self::new(b.stats(), b.backends(), targets, h, true, summary) })
     }
 
     fn new(
@@ -158,6 +162,7 @@ impl Checks {
             rules: h.rules(udp),
             interval: h.interval.0,
             timeout: h.timeout.0,
+            measure: false,
             summary,
         }
     }
@@ -174,8 +179,9 @@ impl Checks {
             window: 10,
             sources: sources.clone(),
         };
+        let measure = self.measure.then_some(self.interval);
         let feed = HealthFeed::new(vec![(
-            Watched { name: self.name, set: self.set, probes, stats: Some(self.stats) },
+            Watched { name: self.name, set: self.set, probes, stats: Some(self.stats), measure },
             self.rules,
         )]);
         (Monitor::new(plan), feed)
@@ -322,6 +328,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  http balancer  \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::http(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        unmeasured(&c.name, c.strategy, check.as_ref());
         checks.extend(check);
         tries.insert(0, format!("curl http://{at}/"));
         http.push((b, c.clone()));
@@ -338,6 +345,7 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
         let _ = writeln!(banner, "  udp balancer   \"{}\" on {at} -> {} ({how})", c.name, list(&c.backends.addrs()));
         let check = Checks::udp(&b, c);
         check_line(&mut banner, check.as_ref(), config.monitor.as_ref());
+        unmeasured(&c.name, c.strategy, check.as_ref());
         checks.extend(check);
         tries.insert(0, format!("netpulse udp-ping {} {}", at.ip(), at.port()));
         udp.push((b, c.clone()));
@@ -459,7 +467,21 @@ fn check_line(banner: &mut String, check: Option<&Checks>, monitor: Option<&Moni
         (Some(c), Some(m)) if m.health => format!("health: {}, probed by the monitor every {}", c.summary, m.interval),
         (Some(c), _) => format!("health: {}, every {}", c.summary, Dur(c.interval)),
     };
+    let line = match check {
+        Some(c) if c.measure => format!("{line}; their RTT and loss set the weights"),
+        _ => line,
+    };
     let _ = writeln!(banner, "                 {line}");
+}
+
+/// Warns that a `measured` balancer without active checks has nothing to measure.
+fn unmeasured(name: &str, strategy: Strategy, check: Option<&Checks>) {
+    if strategy == Strategy::Measured && check.is_none() {
+        tracing::warn!(
+            "balancer \"{name}\": strategy \"measured\" weighs backends by their health checks' probes, but \
+             its checks are off (check = \"none\"): every backend keeps its configured weight"
+        );
+    }
 }
 
 /// The targets a monitor plan is built from, each probed once, with its id.
@@ -502,7 +524,8 @@ fn watch(
     for c in checks {
         let probes = c.targets.into_iter().map(|(a, t)| (a, targets.add(t))).collect();
         let name = c.name.clone();
-        let watched = Watched { name: c.name, set: c.set, probes, stats: Some(c.stats) };
+        let measure = c.measure.then_some(m.interval.0);
+        let watched = Watched { name: c.name, set: c.set, probes, stats: Some(c.stats), measure };
         health.push((name, Health::Main(HealthFeed::new(vec![(watched, c.rules)]))));
     }
     for (b, _) in http {

@@ -74,6 +74,22 @@ fn common(page: &mut Page, balancers: &[BalancerSnapshot]) {
         }
     }
     let mut f = page.family(
+        "netpulse_backend_weight",
+        Kind::Gauge,
+        "The weight the balancer's strategy gives the backend now: its configured weight times its measured factor.",
+    );
+    for (b, be) in backends() {
+        f.sample(&labels(b, be), be.effective_weight);
+    }
+    let mut f = page.family(
+        "netpulse_backend_measured_factor",
+        Kind::Gauge,
+        "The factor (0.05 to 1) the measured strategy applies to the backend's weight, from its probes' round trip and loss (1 under other strategies).",
+    );
+    for (b, be) in backends() {
+        f.sample(&labels(b, be), be.measured);
+    }
+    let mut f = page.family(
         "netpulse_backend_state_change_timestamp_seconds",
         Kind::Gauge,
         "When the backend last changed state (or its balancer started, if it never did), in seconds since the Unix epoch.",

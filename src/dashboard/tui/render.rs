@@ -792,12 +792,17 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
         .clamp(9, 47);
     let err = err_header(s);
     let err_w = err.len();
-    let fixed = 2 + addr_w + 1 + 11 + 6 + 1 + err_w + 1 + 10 + 1;
+    // WEIGHT only where weights say something: one configured, or measured.
+    let weights =
+        s.view().balancers.iter().flat_map(|b| b.backends.iter()).any(|b| b.weight != 1.0 || b.weight_why.is_some());
+    let weight_w = if weights { 7 } else { 0 };
+    let fixed = 2 + addr_w + 1 + 11 + weight_w + 6 + 1 + err_w + 1 + 10 + 1;
     let share_w = w.saturating_sub(fixed);
     let head = format!(
-        "  {:<addr_w$} {:<11}{:>6} {:>err_w$} {:>10} {}",
+        "  {:<addr_w$} {:<11}{:>weight_w$}{:>6} {:>err_w$} {:>10} {}",
         "BACKEND",
         "STATE",
+        if weights { "WEIGHT " } else { "" },
         "REQ/S",
         err,
         "P50/P99 ms",
@@ -831,6 +836,9 @@ fn balancers(f: &mut Frame, s: &State, t: Theme, area: Rect) {
                 _ => String::new(),
             };
             spans.push(Span::styled(format!("{:<11}", format!("{word}{how_long}")), style));
+            if weights {
+                spans.push(Span::raw(format!("{:>6} ", weight(be.weight))));
+            }
             let r = be.recent.as_ref();
             let err_pct = r.and_then(|r| r.error_pct);
             spans.push(Span::raw(format!("{:>6} ", per_sec(r.map(|r| r.requests_per_s)))));
@@ -896,7 +904,14 @@ fn balancer_rows(lines: &[(usize, bool)], at: usize, rows: usize) -> Vec<usize> 
 /// The selected backend's line: its last change, then as much as fits of what it was sent.
 fn selected_backend(s: &State, width: usize) -> Option<String> {
     let be = s.view().balancers.iter().flat_map(|b| b.backends.iter()).nth(s.selected_backend)?;
-    let why = be.why.as_deref().unwrap_or("no change since the start");
+    // Why it weighs what it does first while it is up (that is what moves its share), its
+    // last change first otherwise.
+    let why = match (be.why.as_deref(), be.weight_why.as_deref()) {
+        (Some(state), Some(weight)) if be.state == BackendState::Up => format!("{weight} · {state}"),
+        (Some(state), Some(weight)) => format!("{state} · {weight}"),
+        (Some(why), None) | (None, Some(why)) => why.to_string(),
+        (None, None) => "no change since the start".to_string(),
+    };
     let mut line = format!("  {}: {why}", be.addr);
     let mut more = vec![format!("{} sent in all", be.total)];
     if let Some(r) = &be.recent {
@@ -910,6 +925,18 @@ fn selected_backend(s: &State, width: usize) -> Option<String> {
         line.push_str(&m);
     }
     Some(line)
+}
+
+/// A weight as the WEIGHT column shows it: `1`, `0.07`, `4.5`, `120`.
+fn weight(v: f64) -> String {
+    let s = if v >= 10.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    };
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 /// A balancer's line, as much of it as fits in `width`: name, figures over the span, and its
@@ -1103,6 +1130,7 @@ fn help(f: &mut Frame, t: Theme, area: Rect) {
         Line::raw("  REQ/S: sent to the backend (UDP: datagrams). ERR%: failed or 5xx;"),
         Line::raw("  NOREPLY%: UDP datagrams sent less replies received. P50/P99: time to"),
         Line::raw("  the response head (HTTP). SHARE: of the balancer's traffic."),
+        Line::raw("  WEIGHT: configured × measured (strategy measured: probes' RTT, loss)."),
     ];
     let width = lines.iter().map(Line::width).max().unwrap_or(40) as u16 + 4;
     let height = lines.len() as u16 + 2;

@@ -141,6 +141,10 @@ pub struct BackendView {
     pub for_secs: Option<u64>,
     pub why: Option<String>,
     pub ejected_for_ms: Option<u64>,
+    /// The weight its strategy gives it now (configured × measured), and why (under
+    /// `measured`).
+    pub weight: f64,
+    pub weight_why: Option<String>,
     /// The span's figures ([`traffic::recent`]: req/s, error %, share, p50/p99, bytes/s);
     /// `None` until two snapshots are apart.
     pub recent: Option<Recent>,
@@ -240,6 +244,8 @@ impl BalancerView {
                     for_secs: since.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs()),
                     why: b.why.clone(),
                     ejected_for_ms: b.ejected_for_ms,
+                    weight: b.effective_weight,
+                    weight_why: b.weight_why.clone(),
                     recent: recent.as_ref().and_then(|r| r.get(i)).cloned(),
                     total: traffic::counts(b).requests,
                 }
@@ -650,6 +656,10 @@ mod tests {
                     since: String::new(),
                     why: None,
                     ejected_for_ms: None,
+                    weight: 1,
+                    measured: 1.0,
+                    effective_weight: 1.0,
+                    weight_why: None,
                     http: Some(HttpBackendCounts {
                         requests: n,
                         responses: Classes { c2xx: n, ..Classes::default() },
@@ -760,6 +770,10 @@ mod tests {
                 since: String::new(),
                 why: None,
                 ejected_for_ms: None,
+                weight: 1,
+                measured: 1.0,
+                effective_weight: 1.0,
+                weight_why: None,
                 http: None,
                 udp: Some(crate::stats::traffic::UdpBackendCounts {
                     datagrams_sent: sent,

@@ -143,6 +143,10 @@ mod frames {
             since: String::new(),
             why: (state == BackendState::Down).then(|| "3 probes in a row got no answer".to_string()),
             ejected_for_ms: None,
+            weight: 1,
+            measured: 1.0,
+            effective_weight: 1.0,
+            weight_why: None,
             http: None,
             udp: None,
         }
@@ -583,5 +587,45 @@ try:
         assert!(t.contains("127.0.3.249:80"), "the selected (last) target is on screen:\n{t}");
         assert!(t.contains("of 1000"), "{t}");
         println!("a frame of 1000 targets at 160x48: {took:?}");
+    }
+
+    #[test]
+    fn measured_weights_show_in_a_weight_column_and_the_selected_backend_says_why() {
+        let mut s = lab_state(true);
+        s.focus = crate::dashboard::tui::state::Panel::Balancers;
+        // Round robin everywhere: no WEIGHT column.
+        assert!(!text(&frame(&s, 100, 36)).contains("WEIGHT"));
+        let why = "weight 0.07: rtt 21 ms (34× the median), no loss";
+        let weighed = |n: u64| {
+            let mut b = lab_balancers(n);
+            b[0].strategy = "measured".into();
+            for (i, be) in b[0].backends.iter_mut().enumerate() {
+                be.weight_why = Some("weight 1: best (rtt 0.6 ms, no loss)".into());
+                if i == 1 {
+                    (be.measured, be.effective_weight, be.weight_why) = (0.07, 0.07, Some(why.into()));
+                }
+            }
+            b
+        };
+        let t0 = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_316_645);
+        s.take_balancers(&weighed(300), t0 + Duration::from_secs(20), now);
+        s.take_balancers(&weighed(400), t0 + Duration::from_secs(30), now);
+        s.selected_backend = 1;
+        for (w, h) in [(80, 24), (100, 36)] {
+            let t = text(&frame(&s, w, h));
+            assert!(t.contains("WEIGHT"), "{w}x{h}:\n{t}");
+            // A backend's row (not the target of the same address).
+            let row_of = |addr: &str| {
+                t.lines()
+                    .find(|l| l.trim_start_matches(['›', ' ']).starts_with(addr))
+                    .unwrap_or_else(|| panic!("{w}x{h}: no row of {addr}:\n{t}"))
+            };
+            let row = row_of("127.0.16.1:8002 ");
+            assert!(row.contains(" 0.07 "), "{w}x{h}: {row}");
+            let other = row_of("127.0.16.1:8001 ");
+            assert!(other.contains(" 1 "), "{w}x{h}: {other}");
+            assert!(t.contains(&format!("127.0.16.1:8002: {why}")), "{w}x{h}: the reason on the detail line:\n{t}");
+        }
     }
 }

@@ -501,8 +501,19 @@ function totalsLine(b) {
   return "";
 }
 
+// Whether a balancer's weights say something: one configured, or measured from the probes.
+function weighted(b) {
+  return b.backends.some((x) => x.effective_weight !== 1 || x.weight_why);
+}
+
+// A weight as the table shows it: 1, 0.07, 4.5, 120.
+function weight(v) {
+  if (v == null) return dash;
+  return String(Number(v >= 10 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(2)));
+}
+
 function balancerCard(b) {
-  const key = b.name + "|" + b.backends.map((x) => x.addr).join(",");
+  const key = b.name + "|" + b.backends.map((x) => x.addr).join(",") + "|" + weighted(b);
   let card = balancerCards.get(b.name);
   if (card && card.key === key) return card;
   const root = el("div", "balancer");
@@ -517,6 +528,7 @@ function balancerCard(b) {
   const cols = [
     ["Backend", "Backend", "", ""],
     ["Health", "Health", "health", "state, since when, and why"],
+    ...(weighted(b) ? [["Weight", "Weight", "weight", "the weight the strategy gives it now (configured × measured from its probes) and why"]] : []),
     ["Req/s", udp ? "Datagrams/s" : "Req/s", "num", udp ? "datagrams sent to it per second" : "requests sent to it per second"],
     ["Errors", udp ? "No reply" : "Errors", "num", udp
       ? "datagrams sent to it that got no reply in the span (a late reply counts against the span it was sent in)"
@@ -546,6 +558,7 @@ function balancerCard(b) {
     health.appendChild(el("b"));
     health.appendChild(el("small"));
     health.appendChild(el("div", "why"));
+    if (cells.Weight) { cells.Weight.appendChild(el("b")); cells.Weight.appendChild(el("div", "why")); }
     const share = cells.Share.appendChild(el("span", "share")).appendChild(el("i"));
     cells.Share.appendChild(el("span"));
     return { tr, cells, share };
@@ -587,6 +600,14 @@ function renderBalancers() {
       setText(why, reason);
       // The whole reason on hover (the cell wraps it, but a long one is cut at two lines).
       if (cells.Health.title !== reason) cells.Health.title = reason;
+      if (cells.Weight) {
+        // "weight 0.07: rtt 21 ms (34× the median), no loss": the figure in bold, the reason
+        // under it, the whole on hover.
+        const [figure, because] = cells.Weight.children, said = x.weight_why || "";
+        setText(figure, weight(x.effective_weight));
+        setText(because, said.replace(/^weight [0-9.]+(: |, )?/, ""));
+        if (cells.Weight.title !== said) cells.Weight.title = said;
+      }
       setText(cells["Req/s"], perSec(r.requests_per_s));
       setText(cells.Errors, pct(r.error_pct));
       setText(cells.p50, ms(r.p50_ms));
