@@ -1005,8 +1005,27 @@ impl BackendSpec {
             return Err(not_ip);
         };
         let port = port.parse::<u16>().ok().filter(|&p| p > 0).ok_or(format!("'{written}' has a bad port '{port}'"))?;
-        let addr = resolve_backend(name, port)?;
-        Ok(BackendSpec { addr, weight, host: Some(format!("{name}:{port}")) })
+        let host = format!("{name}:{port}");
+        // Names that resolved before in this process: a failure later (a reload) keeps the last
+        // good address with a warning, as the periodic resolution does, instead of refusing the
+        // whole file. At start there is none, so a name that does not resolve is an error.
+        static LAST_GOOD: std::sync::Mutex<Vec<(String, SocketAddr)>> = std::sync::Mutex::new(Vec::new());
+        let mut known = LAST_GOOD.lock().unwrap_or_else(|p| p.into_inner());
+        let addr = match resolve_backend(name, port) {
+            Ok(addr) => {
+                known.retain(|(h, _)| *h != host);
+                known.push((host.clone(), addr));
+                addr
+            }
+            Err(e) => match known.iter().find(|(h, _)| *h == host) {
+                Some(&(_, last)) => {
+                    tracing::warn!("{e}; keeping its last address {last}");
+                    last
+                }
+                None => return Err(e),
+            },
+        };
+        Ok(BackendSpec { addr, weight, host: Some(host) })
     }
 
     /// Resolves the name it was written as again (`None` for a backend written as an address).

@@ -317,7 +317,9 @@ mod tests {
         use crate::stats::traffic::{BalancerStats, Proto};
         let addrs: Vec<SocketAddr> =
             vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "127.0.0.1:3".parse().unwrap()];
-        let set = Arc::new(ArcSwap::from_pointee(BackendSet::weighted(&addrs, &[1, 1, 4])));
+        let set = Arc::new(ArcSwap::from_pointee(
+            BackendSet::weighted(&addrs, &[1, 1, 4]).with_strategy(crate::balance::Strategy::Measured),
+        ));
         let stats = Arc::new(BalancerStats::new("web", Proto::Http, "measured", set.clone()));
         let watched = Watched {
             name: "web".into(),

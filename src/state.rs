@@ -68,14 +68,13 @@ impl Kept {
         }
         let file = file_of(dir, proto, listen);
         let saved = Saved { name: name.to_string(), proto: proto.to_string(), listen, backends, position: 0 };
-        match fs::read(&file) {
+        match read_small(&file) {
             Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
                 Ok(old) if old.backends == saved.backends && old.proto == saved.proto => {
                     picker.resume_at(old.position);
                     tracing::info!(
-                        "{proto} balancer \"{name}\": rotation resumed where it stopped ({} turns, next {})",
-                        old.position,
-                        saved.backends[old.position % saved.backends.len().max(1)]
+                        "{proto} balancer \"{name}\": rotation resumed where it stopped (after {} turns)",
+                        old.position
                     );
                 }
                 Ok(_) => tracing::info!(
@@ -107,6 +106,20 @@ impl Kept {
     }
 }
 
+/// The file's bytes if it is a regular file of at most 64 KiB (a saved rotation is about 200
+/// bytes): anything else (a FIFO, a device, a huge file) is refused rather than read.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    const MAX: u64 = 64 * 1024;
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(std::io::Error::other(format!("not a regular file of at most {MAX} bytes")));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(MAX).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`, so a
 /// crash leaves the old file or the new one, never half of one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -131,11 +144,30 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug, Default, Clone)]
 pub struct Rotations {
     inner: Arc<Mutex<Vec<(Kept, bool)>>>,
+    /// Where they are kept (`None`: not kept).
+    dir: Option<Arc<PathBuf>>,
 }
 
 impl Rotations {
-    pub fn new(kept: Vec<Kept>) -> Self {
-        Self { inner: Arc::new(Mutex::new(kept.into_iter().map(|k| (k, false)).collect())) }
+    pub fn new(dir: PathBuf, kept: Vec<Kept>) -> Self {
+        Self { inner: Arc::new(Mutex::new(kept.into_iter().map(|k| (k, false)).collect())), dir: Some(Arc::new(dir)) }
+    }
+
+    /// A balancer a reload added: its rotation resumes from its file (if any) and is kept.
+    pub fn add(&self, proto: &str, name: &str, listen: SocketAddr, backends: Vec<SocketAddr>, picker: Arc<Picker>) {
+        let Some(dir) = &self.dir else { return };
+        if let Some(k) = Kept::restore(dir, proto, name, listen, backends, picker) {
+            self.lock().push((k, false));
+        }
+    }
+
+    /// A balancer a reload removed: its last position is saved, and no more.
+    pub fn forget(&self, picker: &Arc<Picker>) {
+        let mut kept = self.lock();
+        if let Some(i) = kept.iter().position(|(k, _)| Arc::ptr_eq(&k.picker, picker)) {
+            let (mut k, _) = kept.remove(i);
+            let _ = k.save(false);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Kept, bool)>> {

@@ -478,3 +478,70 @@ fn a_udp_balancer_reloads_without_losing_a_reply() {
     assert_eq!(p.signal_and_wait("TERM", Duration::from_secs(20)).code(), Some(0));
     assert!(p.output().contains("udp balancer \"ping\" stopped:"), "{}", p.output());
 }
+
+/// Round robin reloaded to least-connections (same backends, weights 1/1/3) while requests are
+/// in flight, and back and forth: every request is ended by the rule that counted it, so once
+/// the load stops the counts are back at zero and idle picks follow the weights, 1:1:3.
+#[test]
+fn a_strategy_change_under_load_leaves_no_request_counted_in_flight() {
+    let d = dir("leak");
+    let config = |strategy: &str, w: u32| {
+        format!(
+            r#"
+[serve.http]
+bind = "127.0.29.9"
+ports = "29101-29103"
+
+[[balance.http]]
+name = "web"
+listen = "127.0.29.9:29100"
+backends = ["127.0.29.9:29101", "127.0.29.9:29102", {{ addr = "127.0.29.9:29103", weight = {w} }}]
+strategy = "{strategy}"
+access_log = false
+[balance.http.health]
+check = "none"
+"#
+        )
+    };
+    let file = d.join("leak.toml");
+    write(&file, &config("round-robin", 1));
+    let mut cmd = common::netpulse();
+    cmd.args(["up", "--no-tui", "--config"]).arg(&file);
+    let p = Proc::up_command(cmd);
+    let load = Command::new("wrk")
+        .args(["-t1", "-c32", "-d4s", "http://127.0.29.9:29100/"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("wrk (apt-get install wrk)");
+    let mut load = scopeguard(load);
+    for (i, (strategy, w)) in
+        [("least-connections", 3), ("round-robin", 1), ("least-connections", 3), ("p2c", 3), ("least-connections", 3)]
+            .iter()
+            .enumerate()
+    {
+        thread::sleep(Duration::from_millis(500));
+        write(&file, &config(strategy, *w));
+        reload_and_wait(&p, i + 1, "reloaded");
+    }
+    let _ = load.0.wait();
+    thread::sleep(Duration::from_millis(300));
+    let mut counts = std::collections::HashMap::<u16, usize>::new();
+    for _ in 0..30 {
+        *counts.entry(port_of(&get(addr("127.0.29.9:29100"), "/").body)).or_default() += 1;
+    }
+    let got = [29101, 29102, 29103].map(|port| counts.get(&port).copied().unwrap_or(0));
+    assert_eq!(got, [6, 6, 18], "idle least-connections shares by weight 1:1:3; output:\n{}", p.output());
+}
+
+/// Kills `wrk` if the test fails before it ends.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}

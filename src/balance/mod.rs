@@ -207,6 +207,12 @@ impl BackendSet {
 
     /// The same backends, chosen among by `strategy`.
     pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        if strategy != Strategy::Measured {
+            // Only `measured` weighs by the probes: a factor it set must not outlive it.
+            for b in &mut self.backends {
+                b.measured = 1.0;
+            }
+        }
         self.strategy = strategy;
         self.replan();
         self
@@ -309,7 +315,10 @@ impl BackendSet {
     fn replan(&mut self) {
         let at = self.plan.at;
         self.plan.expires = None;
-        if self.strategy.smooth() {
+        // Round robin honours weights as nginx's and HAProxy's do: with any weight other than 1
+        // it takes the smooth weighted order (with all 1 that order is the plain rotation).
+        let weighted_rr = self.strategy == Strategy::RoundRobin && self.backends.iter().any(|b| b.weight != 1);
+        if self.strategy.smooth() || weighted_rr {
             let members: Vec<(usize, f64)> = self
                 .backends
                 .iter()
@@ -416,6 +425,7 @@ impl Picker {
     pub fn pick(&self, set: &BackendSet, key: Option<u64>, now: Instant, tried: &[usize]) -> Option<usize> {
         let may = |i: usize, b: &Backend| b.available(now) && !tried.contains(&i);
         match set.strategy {
+            Strategy::RoundRobin if set.schedule().is_some() => self.smooth(set, may),
             Strategy::RoundRobin => self.rotation.pick_where(set, may),
             Strategy::Weighted | Strategy::Measured => self.smooth(set, may),
             Strategy::LeastConnections => self.least_connections(set, may),
@@ -453,7 +463,22 @@ impl Picker {
     /// A request went to backend `index` (counted under the load-aware strategies only).
     pub fn start(&self, set: &BackendSet, index: usize) {
         if set.strategy.tracks_load() {
-            self.load.start(index);
+            self.count(index);
+        }
+    }
+
+    /// Counts a request to backend `index` as in flight, whatever the strategy: for a caller
+    /// that decided once whether it counts, so that a count is ended by the same rule that
+    /// started it even when the strategy changes in between (a reload).
+    pub fn count(&self, index: usize) {
+        self.load.start(index);
+    }
+
+    /// Ends `count` requests [`Picker::count`] counted, the last answered after `latency`.
+    pub fn uncount(&self, index: usize, count: u32, latency: Option<Duration>, now: Instant) {
+        self.load.end(index, count);
+        if let Some(l) = latency {
+            self.load.observe(index, l, now);
         }
     }
 
@@ -467,10 +492,7 @@ impl Picker {
     /// last of them answered after `latency` if known.
     pub fn end_many(&self, set: &BackendSet, index: usize, count: u32, latency: Option<Duration>, now: Instant) {
         if set.strategy.tracks_load() {
-            self.load.end(index, count);
-            if let Some(l) = latency {
-                self.load.observe(index, l, now);
-            }
+            self.uncount(index, count, latency, now);
         }
     }
 
@@ -602,6 +624,20 @@ mod tests {
             assert!(first != second && second != third && first != third);
             assert_eq!(p.pick_index(&s, now, &[first, second, third]), None);
         }
+    }
+
+    #[test]
+    fn round_robin_honours_weights_as_nginx_does_and_leaving_measured_forgets_its_factors() {
+        let addrs: Vec<SocketAddr> = (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
+        let s = BackendSet::weighted(&addrs, &[5, 1, 1]);
+        let p = Picker::new(3);
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..7).map(|_| p.pick(&s, None, now, &[]).unwrap()).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0], "a a b a c a a");
+        let m = BackendSet::new(&addrs).with_strategy(Strategy::Measured).with_measured(&[(addrs[0], 0.1)]);
+        assert_eq!(m.backends()[0].measured, 0.1);
+        let w = m.with_strategy(Strategy::Weighted);
+        assert!(w.backends().iter().all(|b| b.measured == 1.0), "no factor outlives measured");
     }
 
     #[test]

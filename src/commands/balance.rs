@@ -31,11 +31,12 @@ pub(super) fn run(args: BalanceArgs) -> Result<ExitCode> {
     super::up::start(config, log(quiet))
 }
 
-/// The balancers of a file, alone (its other sections are ignored).
+/// The balancers of a file and what survives their restarts (`[state]`); its other sections
+/// are ignored.
 fn balancers_of(path: &std::path::Path) -> Result<Config> {
     let config = Config::load(path)?;
     if config.balance.http.is_empty() && config.balance.udp.is_empty() {
         return Err(UsageError(format!("{} has no [[balance.http]] or [[balance.udp]] table", path.display())).into());
     }
-    Ok(Config { balance: config.balance, ..Config::default() })
+    Ok(Config { balance: config.balance, state: config.state, ..Config::default() })
 }

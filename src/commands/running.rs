@@ -521,6 +521,7 @@ impl Supervisor {
             .into_iter()
             .partition(|b| wanted.iter().any(|w| w.same_balancer(&b.settings)));
         for mut b in removed {
+            self.rotations.forget(&b.picker);
             b.close_sockets();
             b.retire.cancel();
             if let Some(h) = &b.health {
@@ -565,6 +566,10 @@ impl Supervisor {
         if next.history != self.config.history {
             lines.push(restart("[history]"));
         }
+        if next.state != self.config.state {
+            lines.push(restart("[state]"));
+        }
+        next.state = self.config.state.clone();
         next.serve = self.config.serve.clone();
         next.monitor = self.config.monitor.clone();
         next.history = self.config.history.clone();
@@ -706,7 +711,12 @@ impl Supervisor {
                 old.close_sockets();
                 old.retire.cancel();
             }
-            None => self.balancers.push(started),
+            None => {
+                let (proto, name) = (started.settings.proto(), started.settings.name().to_string());
+                let (listen, backends) = (started.settings.listen(), started.settings.backends().addrs());
+                self.rotations.add(proto, &name, listen, backends, started.picker.clone());
+                self.balancers.push(started);
+            }
         }
         Ok(())
     }

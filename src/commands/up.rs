@@ -427,8 +427,8 @@ fn keep_rotations(
             kept.extend(Kept::restore(&dir, "udp", b.name(), at, b.backend_addrs(), b.picker()));
         }
     }
-    let shown = (!kept.is_empty()).then_some(dir);
-    (crate::state::Rotations::new(kept), shown)
+    let shown = (!kept.is_empty()).then(|| dir.clone());
+    (crate::state::Rotations::new(dir, kept), shown)
 }
 
 /// Opens the history file `[history]` names, and the banner's words on it. A file that cannot

@@ -112,7 +112,11 @@ impl Backends {
     /// the strategies that count, until [`Backends::end`].
     pub fn pick_in(&self, set: &BackendSet, key: Option<u64>, now: Instant, tried: &[usize]) -> Option<usize> {
         let index = self.picker.pick(set, key, now, tried)?;
-        self.picker.start(set, index);
+        // Counted by this generation's rule (fixed), not the set's strategy (a reload may change
+        // it on a shared set): what is counted here is ended by the same rule.
+        if self.tracks {
+            self.picker.count(index);
+        }
         Some(index)
     }
 
@@ -134,7 +138,7 @@ impl Backends {
     /// `count` picks of backend `index` ended at `now`, the last after `latency` if known.
     pub fn end_many(&self, index: usize, count: u32, latency: Option<Duration>, now: Instant) {
         if self.tracks && count > 0 {
-            self.picker.end_many(&self.set.load(), index, count, latency, now);
+            self.picker.uncount(index, count, latency, now);
         }
     }
 

@@ -26,7 +26,7 @@ use crate::balance::{BackendSet, OutlierRules, Strategy};
 use crate::clock::UtcTime;
 use crate::config::{HashKey, HttpBalancerConfig};
 use crate::log::Log;
-use crate::stats::traffic::{BalancerStats, HttpBackendCells, HttpError, HttpWorkerCells, Proto};
+use crate::stats::traffic::{BalancerStats, HttpBackendCells, HttpError, HttpWorkerCells, Proto, plural};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -484,7 +484,16 @@ impl Proxy {
         }
         // This worker's runtime ends with it: wait for its connections to finish first.
         connections.close();
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await;
+        // At least the time a backend has to start its answer: a generation a reload retires
+        // lets its requests finish (a stopping process gives up after DRAIN_TIMEOUT anyway).
+        let grace = DRAIN_TIMEOUT.max(self.timeout);
+        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+            tracing::warn!(
+                "http balancer \"{}\": {} still under way after {grace:?} of stopping; closed",
+                self.name,
+                plural(connections.len() as u64, "connection", "connections")
+            );
+        }
         trim.abort();
         Ok(())
     }

@@ -529,7 +529,10 @@ impl BalancerStats {
                     weight: b.weight,
                     measured: b.measured,
                     effective_weight: b.effective_weight(),
-                    weight_why: weights.get(&b.addr).cloned(),
+                    // A reason from the probes says something only while they set the weight.
+                    weight_why: (set.strategy() == crate::balance::Strategy::Measured)
+                        .then(|| weights.get(&b.addr).cloned())
+                        .flatten(),
                     http: None,
                     udp: None,
                 }

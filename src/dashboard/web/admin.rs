@@ -180,11 +180,22 @@ async fn weight(
     if let Err(r) = allowed(&req) {
         return answer(Err(r));
     }
-    let bad = || Refusal::new(StatusCode::BAD_REQUEST, "the body must be a weight: a whole number from 1 to 1000");
+    let bad = || {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a weight, a whole number from 1 to 1000: `5` or `{\"weight\": 5}`",
+        )
+    };
     let body: Body = req.into_body();
     let Ok(bytes) = axum::body::to_bytes(body, WEIGHT_BODY).await else { return answer(Err(bad())) };
-    let weight =
-        std::str::from_utf8(&bytes).ok().and_then(|t| t.trim().parse::<u32>().ok()).filter(|w| (1..=1000).contains(w));
+    // A bare number, or the object a JSON client would send.
+    let weight = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Number(n)) => n.as_u64(),
+        Ok(serde_json::Value::Object(o)) if o.len() == 1 => o.get("weight").and_then(serde_json::Value::as_u64),
+        _ => None,
+    }
+    .and_then(|w| u32::try_from(w).ok())
+    .filter(|w| (1..=1000).contains(w));
     let Some(weight) = weight else { return answer(Err(bad())) };
     run(admin, Ok(()), Command::Backend { balancer, backend, action: Action::Weight(weight) }).await
 }
