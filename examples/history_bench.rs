@@ -88,7 +88,7 @@ impl Reports {
                 self.seq += 1;
                 let lost = self.rng.unit() < 0.005;
                 let rtt_ms = (!lost).then(|| self.base_ms[i] * (0.9 + 0.2 * self.rng.unit()));
-                t.probes.push(ProbePoint { seq: self.seq, rtt_ms, up: !lost, lost });
+                t.probes.push(ProbePoint { seq: self.seq, rtt_ms, up: !lost, lost, sent: None });
                 self.totals[i].0 += 1;
                 self.totals[i].1 += u64::from(!lost);
             }
