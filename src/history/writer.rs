@@ -1160,6 +1160,45 @@ mod store_tests {
     }
 
     #[test]
+    fn minutes_packed_after_their_hour_was_rolled_up_are_added_to_its_row() {
+        let dir = Scratch::new("late");
+        let path = dir.file();
+        let h = floor_to(now_ms(), HOUR_MS);
+        let (mut w, clock) = writer(&path, Retention::default(), h + 30_000);
+        // The file's hours are rolled up to this one; the last three minutes of the hour before
+        // are still in the journal (a run killed while its writer lagged).
+        let rec = Record::Target(TargetInterval {
+            span_ms: 1000,
+            sent: 1,
+            received: 1,
+            rtts_us: vec![800],
+            ..TargetInterval::default()
+        });
+        let id = w.store.series_id("target", "udp://127.0.25.9:1", "udp", "").unwrap();
+        for k in 0..180 {
+            w.store.append(h - 180_000 + k * 1000, &encode_interval(&[(id, rec.clone())])).unwrap();
+        }
+        w.start();
+        for k in 1..=4 {
+            clock.advance(1000);
+            w.interval(&report(k, Some(900), (k, k)));
+        }
+        w.stop();
+        let r = Reader::open(&path).unwrap();
+        let sum = |res: i64, from: i64| -> i64 {
+            r.conn
+                .query_row(
+                    "SELECT coalesce(sum(sent), 0) FROM target_rollup WHERE res = ?1 AND series = ?2 AND t >= ?3 AND t < ?4",
+                    rusqlite::params![res, id, from, h],
+                    |x| x.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(sum(60, h - HOUR_MS), 180, "three minute rows");
+        assert_eq!(sum(3600, h - HOUR_MS), 180, "and their hour row, made when they were packed");
+    }
+
+    #[test]
     fn a_backlog_in_the_journal_is_packed_a_minute_per_interval() {
         let dir = Scratch::new("backlog");
         let path = dir.file();
