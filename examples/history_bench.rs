@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release --example history_bench -- write 10000 600 /tmp/h.db   # 10,000 targets, 10 min at 1 s
+//! cargo run --release --example history_bench -- memory 2000 180 /tmp/m.db 100  # the writer's peak memory
 //! cargo run --release --example history_bench -- size 100 86400 /tmp/d.db    # a whole day, bytes per target
 //! cargo run --release --example history_bench -- query 100 30 /tmp/q.db      # 30 days of minutes, query one target
 //! ```
@@ -88,7 +89,7 @@ impl Reports {
                 self.seq += 1;
                 let lost = self.rng.unit() < 0.005;
                 let rtt_ms = (!lost).then(|| self.base_ms[i] * (0.9 + 0.2 * self.rng.unit()));
-                t.probes.push(ProbePoint { seq: self.seq, rtt_ms, up: !lost, lost });
+                t.probes.push(ProbePoint { seq: self.seq, rtt_ms, up: !lost, lost, sent: None });
                 self.totals[i].0 += 1;
                 self.totals[i].1 += u64::from(!lost);
             }
@@ -125,6 +126,13 @@ fn size(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
 }
 
+/// A field of /proc/self/status in kB (0 where there is none).
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn start_time() -> u64 {
     // Report times start now (the writer never goes back in time), on a minute.
     (history::now_ms() as u64 / 60_000 + 1) * 60_000
@@ -156,6 +164,34 @@ fn main() {
                 per.as_secs_f64() * 100.0,
                 wall.as_secs_f64(),
                 size(&path)
+            );
+        }
+        "memory" => {
+            // The writer's memory: TARGETS targets every INTERVAL ms (default 100) for SECONDS
+            // of report time, as fast as it goes. First the reports alone (made and dropped as
+            // the writer takes them: 4 wait at most), for their own peak; then, the peak reset
+            // (VmHWM, /proc/self/clear_refs), the writer on them: its peak above theirs.
+            let seconds: u64 = arg(2, "180").parse().unwrap();
+            let every: u64 = arg(4, "100").parse().unwrap();
+            let n = seconds * 1000 / every;
+            let reports = || Reports::new(targets, start_time(), Duration::from_millis(every), 1);
+            let (tx, rx) = mpsc::sync_channel::<Report>(4);
+            let mut maker = reports();
+            let made = std::thread::spawn(move || (0..n).try_for_each(|_| tx.send(maker.next_report())));
+            rx.into_iter().for_each(drop);
+            let _ = made.join();
+            let base = status_kb("VmHWM");
+            std::fs::write("/proc/self/clear_refs", "5").unwrap();
+            let (cpu, _) = write(&path, Retention::default(), reports(), n);
+            let peak = status_kb("VmHWM");
+            println!(
+                "memory: {targets} targets every {every} ms for {seconds} s ({n} reports, writer CPU {:.1} s): peak \
+                 resident {} MB with the reports alone, {} MB with the writer: the writer's {} MB ({:.1} kB per target)",
+                cpu.as_secs_f64(),
+                base / 1024,
+                peak / 1024,
+                peak.saturating_sub(base) / 1024,
+                peak.saturating_sub(base) as f64 / targets as f64
             );
         }
         "size" => {
@@ -214,7 +250,7 @@ fn main() {
             );
         }
         other => {
-            eprintln!("history_bench: unknown mode {other}; use write, size or query");
+            eprintln!("history_bench: unknown mode {other}; use write, memory, size or query");
             std::process::exit(2);
         }
     }

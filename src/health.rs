@@ -306,6 +306,7 @@ mod tests {
                     rtt_ms: *rtt,
                     up: rtt.is_some(),
                     lost: rtt.is_none(),
+                    sent: None,
                 })
                 .collect();
         }

@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Proc, get, run, wait_until};
@@ -665,4 +666,173 @@ fn udp_backends_are_listed_with_datagrams_and_no_reply_not_an_http_status() {
     assert!(http.contains("requests") && http.contains("5xx"), "{http}");
     let row = table.lines().find(|l| l.starts_with(&format!("ping/{ip}:12526"))).unwrap();
     assert_eq!(row.split_whitespace().nth(1), Some("5"), "five datagrams: {row}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer's review fixes: outages from their first failed probe, a damaged page, a WAL left
+// without its file. Addresses 127.0.25.x.
+
+/// A UDP responder (Python) on `ip:port` that upper-cases what it gets, as the classic ping
+/// server does, but leaves probes `after + 1 ..= after + silent` (counted from 1) unanswered,
+/// and prints each probe's number and arrival time (seconds since the epoch).
+fn silent_responder(ip: &str, port: u16, after: u32, silent: u32) -> (std::process::Child, Arc<Mutex<Vec<f64>>>) {
+    let script = "import socket,sys,time\n\
+                  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind((sys.argv[1],int(sys.argv[2])))\n\
+                  after,silent=int(sys.argv[3]),int(sys.argv[4]); n=0; print('ready',flush=True)\n\
+                  while True:\n  \
+                    data,peer=s.recvfrom(4096); n+=1; print(n,'%.3f'%time.time(),flush=True)\n  \
+                    if not (after<n<=after+silent): s.sendto(data.upper(),peer)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, ip, &port.to_string(), &after.to_string(), &silent.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let a = arrivals.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(t) = line.split(' ').nth(1).and_then(|t| t.parse().ok()) {
+                a.lock().unwrap().push(t);
+            }
+        }
+    });
+    (child, arrivals)
+}
+
+/// Seconds since the epoch of an RFC 3339 time.
+fn seconds(rfc3339: &Value) -> f64 {
+    let t: jiff::Timestamp = rfc3339.as_str().unwrap().parse().unwrap();
+    t.as_millisecond() as f64 / 1000.0
+}
+
+#[test]
+fn an_outage_of_a_few_probes_is_dated_from_the_first_unanswered_one() {
+    let dir = scratch("first-lost");
+    let file = dir.join("h.db");
+    // Probes 1-3 answered, 4-7 not (four probes: a blackout the monitor's own window sees for
+    // two reports only), 8 on answered again.
+    let (mut responder, arrivals) = silent_responder("127.0.25.2", 2526, 3, 4);
+    let args = ["monitor", "udp://127.0.25.2:2526", "--interval", "1s", "--format", "json", "--history"];
+    let mut mon = Proc::spawn(&[&args[..], &[file.to_str().unwrap()]].concat());
+    wait_until("ten probes at the responder", Duration::from_secs(30), || {
+        (arrivals.lock().unwrap().len() >= 10).then_some(())
+    });
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    responder.kill().unwrap();
+    responder.wait().unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+    let (first_unanswered, answered_again) = (arrivals[3], arrivals[7]);
+
+    let doc = history_json(&file, &["udp://127.0.25.2:2526", "--min-outage", "0s"]);
+    let outages = doc["targets"][0]["outages"].as_array().unwrap();
+    assert_eq!(outages.len(), 1, "one outage: {outages:?}");
+    let o = &outages[0];
+    // Its start is shown to the second: it is within one probe interval (1 s) of the first
+    // unanswered probe, not three or five probes later.
+    let start = seconds(&o["start"]);
+    assert!(
+        start <= first_unanswered + 0.05 && start > first_unanswered - 1.05,
+        "outage from {start}, first unanswered probe at {first_unanswered}: {o}"
+    );
+    // Its length, to the millisecond, is from that probe to the first one answered again.
+    let length = answered_again - first_unanswered;
+    assert!((o["duration_s"].as_f64().unwrap() - length).abs() < 0.2, "{o}; probes say {length:.3} s");
+    assert_eq!(
+        (o["sent"].as_u64(), o["received"].as_u64(), o["loss_pct"].as_f64()),
+        (Some(4), Some(0), Some(100.0)),
+        "{o}"
+    );
+    let t = &doc["targets"][0];
+    let expected_uptime = 100.0 * (1.0 - length / t["recorded_s"].as_f64().unwrap());
+    assert!((t["uptime_pct"].as_f64().unwrap() - expected_uptime).abs() < 2.0, "the blackout counts as down: {t}");
+}
+
+/// Checkpoints `file` (no writer may have it open) and overwrites the head of one page of
+/// `table`'s B-tree in the middle of its leaves (not the first or the last); returns the page.
+fn corrupt_a_middle_page(file: &Path, table: &str) -> u64 {
+    let script = "import sqlite3,sys\n\
+                  c=sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()\n\
+                  size=c.execute('PRAGMA page_size').fetchone()[0]\n\
+                  leaves=[r[0] for r in c.execute(\"SELECT pageno FROM dbstat WHERE name=? AND pagetype='leaf'\",(sys.argv[2],))]\n\
+                  c.close(); assert len(leaves)>=3, leaves; page=leaves[len(leaves)//2]\n\
+                  f=open(sys.argv[1],'r+b'); f.seek((page-1)*size); f.write(b'\\xff'*64); f.close(); print(page)\n";
+    let out = Command::new("python3").args(["-c", script]).arg(file).arg(table).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_damaged_page_is_one_warning_monitoring_goes_on_and_history_reads_the_rest() {
+    let dir = scratch("damaged");
+    let file = dir.join("h.db");
+    let _server = Proc::up(&["serve", "udp", "--bind", "127.0.25.3", "--ports", "2526-2625", "-q"]);
+    let targets: Vec<String> = (2526..2626).map(|p| format!("udp://127.0.25.3:{p}")).collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    // A first run, killed while the intervals of its current minute are in the journal (which
+    // then spans several pages: 100 targets a row).
+    let mut first = monitor(&file, &targets);
+    wait_until(format_args!("35 reports in one minute; output:\n{}", first.printed()), Duration::from_secs(80), || {
+        let times: Vec<String> =
+            reports(&first).iter().map(|r| r["time"].as_str().unwrap()[..16].to_string()).collect();
+        (times.iter().filter(|t| Some(*t) == times.last()).count() >= 35).then_some(())
+    });
+    first.kill();
+    let printed = reports(&first);
+    let total =
+        |r: &Value| r["targets"].as_array().unwrap().iter().map(|t| t["sent_total"].as_u64().unwrap()).sum::<u64>();
+    let (before_last, last) = (total(&printed[printed.len() - 2]), total(&printed[printed.len() - 1]));
+    corrupt_a_middle_page(&file, "journal");
+
+    // The next run finds it when it packs those intervals: one warning, and it monitors on.
+    let (code, out) = monitor_reports(&file, "udp://127.0.25.3:2526", "10");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with('{')).count(), 10, "every report printed: {out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("is damaged (database disk image is malformed") && warnings[0].contains("move it away"),
+        "{out}"
+    );
+
+    // netpulse history reads what it can, says once what it could not, and succeeds.
+    let out = common::netpulse()
+        .args(["history", "--history", file.to_str().unwrap(), "--format", "json", "--since", "1h"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let notes: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(notes.len(), 1, "one note: {stderr}");
+    assert!(
+        notes[0].contains("is damaged")
+            && notes[0].contains("left out what cannot be read, the intervals of every series from"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let read: u64 = doc["targets"].as_array().unwrap().iter().map(|t| t["sent"].as_u64().unwrap()).sum();
+    assert!(read + 100 <= last, "a row of the 100 targets at least is skipped: {read} of {last} probes read");
+    assert!(read * 2 >= before_last, "the rest is read: {read} of {before_last} probes");
+}
+
+#[test]
+fn a_wal_left_without_its_file_is_set_aside_and_said_so() {
+    let dir = scratch("orphan-wal");
+    let file = dir.join("h.db");
+    let mut m = monitor(&file, &["tcp://127.0.25.4:9"]);
+    wait_reports(&m, 0, 5, None);
+    m.kill(); // its newest intervals are in h.db-wal
+    let wal = dir.join("h.db-wal");
+    let orphan = std::fs::read(&wal).unwrap();
+    assert!(!orphan.is_empty());
+    std::fs::remove_file(&file).unwrap();
+    let (code, out) = monitor_reports(&file, "tcp://127.0.25.4:9", "3");
+    assert_eq!(code, 0, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("history:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].contains("h.db-wal was there without") && warnings[0].contains("h.db-wal.orphan"), "{out}");
+    assert_eq!(std::fs::read(dir.join("h.db-wal.orphan")).unwrap(), orphan, "kept as it was");
+    let doc = history_json(&file, &[]);
+    assert_eq!(doc["targets"][0]["sent"].as_u64(), Some(3), "a new history: {doc}");
 }

@@ -51,30 +51,52 @@ impl Default for Retention {
 }
 
 /// Why the history cannot be used; monitoring goes on without it.
-#[derive(Debug, thiserror::Error)]
+///
+/// Each message carries its cause once and the error has no `source()`: printed through an
+/// error chain (`{:#}`), a chain would repeat the SQLite message two or three times over.
+#[derive(Debug)]
 pub enum HistoryError {
-    #[error("cannot create the directory {dir}: {source}")]
     Dir { dir: String, source: std::io::Error },
-    #[error("cannot open {path}: {source}")]
     Open { path: String, source: rusqlite::Error },
-    #[error("cannot open {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path} is not a netpulse history file ({source}); move it away or give another file with --history")]
     NotHistory { path: String, source: rusqlite::Error },
-    #[error("{path} is a database of another program; give netpulse its own file with --history")]
     Foreign { path: String },
-    #[error("{path} was written by a newer netpulse (schema {found}, this one knows {known})")]
     Newer { path: String, found: i64, known: i64 },
-    #[error(
-        "{path} is being recorded by another netpulse; this one runs without history (give it its own \
-         file with --history FILE, or --no-history)"
-    )]
     Busy { path: String },
-    #[error("no history at {path} yet (netpulse up and netpulse monitor record there)")]
     Missing { path: String },
-    #[error("reading {path}: {source}")]
     Read { path: String, source: rusqlite::Error },
 }
+
+impl std::fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir { dir, source } => write!(f, "cannot create the directory {dir}: {source}"),
+            Self::Open { path, source } => write!(f, "cannot open {path}: {source}"),
+            Self::Io { path, source } => write!(f, "cannot open {path}: {source}"),
+            Self::NotHistory { path, source } => write!(
+                f,
+                "{path} is not a netpulse history file ({source}); move it away or give another file with --history"
+            ),
+            Self::Foreign { path } => {
+                write!(f, "{path} is a database of another program; give netpulse its own file with --history")
+            }
+            Self::Newer { path, found, known } => {
+                write!(f, "{path} was written by a newer netpulse (schema {found}, this one knows {known})")
+            }
+            Self::Busy { path } => write!(
+                f,
+                "{path} is being recorded by another netpulse (give this one its own file with --history FILE, or \
+                 --no-history)"
+            ),
+            Self::Missing { path } => {
+                write!(f, "no history at {path} yet (netpulse up and netpulse monitor record there)")
+            }
+            Self::Read { path, source } => write!(f, "reading {path}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {}
 
 /// The default file: `$XDG_DATA_HOME/netpulse/history.db`, else `~/.local/share/netpulse/history.db`
 /// (on macOS `~/Library/Application Support/netpulse/history.db`); `None` without a home.

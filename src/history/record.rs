@@ -272,6 +272,7 @@ impl CounterAgg {
 
 /// A raw chunk: the intervals of one series in one minute, each as the time since the previous
 /// one (the first: since the chunk's time) and its record, whose span is that gap when equal.
+#[cfg(test)]
 pub(crate) fn encode_chunk(t0: i64, intervals: &[(i64, &Record)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(intervals.len() * 6);
     let mut prev = t0;
@@ -282,6 +283,38 @@ pub(crate) fn encode_chunk(t0: i64, intervals: &[(i64, &Record)]) -> Vec<u8> {
         prev = *t;
     }
     out
+}
+
+/// A raw chunk built an interval at a time (what [`encode_chunk`] makes of them all at once),
+/// so that packing holds a minute's bytes per series, never its decoded records.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkWriter {
+    t0: i64,
+    prev: i64,
+    bytes: Vec<u8>,
+}
+
+impl ChunkWriter {
+    /// A chunk whose time (its first interval's) is `t0`.
+    pub(crate) fn new(t0: i64) -> Self {
+        Self { t0, prev: t0, bytes: Vec::new() }
+    }
+
+    pub(crate) fn t0(&self) -> i64 {
+        self.t0
+    }
+
+    pub(crate) fn push(&mut self, t: i64, r: &Record) {
+        let gap = u64::try_from(t - self.prev).unwrap_or(0);
+        let first = self.bytes.is_empty();
+        put_varint(&mut self.bytes, gap);
+        r.encode(&mut self.bytes, (!first).then_some(gap));
+        self.prev = t;
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// The intervals of a chunk with their end times; stops at the first byte that does not parse.
@@ -308,6 +341,17 @@ pub(crate) fn encode_interval(records: &[(i64, Record)]) -> Vec<u8> {
     out
 }
 
+/// Calls `f` with each (series id, record) of a journal row's body, one record decoded at a time.
+pub(crate) fn for_each_in_interval(mut bytes: &[u8], mut f: impl FnMut(i64, Record)) {
+    let Some(n) = take_varint(&mut bytes) else { return };
+    for _ in 0..n {
+        let Some(id) = take_varint(&mut bytes) else { break };
+        let Some(r) = Record::decode(&mut bytes, None) else { break };
+        f(i64::try_from(id).unwrap_or(0), r);
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn decode_interval(mut bytes: &[u8]) -> Vec<(i64, Record)> {
     let Some(n) = take_varint(&mut bytes) else { return Vec::new() };
     let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
@@ -356,8 +400,19 @@ mod tests {
         assert_eq!(find_in_interval(&body, 7), Some(b.clone()));
         assert_eq!(find_in_interval(&body, 4), None);
         let chunk = encode_chunk(1_000, &[(1_500, &a), (2_500, &b)]);
-        assert_eq!(decode_chunk(1_000, &chunk), vec![(1_500, a), (2_500, b)]);
+        assert_eq!(decode_chunk(1_000, &chunk), vec![(1_500, a.clone()), (2_500, b.clone())]);
         assert!(decode_chunk(0, &[0x80]).is_empty(), "garbage stops decoding, no panic");
+        let mut w = ChunkWriter::new(1_500);
+        w.push(1_500, &a);
+        w.push(2_500, &b);
+        assert_eq!(
+            w.bytes(),
+            encode_chunk(1_500, &[(1_500, &a), (2_500, &b)]),
+            "built a record at a time, the same bytes"
+        );
+        let mut seen = Vec::new();
+        for_each_in_interval(&body, |id, r| seen.push((id, r)));
+        assert_eq!(seen, decode_interval(&body));
     }
 
     #[test]

@@ -1,25 +1,27 @@
 //! The SQLite file: opening it (for the one writer, or for readers), its schema, and the
 //! statements that write, pack, roll up and prune it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::record::{Agg, CounterAgg, Record, decode_chunk, decode_interval, encode_chunk, find_in_interval};
-use super::{HOUR_MS, HistoryError, MINUTE_MS, Retention, floor_to, shown};
+use super::record::{Agg, ChunkWriter, CounterAgg, Record, decode_chunk, find_in_interval, for_each_in_interval};
+use super::{HOUR_MS, HistoryError, MINUTE_MS, Retention, floor_to, rfc3339, shown};
 use crate::stats::loghist::LogHistogram;
 
 /// `PRAGMA application_id` of a netpulse history file ("NPHS").
 const APPLICATION_ID: i64 = 0x4e50_4853;
 /// `PRAGMA user_version`: the schema this build writes.
 pub(crate) const SCHEMA: i64 = 1;
-/// Journal rows packed at most per call (whole minutes): a backlog is worked off in steps.
-const PACK_MINUTES: i64 = 10;
-/// Hours rolled up at most per call.
-const ROLL_HOURS: i64 = 48;
+/// Hours rolled up at most per call: a backlog (after a long stop) is worked off an hour per
+/// interval, so that no interval's write waits on days of them.
+const ROLL_HOURS: i64 = 1;
+/// Attempts at reading past damaged pages in one read, before the rest of its range is given up.
+const MAX_SKIPS: u32 = 100_000;
 /// Rows deleted at most per series and level in one pruning step.
 const PRUNE_ROWS: i64 = 500;
 
@@ -102,6 +104,7 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir { dir: shown(dir), source })?;
         }
         let io = |source: std::io::Error| HistoryError::Io { path: shown(path), source };
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         // SQLite's own locks are fcntl locks; flock is a separate lock on Linux, held for the
         // life of the process and released by the kernel when it dies (also by kill -9).
@@ -112,6 +115,9 @@ impl Store {
                 io(errno.into())
             }
         })?;
+        if fresh {
+            set_aside_orphan_wal(path);
+        }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
             .map_err(|source| HistoryError::Open { path: shown(path), source })?;
         let version = prepare(&conn, path)?;
@@ -183,58 +189,47 @@ impl Store {
         Ok(())
     }
 
-    /// Packs the journal's rows older than `before` into raw chunks and minute rollups, at most
-    /// [`PACK_MINUTES`] minutes of them; returns whether rows older than `before` remain.
+    /// Packs the journal's rows of the oldest minute before `before` into one raw chunk and one
+    /// minute row per series; returns whether rows older than `before` remain (a backlog, which
+    /// the next calls work off a minute at a time).
+    ///
+    /// The rows are read one at a time and each series keeps only its chunk's bytes and its
+    /// minute's aggregate (about 6 bytes per interval and a few hundred per series), never the
+    /// minute's decoded records: the writer's peak memory at 2,000 targets every 100 ms is
+    /// 29 MB, 16 MB of it SQLite's page cache, where decoding the minutes whole took 216 MB
+    /// (`history_bench memory`).
     pub(crate) fn pack(&self, before: i64) -> rusqlite::Result<bool> {
-        let first: Option<i64> = self.conn.query_row("SELECT min(t) FROM journal", [], |r| r.get(0))?;
+        let first: Option<i64> = self.conn.prepare_cached("SELECT min(t) FROM journal")?.query_row([], |r| r.get(0))?;
         let Some(first) = first.filter(|&f| f < before) else { return Ok(false) };
-        let upto = before.min(floor_to(first, MINUTE_MS) + PACK_MINUTES * MINUTE_MS);
-        // series -> minute -> intervals
-        let mut by_series: HashMap<i64, Vec<(i64, Record)>> = HashMap::new();
+        let minute = floor_to(first, MINUTE_MS);
+        let upto = before.min(minute + MINUTE_MS);
+        let mut open: BTreeMap<i64, Packing> = BTreeMap::new();
         {
             let mut q = self.conn.prepare_cached("SELECT t, body FROM journal WHERE t < ?1 ORDER BY t")?;
             let mut rows = q.query(params![upto])?;
             while let Some(row) = rows.next()? {
                 let t: i64 = row.get(0)?;
                 let body = row.get_ref(1)?.as_blob().unwrap_or_default();
-                for (id, r) in decode_interval(body) {
-                    by_series.entry(id).or_default().push((t, r));
-                }
+                for_each_in_interval(body, |id, r| open.entry(id).or_insert_with(|| Packing::new(t)).add(t, &r));
             }
         }
-        let mut ids: Vec<i64> = by_series.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let intervals = &by_series[&id];
-            let mut last_rtt = None;
-            let mut i = 0;
-            while i < intervals.len() {
-                let minute = floor_to(intervals[i].0, MINUTE_MS);
-                let end = intervals[i..]
-                    .iter()
-                    .position(|(t, _)| floor_to(*t, MINUTE_MS) != minute)
-                    .map_or(intervals.len(), |n| i + n);
-                let part = &intervals[i..end];
-                let refs: Vec<(i64, &Record)> = part.iter().map(|(t, r)| (*t, r)).collect();
-                self.conn
-                    .prepare_cached("INSERT OR REPLACE INTO raw(series, t, body) VALUES(?1, ?2, ?3)")?
-                    .execute(params![id, part[0].0, encode_chunk(part[0].0, &refs)])?;
-                let (mut agg, mut counters, mut is_target) = (Agg::default(), CounterAgg::default(), false);
-                for (_, r) in part {
-                    match r {
-                        Record::Target(t) => {
-                            is_target = true;
-                            agg.add_interval(t, &mut last_rtt);
-                        }
-                        Record::Counters(c) => counters.add_interval(c),
-                    }
+        // Hour rows already made for this minute's hour (a backlog worked off after its hour was
+        // rolled up, or intervals stamped before a clock that went back) take it in too.
+        let late = rolled_until(&self.conn)?.is_some_and(|rolled| minute < rolled);
+        for (id, p) in open {
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO raw(series, t, body) VALUES(?1, ?2, ?3)")?
+                .execute(params![id, p.chunk.t0(), p.chunk.bytes()])?;
+            if p.is_target {
+                self.upsert_target(60, id, minute, &p.agg)?;
+                if late {
+                    self.upsert_target(3600, id, floor_to(minute, HOUR_MS), &p.agg)?;
                 }
-                if is_target {
-                    self.upsert_target(60, id, minute, &agg)?;
-                } else {
-                    self.upsert_counters(60, id, minute, &counters)?;
+            } else {
+                self.upsert_counters(60, id, minute, &p.counters)?;
+                if late {
+                    self.upsert_counters(3600, id, floor_to(minute, HOUR_MS), &p.counters)?;
                 }
-                i = end;
             }
         }
         self.conn.prepare_cached("DELETE FROM journal WHERE t < ?1")?.execute(params![upto])?;
@@ -277,12 +272,12 @@ impl Store {
     }
 
     /// Rolls the minutes of every hour that closed before `now` (and was not rolled yet) into
-    /// hour rows, at most [`ROLL_HOURS`] hours per call.
-    pub(crate) fn roll_hours(&self, now: i64) -> rusqlite::Result<()> {
+    /// hour rows, at most [`ROLL_HOURS`] hours per call; returns whether closed hours remain.
+    pub(crate) fn roll_hours(&self, now: i64) -> rusqlite::Result<bool> {
         let rolled = rolled_until(&self.conn)?.unwrap_or(floor_to(now, HOUR_MS));
         let until = floor_to(now, HOUR_MS).min(rolled + ROLL_HOURS * HOUR_MS);
         if until <= rolled {
-            return Ok(());
+            return Ok(false);
         }
         let series: Vec<(i64, String)> = {
             let mut q = self.conn.prepare_cached("SELECT id, kind FROM series")?;
@@ -316,7 +311,7 @@ impl Store {
             }
         }
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('rolled_until', ?1)", params![until])?;
-        Ok(())
+        Ok(until < floor_to(now, HOUR_MS))
     }
 
     /// Deletes expired rows of the next few series (each series' turn comes about once a
@@ -360,6 +355,160 @@ impl Store {
     }
 }
 
+/// One series' part of a minute being packed: its chunk so far and its minute's aggregate.
+struct Packing {
+    chunk: ChunkWriter,
+    is_target: bool,
+    agg: Agg,
+    last_rtt: Option<u64>,
+    counters: CounterAgg,
+}
+
+impl Packing {
+    fn new(t0: i64) -> Self {
+        Self {
+            chunk: ChunkWriter::new(t0),
+            is_target: false,
+            agg: Agg::default(),
+            last_rtt: None,
+            counters: CounterAgg::default(),
+        }
+    }
+
+    fn add(&mut self, t: i64, r: &Record) {
+        self.chunk.push(t, r);
+        match r {
+            Record::Target(ti) => {
+                self.is_target = true;
+                self.agg.add_interval(ti, &mut self.last_rtt);
+            }
+            Record::Counters(c) => self.counters.add_interval(c),
+        }
+    }
+}
+
+/// `PATH-wal` of a database file `PATH`.
+fn wal_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// A WAL left without its database (the file was moved or deleted while its newest intervals
+/// were still in the WAL) would be discarded by SQLite without a word, or worse, laid over the
+/// new file: it is set aside as `PATH-wal.orphan` and said so.
+fn set_aside_orphan_wal(path: &Path) {
+    let wal = wal_of(path);
+    if !std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return;
+    }
+    let mut aside = wal.as_os_str().to_owned();
+    aside.push(".orphan");
+    let aside = PathBuf::from(aside);
+    match std::fs::rename(&wal, &aside) {
+        Ok(()) => tracing::warn!(
+            "history: {} was there without {} (the file was moved or deleted while its newest intervals were in its \
+             WAL); it cannot be read without it, so it is set aside as {} and a new history starts",
+            wal.display(),
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => tracing::warn!(
+            "history: {} was there without {} and cannot be set aside ({e}); SQLite discards it",
+            wal.display(),
+            path.display()
+        ),
+    }
+}
+
+/// Whether SQLite found the file damaged (a corrupt page, or not a database at all).
+pub(crate) fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(kind_of(e), Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+}
+
+/// Reads the rows of one key range `[from, to)` in key order: `scan(start, out)` runs one query
+/// from `start` and pushes each row (key first) as it reads it. A damaged page stops a scan; the
+/// rows after it are read by starting again past it, `step` by `step` (a damaged page holds a
+/// run of keys: a seek into it fails, one past it lands on a sound page), and what could not
+/// be read is noted once ([`note_unreadable`]). Other errors end the read.
+fn read_past_damage<T>(
+    conn: &Connection,
+    what: (&'static str, Option<i64>),
+    (from, to): (i64, i64),
+    step: i64,
+    mut scan: impl FnMut(i64, &mut Vec<(i64, T)>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Vec<(i64, T)>> {
+    let mut out = Vec::new();
+    let mut start = from;
+    // Where the rows that cannot be read begin, and why.
+    let mut gap: Option<(i64, rusqlite::Error)> = None;
+    for _ in 0..MAX_SKIPS {
+        let before = out.len();
+        let result = scan(start, &mut out);
+        if let (Some((g, e)), Some((first, _))) = (&gap, out.get(before)) {
+            note_unreadable(conn, what, (*g, *first), e);
+            gap = None;
+        }
+        match result {
+            Ok(()) => return Ok(out),
+            Err(e) if is_damaged(&e) => {
+                if let Some((last, _)) = out.last().filter(|_| out.len() > before) {
+                    start = last.saturating_add(1);
+                    gap = Some((start, e));
+                } else {
+                    gap.get_or_insert((start, e));
+                    start = start.saturating_add(step.max(1));
+                }
+                if start >= to {
+                    break;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some((g, e)) = gap {
+        note_unreadable(conn, what, (g, to), &e);
+    }
+    Ok(out)
+}
+
+/// Says once per file, table and series what could not be read (a warning line; `netpulse
+/// history` goes on with the rest and exits 0).
+fn note_unreadable(
+    conn: &Connection,
+    (table, series): (&'static str, Option<i64>),
+    (from, to): (i64, i64),
+    e: &rusqlite::Error,
+) {
+    /// What has been noted: file, table, series.
+    type Noted = HashSet<(String, &'static str, Option<i64>)>;
+    static NOTED: Mutex<Option<Noted>> = Mutex::new(None);
+    let file = conn.path().unwrap_or_default().to_string();
+    let first = NOTED
+        .lock()
+        .map(|mut noted| noted.get_or_insert_with(HashSet::new).insert((file.clone(), table, series)))
+        .unwrap_or(true);
+    if !first {
+        return;
+    }
+    let name = || {
+        series.and_then(|id| {
+            conn.query_row("SELECT name FROM series WHERE id = ?1", params![id], |r| r.get::<_, String>(0)).ok()
+        })
+    };
+    let what = match (table, name()) {
+        ("journal", _) => "the intervals of every series".to_string(),
+        ("raw", Some(name)) => format!("the intervals of {name}"),
+        (_, Some(name)) => format!("the minute and hour rows of {name}"),
+        (table, None) => format!("rows of {table}"),
+    };
+    tracing::warn!(
+        "history: {file} is damaged ({e}): left out what cannot be read, {what} from {} to {}; the rest is read",
+        rfc3339(from),
+        rfc3339(to)
+    );
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -398,7 +547,8 @@ pub(crate) fn rolled_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row("SELECT value FROM meta WHERE key = 'rolled_until'", [], |r| r.get(0)).optional()
 }
 
-/// Target rollup rows of `series` at `res` seconds with start times in [from, to).
+/// Target rollup rows of `series` at `res` seconds with start times in [from, to) (those on
+/// damaged pages skipped, see [`read_past_damage`]).
 pub(crate) fn read_target_rollups(
     conn: &Connection,
     res: i64,
@@ -406,32 +556,35 @@ pub(crate) fn read_target_rollups(
     from: i64,
     to: i64,
 ) -> rusqlite::Result<Vec<(i64, Agg)>> {
-    let mut q = conn.prepare_cached(
-        "SELECT t, span_ms, down_ms, sent, received, lost, rtt_min_us, rtt_max_us, rtt_sum_us, rtt_sumsq,
-                jitter_sum_us, jitter_n, hist
-         FROM target_rollup WHERE res = ?1 AND series = ?2 AND t >= ?3 AND t < ?4 ORDER BY t",
-    )?;
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    let rows = q.query_map(params![res, series, from, to], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            Agg {
-                span_ms: u(r.get(1)?),
-                down_ms: u(r.get(2)?),
-                sent: u(r.get(3)?),
-                received: u(r.get(4)?),
-                lost: u(r.get(5)?),
-                rtt_min_us: r.get::<_, Option<i64>>(6)?.map(u),
-                rtt_max_us: u(r.get(7)?),
-                rtt_sum_us: u(r.get(8)?),
-                rtt_sumsq: r.get(9)?,
-                jitter_sum_us: u(r.get(10)?),
-                jitter_n: u(r.get(11)?),
-                hist: LogHistogram::decode(r.get_ref(12)?.as_blob().unwrap_or_default()).unwrap_or_default(),
-            },
-        ))
-    })?;
-    rows.collect()
+    read_past_damage(conn, ("target_rollup", Some(series)), (from, to), res * 1000, |start, out| {
+        let mut q = conn.prepare_cached(
+            "SELECT t, span_ms, down_ms, sent, received, lost, rtt_min_us, rtt_max_us, rtt_sum_us, rtt_sumsq,
+                    jitter_sum_us, jitter_n, hist
+             FROM target_rollup WHERE res = ?1 AND series = ?2 AND t >= ?3 AND t < ?4 ORDER BY t",
+        )?;
+        let mut rows = q.query(params![res, series, start, to])?;
+        while let Some(r) = rows.next()? {
+            out.push((
+                r.get::<_, i64>(0)?,
+                Agg {
+                    span_ms: u(r.get(1)?),
+                    down_ms: u(r.get(2)?),
+                    sent: u(r.get(3)?),
+                    received: u(r.get(4)?),
+                    lost: u(r.get(5)?),
+                    rtt_min_us: r.get::<_, Option<i64>>(6)?.map(u),
+                    rtt_max_us: u(r.get(7)?),
+                    rtt_sum_us: u(r.get(8)?),
+                    rtt_sumsq: r.get(9)?,
+                    jitter_sum_us: u(r.get(10)?),
+                    jitter_n: u(r.get(11)?),
+                    hist: LogHistogram::decode(r.get_ref(12)?.as_blob().unwrap_or_default()).unwrap_or_default(),
+                },
+            ));
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn read_counter_rollups(
@@ -447,52 +600,58 @@ pub(crate) fn read_counter_rollups(
         .optional()?
         .unwrap_or_default();
     let names: Vec<&str> = fields.split(',').filter(|f| !f.is_empty()).collect();
-    let mut q = conn.prepare_cached(
-        "SELECT t, span_ms, down_ms, counts FROM counter_rollup
-         WHERE res = ?1 AND series = ?2 AND t >= ?3 AND t < ?4 ORDER BY t",
-    )?;
-    let rows = q.query_map(params![res, series, from, to], |r| {
-        let counts: String = r.get(3)?;
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&counts).unwrap_or_default();
-        let sums = names.iter().map(|n| obj.get(*n).and_then(serde_json::Value::as_u64).unwrap_or(0)).collect();
-        Ok((
-            r.get::<_, i64>(0)?,
-            CounterAgg {
-                span_ms: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                down_ms: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                sums,
-            },
-        ))
-    })?;
-    rows.collect()
+    read_past_damage(conn, ("counter_rollup", Some(series)), (from, to), res * 1000, |start, out| {
+        let mut q = conn.prepare_cached(
+            "SELECT t, span_ms, down_ms, counts FROM counter_rollup
+             WHERE res = ?1 AND series = ?2 AND t >= ?3 AND t < ?4 ORDER BY t",
+        )?;
+        let mut rows = q.query(params![res, series, start, to])?;
+        while let Some(r) = rows.next()? {
+            let counts: String = r.get(3)?;
+            let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&counts).unwrap_or_default();
+            let sums = names.iter().map(|n| obj.get(*n).and_then(serde_json::Value::as_u64).unwrap_or(0)).collect();
+            out.push((
+                r.get::<_, i64>(0)?,
+                CounterAgg {
+                    span_ms: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    down_ms: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    sums,
+                },
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// The intervals of `series` in raw chunks with end times in [from, to).
 pub(crate) fn read_raw(conn: &Connection, series: i64, from: i64, to: i64) -> rusqlite::Result<Vec<(i64, Record)>> {
     // A chunk holds one minute, starting with its first interval.
-    let mut q = conn.prepare_cached("SELECT t, body FROM raw WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t")?;
-    let mut rows = q.query(params![series, from - MINUTE_MS, to])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let t0: i64 = row.get(0)?;
-        let body = row.get_ref(1)?.as_blob().unwrap_or_default();
-        out.extend(decode_chunk(t0, body).into_iter().filter(|(t, _)| (from..to).contains(t)));
-    }
-    Ok(out)
+    let chunks = read_past_damage(conn, ("raw", Some(series)), (from - MINUTE_MS, to), MINUTE_MS, |start, out| {
+        let mut q =
+            conn.prepare_cached("SELECT t, body FROM raw WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t")?;
+        let mut rows = q.query(params![series, start, to])?;
+        while let Some(row) = rows.next()? {
+            let t0: i64 = row.get(0)?;
+            out.push((t0, decode_chunk(t0, row.get_ref(1)?.as_blob().unwrap_or_default())));
+        }
+        Ok(())
+    })?;
+    Ok(chunks.into_iter().flat_map(|c| c.1).filter(|(t, _)| (from..to).contains(t)).collect())
 }
 
 /// The records of `series` in journal rows with times in [from, to).
 pub(crate) fn read_journal(conn: &Connection, series: i64, from: i64, to: i64) -> rusqlite::Result<Vec<(i64, Record)>> {
-    let mut q = conn.prepare_cached("SELECT t, body FROM journal WHERE t >= ?1 AND t < ?2 ORDER BY t")?;
-    let mut rows = q.query(params![from, to])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let t: i64 = row.get(0)?;
-        if let Some(r) = find_in_interval(row.get_ref(1)?.as_blob().unwrap_or_default(), series) {
-            out.push((t, r));
+    // A damaged page of the journal is every series' loss: noted once for all of them.
+    let rows = read_past_damage(conn, ("journal", None), (from, to), 100, |start, out| {
+        let mut q = conn.prepare_cached("SELECT t, body FROM journal WHERE t >= ?1 AND t < ?2 ORDER BY t")?;
+        let mut rows = q.query(params![start, to])?;
+        while let Some(row) = rows.next()? {
+            let t: i64 = row.get(0)?;
+            out.push((t, find_in_interval(row.get_ref(1)?.as_blob().unwrap_or_default(), series)));
         }
-    }
-    Ok(out)
+        Ok(())
+    })?;
+    Ok(rows.into_iter().filter_map(|(t, r)| Some((t, r?))).collect())
 }
 
 /// Opens an existing file for reading (never creates one, never writes rows).

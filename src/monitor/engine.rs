@@ -287,8 +287,9 @@ struct Totals {
 /// which interface each target is reached through.
 struct Aggregate {
     windows: Vec<Window>,
-    /// Per target, the samples since the last report, and the totals since the start.
-    fresh: Vec<Vec<Sample>>,
+    /// Per target, the samples since the last report (with when each was sent), and the
+    /// totals since the start.
+    fresh: Vec<Vec<(Sample, Instant)>>,
     totals: Vec<Totals>,
     rates: RateTracker,
     egress: Vec<Option<String>>,
@@ -312,6 +313,7 @@ impl Aggregate {
     }
 
     fn absorb(&mut self, batch: Samples) {
+        let now = Instant::now();
         for Settled { target: i, sample: s, took } in batch {
             if let Some(w) = self.windows.get_mut(i) {
                 let t = &mut self.totals[i];
@@ -327,7 +329,7 @@ impl Aggregate {
                 if t.newest.is_none_or(|(seq, _)| s.seq >= seq) {
                     t.newest = Some((s.seq, took));
                 }
-                self.fresh[i].push(s.clone());
+                self.fresh[i].push((s.clone(), now.checked_sub(took).unwrap_or(now)));
                 w.push(s);
             }
         }
@@ -355,7 +357,10 @@ impl Aggregate {
                     probe: t.kind(),
                     summary,
                     newest: w.newest().cloned(),
-                    probes: std::mem::take(fresh).iter().map(ProbePoint::from).collect(),
+                    probes: std::mem::take(fresh)
+                        .iter()
+                        .map(|(s, sent)| ProbePoint { sent: Some(*sent), ..ProbePoint::from(s) })
+                        .collect(),
                     sent_total: totals.sent,
                     received_total: totals.received,
                     rtt_sum_ms: totals.rtt_sum_ms,

@@ -110,6 +110,10 @@ pub struct ProbePoint {
     pub up: bool,
     /// Nothing came back in time (lost), as opposed to a refusal or a bad status.
     pub lost: bool,
+    /// When it was sent, on the monotonic clock (`None` where not known): what the history
+    /// dates an outage from.
+    #[serde(skip)]
+    pub sent: Option<std::time::Instant>,
 }
 
 impl From<&Sample> for ProbePoint {
@@ -119,6 +123,7 @@ impl From<&Sample> for ProbePoint {
             rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
             up: s.up(),
             lost: matches!(s.outcome, crate::probe::Outcome::Timeout),
+            sent: None,
         }
     }
 }

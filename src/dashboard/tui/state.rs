@@ -632,7 +632,7 @@ mod tests {
             probes: points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| ProbePoint { seq: i as u64, rtt_ms: *p, up: p.is_some(), lost: p.is_none() })
+                .map(|(i, p)| ProbePoint { seq: i as u64, rtt_ms: *p, up: p.is_some(), lost: p.is_none(), sent: None })
                 .collect(),
             sent_total: 0,
             received_total: 0,

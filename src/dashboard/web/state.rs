@@ -517,11 +517,11 @@ mod tests {
     }
 
     fn reply(seq: u64, ms: f64) -> ProbePoint {
-        ProbePoint { seq, rtt_ms: Some(ms), up: true, lost: false }
+        ProbePoint { seq, rtt_ms: Some(ms), up: true, lost: false, sent: None }
     }
 
     fn lost(seq: u64) -> ProbePoint {
-        ProbePoint { seq, rtt_ms: None, up: false, lost: true }
+        ProbePoint { seq, rtt_ms: None, up: false, lost: true, sent: None }
     }
 
     fn report(targets: Vec<TargetReport>) -> Arc<Report> {
@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(event["targets"]["targets"][0]["loss_1m_pct"], json!(25.0));
         // An interval where nothing settled is a gap, and a refusal is a failure, not a loss.
         s.push(report(vec![target("a", vec![])]), Vec::new(), t0, 101.0);
-        let refused = ProbePoint { seq: 5, rtt_ms: None, up: false, lost: false };
+        let refused = ProbePoint { seq: 5, rtt_ms: None, up: false, lost: false, sent: None };
         s.push(report(vec![target("a", vec![refused])]), Vec::new(), t0, 102.0);
         let v = json(&s.targets(HISTORY));
         assert_eq!(v["t"], json!([100.0, 101.0, 102.0]));

@@ -88,7 +88,13 @@ mod frames {
             probes: probes
                 .iter()
                 .enumerate()
-                .map(|(seq, p)| ProbePoint { seq: seq as u64, rtt_ms: *p, up: p.is_some(), lost: p.is_none() })
+                .map(|(seq, p)| ProbePoint {
+                    seq: seq as u64,
+                    rtt_ms: *p,
+                    up: p.is_some(),
+                    lost: p.is_none(),
+                    sent: None,
+                })
                 .collect(),
             sent_total: probes.len() as u64,
             received_total: probes.iter().filter(|p| p.is_some()).count() as u64,
