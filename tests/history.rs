@@ -730,10 +730,12 @@ fn an_outage_of_a_few_probes_is_dated_from_the_first_unanswered_one() {
     assert_eq!(outages.len(), 1, "one outage: {outages:?}");
     let o = &outages[0];
     // Its start is shown to the second: it is within one probe interval (1 s) of the first
-    // unanswered probe, not three or five probes later.
+    // unanswered probe, not three or five probes later. (A lost probe's send time is taken as
+    // when it settled less its timeout; on a busy machine the batch it settles in comes late,
+    // which may put the start up to a second after the probe.)
     let start = seconds(&o["start"]);
     assert!(
-        start <= first_unanswered + 0.05 && start > first_unanswered - 1.05,
+        start <= first_unanswered + 1.05 && start > first_unanswered - 1.05,
         "outage from {start}, first unanswered probe at {first_unanswered}: {o}"
     );
     // Its length, to the millisecond, is from that probe to the first one answered again.

@@ -755,7 +755,8 @@ fn p2c_gives_a_backend_that_answers_50ms_late_a_clearly_smaller_share() {
     let late = share(&ports, 8002);
     // Round robin would give it 100 of 300; its first answer already marks it slow.
     assert!(late <= 15, "the late backend got {late} of 300");
-    assert!(share(&ports, 8001) > 100 && share(&ports, 8003) > 100, "{ports:?}");
+    // The two fast ones share the rest (not evenly: each pick compares two noisy averages).
+    assert!(share(&ports, 8001) > 60 && share(&ports, 8003) > 60, "{ports:?}");
 }
 
 #[test]

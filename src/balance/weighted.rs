@@ -131,9 +131,11 @@ mod tests {
 
     proptest! {
         /// One period gives each backend exactly its (whole) weight; at every prefix each
-        /// backend's count is within one pick of its exact share; and so in any window of the
-        /// repeating sequence, across periods too, within two (spread, never a burst: plain
-        /// weighted round robin would put a weight-5 backend's five turns in a row).
+        /// backend's count is within two picks of its exact share (nginx's order is usually
+        /// within one; with many unequal weights it strays a little past it, e.g. weights
+        /// 26/9/... at pick 28); and so in any window of the repeating sequence, across periods
+        /// too, within four (spread, never a burst: plain weighted round robin would put a
+        /// weight-5 backend's five turns in a row).
         #[test]
         fn a_period_is_exact_and_every_window_is_smooth(weights in proptest::collection::vec(1u32..40, 1..8)) {
             let w: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
@@ -145,7 +147,7 @@ mod tests {
                 counts[i] += 1;
                 for (j, &c) in counts.iter().enumerate() {
                     let exact = (t as f64 + 1.0) * f64::from(q[j]) / total as f64;
-                    prop_assert!((f64::from(c) - exact).abs() < 1.0 + 1e-9, "t={t} j={j} {c} vs {exact} {seq:?}");
+                    prop_assert!((f64::from(c) - exact).abs() < 2.0, "t={t} j={j} {c} vs {exact} {seq:?}");
                 }
             }
             prop_assert_eq!(&counts, &q);
@@ -158,7 +160,7 @@ mod tests {
                     for len in 1..=total {
                         let got = (before[start + len] - before[start]) as f64;
                         let exact = len as f64 * f64::from(qj) / total as f64;
-                        prop_assert!((got - exact).abs() < 2.0, "backend {j}: {got} in {len} from {start}: {seq:?}");
+                        prop_assert!((got - exact).abs() < 4.0, "backend {j}: {got} in {len} from {start}: {seq:?}");
                     }
                 }
             }
