@@ -139,9 +139,10 @@ impl HealthFeed {
                 }
             }
             if !changes.is_empty() {
-                announce(w, report, &changes);
+                // The rotation first, then the word: once a change is said, it holds.
                 let rotation = health.rotation();
                 w.set.rcu(|current| current.with_health_of(&rotation));
+                announce(w, report, &changes);
             }
             if let Some(m) = measured {
                 weigh(w, m);

@@ -838,3 +838,23 @@ fn a_wal_left_without_its_file_is_set_aside_and_said_so() {
     let doc = history_json(&file, &[]);
     assert_eq!(doc["targets"][0]["sent"].as_u64(), Some(3), "a new history: {doc}");
 }
+
+/// A history file deleted while netpulse records into it: one warning, monitoring goes on, and
+/// nothing is written into the deleted file (a new file at the path is not taken over unawares).
+#[test]
+fn a_file_deleted_while_recording_is_one_warning_and_monitoring_goes_on() {
+    let file = scratch("deleted").join("h.db");
+    let mut mon = monitor(&file, &["tcp://127.0.18.90:9"]);
+    wait_until(format_args!("recording: {}", mon.printed()), Duration::from_secs(10), || {
+        (reports(&mon).len() >= 3).then_some(())
+    });
+    for f in ["h.db", "h.db-wal", "h.db-shm"] {
+        let _ = std::fs::remove_file(file.with_file_name(f));
+    }
+    let before = reports(&mon).len();
+    wait_until(format_args!("the warning and more reports: {}", mon.printed()), Duration::from_secs(10), || {
+        (mon.output().contains("was deleted or replaced") && reports(&mon).len() >= before + 5).then_some(())
+    });
+    assert!(mon.signal_and_wait("TERM", QUICK).success());
+    assert_eq!(mon.output().matches("was deleted or replaced").count(), 1, "{}", mon.output());
+}

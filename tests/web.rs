@@ -1105,6 +1105,8 @@ fn the_history_api_answers_the_points_netpulse_history_prints_and_bad_queries_ge
         ("step=1s&since=30d", "for 8 target(s): more than 100000 in one answer; ask for step=300s or coarser"),
         ("tagret=x", "unknown parameter \"tagret\""),
         ("since=%zz", "broken %-escape"),
+        // No step: even the coarsest one over two thousand years is more than one answer holds.
+        ("since=0001-01-01", "at its coarsest step for 8 target(s): more than 100000 in one answer"),
     ] {
         let r = web_get(ip, &format!("/api/v1/history?{query}"));
         assert_eq!((r.status, r.header("content-type")), (400, Some("application/json")), "{query}: {r:?}");

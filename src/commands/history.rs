@@ -113,7 +113,18 @@ fn step(args: &HistoryArgs, (from, to): (i64, i64), series: u64) -> Result<i64> 
     let most = if args.plot { plot::columns(terminal_width()) as u64 } else { DEFAULT_POINTS };
     let points = |s: i64| Grid::aligned(from, to, s).len();
     let fitting = fitting_step(from, to, most);
-    let Some(s) = args.step else { return Ok(fitting) };
+    let Some(s) = args.step else {
+        // Even the coarsest usual step may not fit a range of centuries: the cap holds anyway.
+        let rows = points(fitting).saturating_mul(series.max(1));
+        if rows > MAX_ROWS {
+            return Err(UsageError(format!(
+                "this range gives {rows} rows at its coarsest step, more than the {MAX_ROWS} rows netpulse prints \
+                 at once; ask for a shorter range (--since/--until)"
+            ))
+            .into());
+        }
+        return Ok(fitting);
+    };
     let s = i64::try_from(s.0.as_millis()).unwrap_or(i64::MAX);
     if s < 1000 {
         return Err(UsageError("--step must be at least 1s".into()).into());

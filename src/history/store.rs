@@ -67,6 +67,8 @@ pub struct Store {
     ids: HashMap<String, HashMap<String, i64>>,
     prune_cursor: i64,
     _lock: Flock<File>,
+    /// The file's device and inode when it was opened, to notice it deleted or replaced.
+    identity: Option<(u64, u64)>,
 }
 
 fn kind_of(e: &rusqlite::Error) -> Option<rusqlite::ErrorCode> {
@@ -146,7 +148,29 @@ impl Store {
             }
             _ => HistoryError::Open { path: shown(path), source },
         })?;
-        Ok(Self { conn, path: path.to_path_buf(), retention, ids: HashMap::new(), prune_cursor: 0, _lock: lock })
+        let identity = lock.metadata().ok().map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.dev(), m.ino())
+        });
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+            retention,
+            ids: HashMap::new(),
+            prune_cursor: 0,
+            _lock: lock,
+            identity,
+        })
+    }
+
+    /// Whether the path still names the file opened (not deleted, not replaced by another).
+    pub fn still_there(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (std::fs::metadata(&self.path), self.identity) {
+            (Ok(m), Some(id)) => (m.dev(), m.ino()) == id,
+            (Err(_), _) => false,
+            (Ok(_), None) => true,
+        }
     }
 
     /// The id of a series, made on first sight.

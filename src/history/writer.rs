@@ -356,6 +356,17 @@ impl Writer {
         if self.damaged {
             return false;
         }
+        if !self.store.still_there() {
+            // Written on, a deleted file would take every interval with it, and a new file at
+            // the path would let a second writer in unawares.
+            self.damaged = true;
+            tracing::warn!(
+                "history: {} was deleted or replaced while netpulse recorded into it; nothing more is recorded in \
+                 this run, monitoring goes on (a restart records into a new file there)",
+                shown(&self.store.path)
+            );
+            return false;
+        }
         let result = self
             .store
             .conn

@@ -155,7 +155,18 @@ pub fn answer(path: &Path, q: &Query, now: i64) -> Result<Answer, Refusal> {
     let n = chosen.len().max(1) as u64;
     let most = POINTS_PER_TARGET.min(MAX_POINTS / n).max(1);
     let step = match q.step {
-        None => fitting_step(from, to, most),
+        // Even the coarsest usual step may not fit a range of centuries: the cap holds anyway.
+        None => {
+            let step = fitting_step(from, to, most);
+            let points = Grid::aligned(from, to, step).len();
+            if points.saturating_mul(n) > MAX_POINTS {
+                return Err(Refusal::Bad(format!(
+                    "this range gives {points} points per target at its coarsest step for {n} target(s): more \
+                     than {MAX_POINTS} in one answer; ask for a shorter range or fewer targets"
+                )));
+            }
+            step
+        }
         Some(step) => {
             let points = Grid::aligned(from, to, step).len();
             if points.saturating_mul(n) > MAX_POINTS {
