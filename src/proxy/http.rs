@@ -304,23 +304,13 @@ impl HttpBalancer {
         };
         let set =
             BackendSet::weighted(&config.backends.addrs(), &config.backends.weights()).with_strategy(config.strategy);
-        let mut backends = Backends::new(&config.name, set, outliers);
-        let same_backends = shared.is_some();
-        if let Some(set) = shared {
-            backends.share(set);
-        }
-        if let Some(picker) = picker {
-            backends.take_over(picker, same_backends);
-        }
-        let strategy = config.strategy_name();
-        let stats = match previous {
-            Some(stats) => {
-                stats.follow(backends.set());
-                stats.set_strategy(&strategy);
-                stats
-            }
-            None => Arc::new(BalancerStats::new(&config.name, Proto::Http, &strategy, backends.set())),
-        };
+        let (backends, stats) = super::reload::backends_and_stats(
+            &config.name,
+            set,
+            outliers,
+            (Proto::Http, &config.strategy_name()),
+            (shared, picker, previous),
+        );
         if let Ok(at) = listeners[0].local_addr() {
             stats.set_listen(at);
         }

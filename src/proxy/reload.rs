@@ -27,6 +27,39 @@ pub struct Takeover<S> {
     pub picker: Option<Arc<crate::balance::Picker>>,
 }
 
+/// A balancer's backends and statistics, new or taking over from the running generation what a
+/// [`Takeover`] hands on: its live set (same backends), its picker and its statistics.
+pub fn backends_and_stats(
+    name: &str,
+    set: BackendSet,
+    rules: crate::balance::OutlierRules,
+    (proto, strategy): (crate::stats::traffic::Proto, &str),
+    (shared, picker, previous): TakenOver,
+) -> (super::backends::Backends, Arc<BalancerStats>) {
+    let mut backends = super::backends::Backends::new(name, set, rules);
+    let same_backends = shared.is_some();
+    if let Some(set) = shared {
+        backends.share(set);
+    }
+    if let Some(picker) = picker {
+        backends.take_over(picker, same_backends);
+    }
+    let stats = match previous {
+        Some(stats) => {
+            stats.follow(backends.set());
+            stats.set_strategy(strategy);
+            stats
+        }
+        None => Arc::new(BalancerStats::new(name, proto, strategy, backends.set())),
+    };
+    (backends, stats)
+}
+
+/// What a next generation takes over besides its sockets: the live set, the picker, the
+/// statistics.
+pub type TakenOver =
+    (Option<Arc<ArcSwap<BackendSet>>>, Option<Arc<crate::balance::Picker>>, Option<Arc<BalancerStats>>);
+
 /// Clones of `sockets` (the same sockets, new descriptors) for the next generation.
 pub fn share<S>(sockets: &[S], clone: impl Fn(&S) -> std::io::Result<S>) -> std::io::Result<Vec<S>> {
     sockets.iter().map(clone).collect()
