@@ -56,6 +56,9 @@ struct Settled {
     target: usize,
     sample: Sample,
     took: Duration,
+    /// When it was sent: when it settled less `took`, taken as it settles (the batch it is in
+    /// may reach the aggregate much later).
+    sent: Instant,
 }
 
 /// A batch of settled probes.
@@ -167,7 +170,8 @@ fn start_probes(
                 p.register(&sources);
             }
             let emit = |(sample, took): (Sample, Duration)| {
-                let _ = tx.try_send(vec![Settled { target: i, sample, took }]);
+                let sent = Instant::now().checked_sub(took).unwrap_or_else(Instant::now);
+                let _ = tx.try_send(vec![Settled { target: i, sample, took, sent }]);
             };
             let probe = |seq: u64| {
                 let (target, udp) = (&target, &udp);
@@ -245,7 +249,8 @@ fn start_icmp(
                     Outcome::Timeout => timeout,
                     _ => sample.rtt.unwrap_or_default(),
                 };
-                batch.borrow_mut().0.push(Settled { target: index[k], sample, took });
+                let sent = Instant::now().checked_sub(took).unwrap_or_else(Instant::now);
+                batch.borrow_mut().0.push(Settled { target: index[k], sample, took, sent });
                 flush(false);
             },
         );
@@ -313,8 +318,7 @@ impl Aggregate {
     }
 
     fn absorb(&mut self, batch: Samples) {
-        let now = Instant::now();
-        for Settled { target: i, sample: s, took } in batch {
+        for Settled { target: i, sample: s, took, sent } in batch {
             if let Some(w) = self.windows.get_mut(i) {
                 let t = &mut self.totals[i];
                 t.sent += 1;
@@ -329,7 +333,7 @@ impl Aggregate {
                 if t.newest.is_none_or(|(seq, _)| s.seq >= seq) {
                     t.newest = Some((s.seq, took));
                 }
-                self.fresh[i].push((s.clone(), now.checked_sub(took).unwrap_or(now)));
+                self.fresh[i].push((s.clone(), sent));
                 w.push(s);
             }
         }
@@ -401,6 +405,7 @@ mod tests {
             target: 0,
             sample: Sample { seq, rtt: rtt_ms.map(Duration::from_millis), outcome },
             took: Duration::from_millis(took_ms),
+            sent: Instant::now(),
         }
     }
 
