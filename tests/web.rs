@@ -1167,7 +1167,10 @@ fn picking_1_h_draws_the_recorded_hour_with_its_losses_and_live_comes_back() {
         let drawn = canvas["red"].as_u64() > Some(0) && canvas["colored"].as_u64() > canvas["red"].as_u64();
         // The lossy target's sparkline shows its recorded losses in red.
         let spark = look["canvases"].as_array()?.iter().find(|c| c["name"] == lossy.as_str())?.clone();
-        (drawn && range["sparks"].as_u64() > Some(0) && spark["red"].as_u64() > Some(0)).then_some((range, look))
+        // The caption follows the frame after the recorded series came: wait for that frame.
+        let captioned = range["caption"].as_str().is_some_and(|c| c.contains("(recorded)") && !c.contains("per step"));
+        (drawn && captioned && range["sparks"].as_u64() > Some(0) && spark["red"].as_u64() > Some(0))
+            .then_some((range, look))
     });
     let chart = &range["chart"];
     assert_eq!(range["step_s"], 5.0, "{range}");
