@@ -1208,14 +1208,9 @@ mod store_tests {
         assert_eq!(events(&path, "target_up")[0].t_ms, at[16]);
     }
 
-    #[test]
-    fn minutes_packed_after_their_hour_was_rolled_up_are_added_to_its_row() {
-        let dir = Scratch::new("late");
-        let path = dir.file();
-        let h = floor_to(now_ms(), HOUR_MS);
-        let (mut w, clock) = writer(&path, Retention::default(), h + 30_000);
-        // The file's hours are rolled up to this one; the last three minutes of the hour before
-        // are still in the journal (a run killed while its writer lagged).
+    /// `n` one-second intervals of one answered probe left in the journal from `from` (a run
+    /// killed while its writer lagged); the series' id.
+    fn journal_backlog(w: &mut Writer, from: i64, n: i64) -> i64 {
         let rec = Record::Target(TargetInterval {
             span_ms: 1000,
             sent: 1,
@@ -1224,9 +1219,21 @@ mod store_tests {
             ..TargetInterval::default()
         });
         let id = w.store.series_id("target", "udp://127.0.25.9:1", "udp", "").unwrap();
-        for k in 0..180 {
-            w.store.append(h - 180_000 + k * 1000, &encode_interval(&[(id, rec.clone())])).unwrap();
+        for k in 0..n {
+            w.store.append(from + k * 1000, &encode_interval(&[(id, rec.clone())])).unwrap();
         }
+        id
+    }
+
+    #[test]
+    fn minutes_packed_after_their_hour_was_rolled_up_are_added_to_its_row() {
+        let dir = Scratch::new("late");
+        let path = dir.file();
+        let h = floor_to(now_ms(), HOUR_MS);
+        let (mut w, clock) = writer(&path, Retention::default(), h + 30_000);
+        // The file's hours are rolled up to this one; the last three minutes of the hour before
+        // are still in the journal (a run killed while its writer lagged).
+        let id = journal_backlog(&mut w, h - 180_000, 180);
         w.start();
         for k in 1..=4 {
             clock.advance(1000);
@@ -1254,17 +1261,7 @@ mod store_tests {
         let t0 = floor_to(now_ms(), MINUTE_MS);
         let (mut w, clock) = writer(&path, Retention::default(), t0);
         // Ten minutes of intervals left in the journal (a run killed while its writer lagged).
-        let rec = Record::Target(TargetInterval {
-            span_ms: 1000,
-            sent: 1,
-            received: 1,
-            rtts_us: vec![800],
-            ..TargetInterval::default()
-        });
-        let id = w.store.series_id("target", "udp://127.0.25.9:1", "udp", "").unwrap();
-        for k in 0..600 {
-            w.store.append(t0 - 600_000 + k * 1000, &encode_interval(&[(id, rec.clone())])).unwrap();
-        }
+        let id = journal_backlog(&mut w, t0 - 600_000, 600);
         let journal =
             |w: &Writer| -> i64 { w.store.conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0)).unwrap() };
         w.start();
