@@ -512,7 +512,11 @@ impl Writer {
         let sent = report.targets.iter().flat_map(|t| &t.probes).filter_map(|p| p.sent).filter(|s| *s <= mono).max();
         let at = sent.unwrap_or(mono);
         let (line, span) = self.line.next(at, wall - ms_between(at, mono));
-        let (t, mono) = (line.t, at);
+        // Probes are placed on the line from its own anchor: when the newest probe was sent
+        // before the last stamp (a report of probes that were in flight at the last one), the
+        // stamp moves on from the last one, and the probes stay where they were sent.
+        let t = line.t;
+        let anchor = if at > self.line.mono { (line.t, at) } else { (self.line.t, self.line.mono) };
         let snapshots: Vec<BalancerSnapshot> = self.balancers.iter().map(|b| b.snapshot(Instant::now())).collect();
         let before = self.memory();
         let notes: Vec<Note> = self.notes.as_ref().map(|n| n.try_iter().collect()).unwrap_or_default();
@@ -522,7 +526,7 @@ impl Writer {
             }
             let mut records = Vec::with_capacity(report.targets.len() + report.interfaces.len());
             let mut early = Vec::new();
-            let mut events = w.targets(report, (t, mono, span), &mut records, &mut early)?;
+            let mut events = w.targets(report, (t, anchor, span), &mut records, &mut early)?;
             let now = |(kind, subject, detail)| (t, kind, subject, detail);
             events.extend(w.interfaces(report, span, &mut records)?.into_iter().map(now));
             events.extend(w.balancer_backends(&snapshots, span, &mut records)?.into_iter().map(now));
@@ -580,13 +584,14 @@ impl Writer {
     }
 
     /// The targets' records, and their outages beginning and ending (and the verdict changing)
-    /// as events. `now`, `mono`: the interval's stamp and monotonic time; `span`: its length.
+    /// as events. `now`: the interval's stamp; `anchor`: a stamp and its time on the monotonic
+    /// clock, to place probes by when they were sent; `span`: the interval's length.
     /// Parts of records cut off before an outage's start or end go to `early` (their stamp,
     /// series, record).
     fn targets(
         &mut self,
         report: &Report,
-        (now, mono, span): (i64, Instant, u64),
+        (now, (anchor_t, anchor_mono), span): (i64, (i64, Instant), u64),
         out: &mut Vec<(i64, Record)>,
         early: &mut Vec<(i64, i64, Record)>,
     ) -> rusqlite::Result<Vec<Timed>> {
@@ -608,7 +613,7 @@ impl Writer {
                 .enumerate()
                 .map(|(i, p)| {
                     let at = match p.sent {
-                        Some(sent) => now - ms_between(sent, mono),
+                        Some(sent) => anchor_t - ms_between(sent, anchor_mono),
                         None => now - span_ms + span_ms * (i as i64 + 1) / n,
                     };
                     (at, p)
@@ -1109,26 +1114,56 @@ mod store_tests {
     /// `lost` probes, lost (settling when its timeout of 900 ms ends); reports each second.
     /// Returns the probes' sending times (ms since the epoch).
     fn blackout(path: &std::path::Path, from: u64, lost: u64, probes: u64) -> Vec<i64> {
+        blackout_timed_out_after(path, from, lost, probes, 900)
+    }
+
+    /// [`blackout`] with lost probes settling `timeout` ms after they were sent: past the
+    /// report at the end of their second when it is more than 900 ms.
+    fn blackout_timed_out_after(path: &std::path::Path, from: u64, lost: u64, probes: u64, timeout: i64) -> Vec<i64> {
         let t0 = now_ms();
         let (mut w, clock) = writer(path, Retention::default(), t0);
-        let (mut sent_at, mut settled, mut totals) = (Vec::new(), Vec::new(), (0, 0));
+        let (mut sent_at, mut settling, mut totals) = (Vec::new(), Vec::new(), (0, 0));
+        let mut report_due = |clock: &ManualClock, settling: &mut Vec<(i64, ProbePoint)>, w: &mut Writer| {
+            // The report at the end of the second: what settled by then.
+            let now = clock.wall_ms();
+            let due: Vec<ProbePoint> = settling.extract_if(.., |p| p.0 <= now).map(|p| p.1).collect();
+            totals.0 += due.len() as u64;
+            totals.1 += due.iter().filter(|p| p.up).count() as u64;
+            w.interval(&report_of(due, totals));
+        };
         for seq in 1..=probes {
             // Probe `seq` goes out 100 ms into second `seq`.
             clock.advance(100);
             sent_at.push(clock.wall_ms());
             let dark = (from..from + lost).contains(&seq);
-            let (sent, settle) = (clock.mono(), if dark { 900 } else { 1 });
+            let settle = clock.wall_ms() + if dark { timeout } else { 1 };
             let rtt_ms = (!dark).then_some(1.0);
-            settled.push((settle, ProbePoint { seq, rtt_ms, up: !dark, lost: dark, sent: Some(sent) }));
+            settling.push((settle, ProbePoint { seq, rtt_ms, up: !dark, lost: dark, sent: Some(clock.mono()) }));
             clock.advance(900);
-            // The report at the end of the second: what settled by then.
-            let due: Vec<ProbePoint> = settled.drain(..).map(|p| p.1).collect();
-            totals.0 += due.len() as u64;
-            totals.1 += due.iter().filter(|p| p.up).count() as u64;
-            w.interval(&report_of(due, totals));
+            report_due(&clock, &mut settling, &mut w);
         }
+        clock.advance(1000);
+        report_due(&clock, &mut settling, &mut w);
         w.stop();
         sent_at
+    }
+
+    #[test]
+    fn a_lost_probe_reported_a_second_late_dates_its_outage_from_when_it_was_sent() {
+        // Probes time out after a whole interval: the first lost one (6) is in the report after
+        // the one it was in flight at, and still dates the outage.
+        let dir = Scratch::new("late-lost");
+        let path = dir.file();
+        let sent = blackout_timed_out_after(&path, 6, 4, 15, 1000);
+        let (down, up) = (events(&path, "target_down"), events(&path, "target_up"));
+        assert_eq!((down.len(), up.len()), (1, 1), "{down:?} {up:?}");
+        assert_eq!(down[0].t_ms, sent[5], "from when probe 6, the first lost, was sent");
+        assert_eq!(up[0].t_ms, sent[9], "to when probe 10, the first answered again, was sent");
+        let r = Reader::open(&path).unwrap();
+        let target = r.targets().unwrap().remove(0);
+        let o = r.outages(&target, sent[0] - 1000, sent[14] + 2000, 0).unwrap();
+        assert_eq!((o.list[0].sent, o.list[0].received), (4, 0), "its four probes, all lost");
+        assert_eq!(o.down_ms, 4000, "four seconds down");
     }
 
     #[test]
