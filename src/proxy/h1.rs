@@ -217,6 +217,10 @@ fn valid_authority(v: &[u8]) -> bool {
 /// Splits an absolute-form target (`http://authority/path?query`) into the authority and the
 /// origin-form target; `None` for the other forms (`/path`, `*`, CONNECT's `host:port`).
 fn absolute_form(target: &str) -> Result<Option<(&str, Cow<'_, str>)>, HeadError> {
+    // The origin form, nearly every request: no search for a scheme.
+    if target.starts_with('/') {
+        return Ok(None);
+    }
     let Some((scheme, rest)) = target.split_once("://") else { return Ok(None) };
     let is_scheme = scheme.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
         && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
@@ -338,11 +342,10 @@ pub(crate) fn parse_request(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(ByteWriter(out), "{client}\r\n");
+    push_ip(out, client);
+    out.extend_from_slice(b"\r\n");
     match framing {
-        Framing::Length(n) => {
-            let _ = write!(ByteWriter(out), "Content-Length: {n}\r\n");
-        }
+        Framing::Length(n) => push_content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Empty if f.content_length == Some(0) => out.extend_from_slice(b"Content-Length: 0\r\n"),
         Framing::Empty | Framing::UntilClose => {}
@@ -409,24 +412,71 @@ pub(crate) fn parse_response(
     };
     let persistent = if minor == 0 { f.keep_alive && !f.close } else { !f.close };
     out.clear();
-    // Three digits whatever the value: a backend's `000` stays `000`.
-    let _ = write!(ByteWriter(out), "HTTP/1.1 {status:03} {}\r\n", resp.reason.unwrap_or(""));
+    // Three digits whatever the value: a backend's `000` stays `000` (httparse takes three).
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     write_end_to_end(out, resp.headers, &f.named, false, false);
     match framing {
-        Framing::Length(n) => {
-            let _ = write!(ByteWriter(out), "Content-Length: {n}\r\n");
-        }
+        Framing::Length(n) => push_content_length(out, n),
         Framing::Chunked if chunked_ok => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         // HEAD and 304 keep the length the backend announced.
         Framing::Empty => {
             // 204 never carries a length; HEAD and 304 keep the one the backend announced.
             if let Some(n) = f.content_length.filter(|_| status >= 200 && status != 204) {
-                let _ = write!(ByteWriter(out), "Content-Length: {n}\r\n");
+                push_content_length(out, n);
             }
         }
         Framing::Chunked | Framing::UntilClose => {}
     }
     Ok(Some(ResponseHead { len, status, framing, reusable: persistent && framing != Framing::UntilClose }))
+}
+
+/// `Content-Length: n` and its line end; digits written by hand, as they are on every
+/// request and response (`fmt` costs several times more).
+fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    push_u64(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// An address as `Display` writes it: IPv4 by hand (every request names its client), IPv6
+/// through `fmt` (its shortest form has rules of its own).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(ByteWriter(out), "{ip}");
+        }
+    }
 }
 
 /// `fmt::Write` into a byte vector.
@@ -627,6 +677,30 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_addresses_written_by_hand_read_as_display_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        let ips = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ];
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+    }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
 
