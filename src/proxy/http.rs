@@ -131,14 +131,15 @@ impl Pool {
         Self { idle: Mutex::new(Vec::new()), max_idle }
     }
 
-    fn take(&self, gauge: Option<&HttpBackendCells>) -> Option<Upstream> {
+    /// The most recent idle connection still fit for a request at `now`.
+    fn take(&self, gauge: Option<&HttpBackendCells>, now: Instant) -> Option<Upstream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut found = None;
         while let Some((conn, since)) = idle.pop() {
             // An idle connection must have nothing to say: bytes here (a late response, a 408)
             // would be taken for the next request's answer, and EOF means the backend closed it.
             let quiet = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-            if quiet && since.elapsed() < POOL_IDLE_TIMEOUT {
+            if quiet && now.saturating_duration_since(since) < POOL_IDLE_TIMEOUT {
                 found = Some(conn);
                 break;
             }
@@ -166,10 +167,13 @@ impl Pool {
         }
     }
 
-    fn put(&self, conn: Upstream, gauge: Option<&HttpBackendCells>) {
+    /// Keeps `conn` for the next request, idle since `since`: when the exchange it served
+    /// began, which spares a reading of the clock per request (its idle time counts from a
+    /// little early, and one that served a response longer than the idle limit is not reused).
+    fn put(&self, conn: Upstream, gauge: Option<&HttpBackendCells>, since: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, since));
         }
         if let Some(g) = gauge {
             g.idle.set(idle.len() as i64);
@@ -581,6 +585,14 @@ impl Buf {
     /// Reads more from `s`, making room first (allocating, compacting, or growing to hold a
     /// large head). The read goes into spare capacity: nothing is zeroed first.
     async fn fill(&mut self, s: &mut TcpStream) -> io::Result<usize> {
+        let spare = self.make_room()?;
+        let before = self.data.len();
+        s.read_buf(&mut (&mut self.data).limit(spare)).await?;
+        Ok(self.data.len() - before)
+    }
+
+    /// Room for the next read: how many bytes.
+    fn make_room(&mut self) -> io::Result<usize> {
         if self.data.capacity() == 0 {
             self.data = spare::take(&spare::READ, BUF_SIZE);
         }
@@ -594,10 +606,7 @@ impl Buf {
                 return Err(io::Error::other("buffer full"));
             }
         }
-        let before = self.data.len();
-        let spare = self.data.capacity() - before;
-        s.read_buf(&mut (&mut self.data).limit(spare)).await?;
-        Ok(self.data.len() - before)
+        Ok(self.data.capacity() - self.data.len())
     }
 }
 
@@ -613,18 +622,32 @@ fn request_key(key: &HashKey, head: &[u8], peer: SocketAddr) -> Option<u64> {
 /// Writes everything with a deadline, so a peer that stops reading cannot hold a connection
 /// (and its permit) forever; a timeout is an `io::ErrorKind::TimedOut` error.
 async fn write_within(s: &mut TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
-    match tokio::time::timeout(limit, s.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+    at_once_or_by(s.write_all(bytes), || Instant::now() + limit)
+        .await
+        .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Reads with a deadline; a timeout is an `io::ErrorKind::TimedOut` error.
+/// Reads with a time limit; a timeout is an `io::ErrorKind::TimedOut` error.
 async fn fill_within(buf: &mut Buf, s: &mut TcpStream, limit: Duration) -> io::Result<usize> {
-    match tokio::time::timeout(limit, buf.fill(s)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    fill_until(buf, s, || Instant::now() + limit).await
+}
+
+/// Reads by a deadline; a timeout is an `io::ErrorKind::TimedOut` error.
+async fn fill_until(buf: &mut Buf, s: &mut TcpStream, deadline: impl FnOnce() -> Instant) -> io::Result<usize> {
+    at_once_or_by(buf.fill(s), deadline).await.unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// `fut`'s output, or `None` if it has not ended by the deadline; the deadline is taken (and a
+/// timer set) only when `fut` cannot end at once. Most reads and writes of a request end at
+/// once (the bytes are there, the socket takes them): they cost no timer and no reading of the
+/// clock. The first poll is the runtime's own, so readiness is kept as an await keeps it.
+async fn at_once_or_by<F: std::future::Future>(fut: F, deadline: impl FnOnce() -> Instant) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(out) = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
+    {
+        return Some(out);
     }
+    tokio::time::timeout_at(deadline().into(), fut).await.ok()
 }
 
 /// A client connection and its scratch space (buffers taken while a request is served).
@@ -651,7 +674,7 @@ impl Proxy {
                 Some(h) => h,
                 None => return,
             };
-            let start = Instant::now();
+            let start = self.log.enabled().then(Instant::now);
             let key = self.hash_key.as_ref().and_then(|k| request_key(k, &c.cbuf.bytes()[..head.len], peer));
             c.cbuf.consume(head.len);
             cells.requests.inc();
@@ -669,7 +692,7 @@ impl Proxy {
                     self.name,
                     head.line,
                     outcome.status,
-                    start.elapsed().as_secs_f64() * 1000.0
+                    start.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0)
                 );
                 for (b, why) in &outcome.retried {
                     line.push_str(&format!(" (retried after {b}: {why})"));
@@ -702,8 +725,9 @@ impl Proxy {
             c.req = spare::take(&spare::WRITE, WRITE_SIZE);
             c.out = spare::take(&spare::WRITE, WRITE_SIZE);
         }
-        // The whole head must arrive by this deadline, however it trickles in (slowloris).
-        let deadline = Instant::now() + self.head_timeout;
+        // The whole head must arrive by a deadline, however it trickles in (slowloris): from
+        // when it is first waited for (most heads come whole in one read, and wait for nothing).
+        let mut deadline = None;
         loop {
             if !c.cbuf.is_empty() {
                 match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.req) {
@@ -719,8 +743,9 @@ impl Proxy {
                     }
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match fill_within(&mut c.cbuf, &mut c.client, left).await {
+            let head_timeout = self.head_timeout;
+            let by = || *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+            match fill_until(&mut c.cbuf, &mut c.client, by).await {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !c.cbuf.is_empty() => {
@@ -791,11 +816,14 @@ impl Proxy {
         let mut retried: Vec<(SocketAddr, String)> = Vec::new();
         let mut host_len = 0;
         let mut last: Option<(SocketAddr, ProxyError, bool)> = None;
-        while let Some((index, backend)) = self.backends.pick(key, Instant::now(), &tried) {
+        loop {
+            // One reading of the clock per attempt: the pick, its pooled connection's age.
+            let now = Instant::now();
+            let Some((index, backend)) = self.backends.pick(key, now, &tried) else { break };
             // In flight until this attempt ends, however it ends (counted by the load-aware
             // strategies only); it learns the time to the response head, or what a failure cost.
             let mut in_flight = self.backends.track(index);
-            let attempt = self.backends.tracks_load().then(Instant::now);
+            let attempt = self.backends.tracks_load().then_some(now);
             // Another attempt after a failure: a retry, counted now that there is a backend for it.
             if let Some(&before) = tried.last() {
                 w.cells.retries.inc();
@@ -808,7 +836,7 @@ impl Proxy {
                 c.req.splice(host_at..host_at + host_len, line.bytes());
                 host_len = line.len();
             }
-            let forwarded = self.forward(w, c, head, index, backend, &body, shutdown).await;
+            let forwarded = self.forward(w, c, head, (index, backend, now), &body, shutdown).await;
             match (&forwarded, attempt) {
                 (Ok(outcome), Some(t)) => in_flight.answered(outcome.head_after.unwrap_or_else(|| t.elapsed())),
                 // A failure costs at least a connect timeout, so a backend that refuses at once
@@ -881,14 +909,13 @@ impl Proxy {
         w: &Worker,
         c: &mut Conn,
         head: &RequestHead,
-        index: usize,
-        backend: SocketAddr,
+        (index, backend, now): (usize, SocketAddr, Instant),
         body: &BodyInHand,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, Failure> {
         let pool = w.pools.get(index);
         let cells = w.backend(index);
-        let mut pooled = pool.and_then(|p| p.take(cells));
+        let mut pooled = pool.and_then(|p| p.take(cells, now));
         // Only a request that may be sent twice is sent again after the backend may have seen
         // part of it.
         let replayable = body.whole && head.idempotent;
@@ -957,7 +984,7 @@ impl Proxy {
                 Ok((outcome, reusable)) => {
                     if reusable {
                         if let Some(pool) = pool {
-                            pool.put(upstream, cells);
+                            pool.put(upstream, cells, now);
                         }
                     }
                     return Ok(outcome);
@@ -1104,10 +1131,9 @@ impl Proxy {
                 Some(r) => break r,
                 None => {}
             }
-            let left = deadline.saturating_duration_since(Instant::now());
             let got_nothing = !received_any;
             received_any = true;
-            match fill_within(&mut c.bbuf, upstream, left).await {
+            match fill_until(&mut c.bbuf, upstream, || deadline).await {
                 Ok(0) if got_nothing => {
                     return Err(Relay::NoResponse(ProxyError::Backend(
                         backend,
