@@ -980,6 +980,36 @@ mod grid_tests {
         streamed_in_chunks(floor_to(now_ms(), H) + H - 90_000, "across");
     }
 
+    /// Review of 94ce174: a file begun in the middle of an hour since rolled up, read at a
+    /// 1-minute step from that hour's start (or earlier): every minute row is there, yet the
+    /// minutes before the next whole hour come from the hour row, all in the one step of the
+    /// hour's first minute (1,800 probes at 12:00, none from 12:30 to 12:59).
+    #[test]
+    #[ignore = "review s15-rev9: plan() reads the first (part) hour of a file from its hour row at a 1-minute step"]
+    fn a_minute_series_from_a_whole_hour_puts_each_minute_in_its_own_step() {
+        let h1 = floor_to(now_ms(), H) + H;
+        let t0 = h1 + 30 * M;
+        let dir = std::env::temp_dir().join(format!("netpulse-unit-grid-midhour-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("h.db");
+        // 40 minutes of one-second intervals from half past; the hour is rolled up at its end.
+        writer::replay(
+            Store::open(&path, Retention::default()).unwrap(),
+            (1..=2400).map(|n| report(t0 + n as i64 * 1000, n as u64)),
+        );
+        let r = Reader::open(&path).unwrap();
+        let id = r.targets().unwrap()[0].id;
+        for from in [h1, h1 - H] {
+            let points = r.series_on(id, &Grid::aligned(from, t0 + 40 * M, M)).unwrap();
+            let sent: Vec<u64> = points.iter().map(|p| p.sent).collect();
+            assert_eq!(sent.iter().sum::<u64>(), 2399, "from {from}: every probe once");
+            let at = |t: i64| points.iter().find(|p| p.t_ms == t).map(|p| p.sent);
+            assert_eq!(at(h1), Some(0), "from {}: nothing was recorded in the hour's first minute", from - h1);
+            assert_eq!(at(t0 + 10 * M), Some(60), "from {}: a minute of probes in 12:40", from - h1);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn streamed_in_chunks(t0: i64, name: &str) {
         let dir = std::env::temp_dir().join(format!("netpulse-unit-grid-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
