@@ -30,6 +30,9 @@ pub(crate) struct Bounds {
     /// The oldest raw chunk and minute row of the series.
     pub raw: Option<i64>,
     pub minutes: Option<i64>,
+    /// Minute rows older than this may have been pruned (`None`: none ever were, so the
+    /// minutes hold all that the hours hold).
+    pub minutes_pruned: Option<i64>,
     /// Hour rows are complete up to here.
     pub rolled: i64,
 }
@@ -63,17 +66,19 @@ pub(crate) fn plan(from: i64, to: i64, step: i64, b: &Bounds) -> Vec<(Source, i6
     for &level in levels.iter().skip_while(|&&l| l != first) {
         let lower = match level {
             Source::Raw => b.raw.map_or(upper, |t| floor_to(t, MINUTE_MS)),
-            // Minute rows are whole from the oldest one on (pruning takes the oldest first).
-            // A range that starts inside the hour of the oldest minute, or later, is read from
-            // the minutes alone: an hour row holds its whole hour, so it cannot be cut where
-            // the range starts (whatever was pruned before the oldest minute is lost to such a
-            // range either way). Older ranges take the hours, and never inside an hour: the
-            // hour row holding the cut would count again what the minutes already read.
+            // Minute rows are whole from the oldest one on, and from the pruning's cutoff
+            // (pruning takes the oldest first); all of them when none was ever pruned. A range
+            // that starts inside the hour where they become whole, or later, is read from the
+            // minutes alone: an hour row holds its whole hour, so it cannot be cut where the
+            // range starts (whatever was pruned before is lost to such a range either way).
+            // Older ranges take the hours, and never inside an hour: the hour row holding the
+            // cut would count again what the minutes already read.
             Source::Minutes => b.minutes.map_or(upper, |t| {
-                if from > floor_to(t, HOUR_MS) {
+                let whole = b.minutes_pruned.map_or(i64::MIN, |p| p.max(t));
+                if whole == i64::MIN || from > floor_to(whole, HOUR_MS) {
                     from
                 } else {
-                    ceil_to(t, HOUR_MS).min(b.rolled).min(floor_to(upper, HOUR_MS))
+                    ceil_to(whole, HOUR_MS).min(b.rolled).min(floor_to(upper, HOUR_MS))
                 }
             }),
             _ => i64::MIN,
@@ -385,6 +390,7 @@ impl Reader {
             journal: self.conn.query_row("SELECT min(t) FROM journal", [], |r| r.get(0))?,
             raw: min("SELECT min(t) FROM raw WHERE series = ?1")?,
             minutes: min(&format!("SELECT min(t) FROM {rollups} WHERE res = 60 AND series = ?1"))?,
+            minutes_pruned: store::minutes_pruned_until(&self.conn)?,
             rolled: rolled_until(&self.conn)?.unwrap_or(i64::MIN),
         })
     }
@@ -817,6 +823,7 @@ mod tests {
             journal: Some(now - 30_000),
             raw: Some(now - 48 * H),
             minutes: Some(now - 30 * 24 * H),
+            minutes_pruned: Some(now - 30 * 24 * H),
             rolled: 99 * H,
         };
         let p = plan(0, now, 1000, &b);
@@ -837,7 +844,13 @@ mod tests {
     #[test]
     fn an_hourly_step_reads_hours_and_the_minutes_not_rolled_up_yet() {
         let now = 100 * H + 10 * M;
-        let b = Bounds { journal: Some(now - 20_000), raw: Some(now - 48 * H), minutes: Some(0), rolled: 100 * H };
+        let b = Bounds {
+            journal: Some(now - 20_000),
+            raw: Some(now - 48 * H),
+            minutes: Some(0),
+            minutes_pruned: None,
+            rolled: 100 * H,
+        };
         assert_eq!(
             plan(0, now, H, &b),
             vec![
@@ -850,14 +863,26 @@ mod tests {
 
     #[test]
     fn a_range_back_past_the_first_raw_minute_never_reads_its_hour_twice() {
-        // Recording began 1m15s before an hour that has since been rolled up.
+        // Raw intervals kept from 1m15s before an hour that has since been rolled up.
         let now = 100 * H + 10 * M;
         let b = Bounds {
             journal: Some(now - 20_000),
             raw: Some(100 * H - 75_000),
             minutes: Some(100 * H - 2 * M),
+            minutes_pruned: None,
             rolled: 100 * H,
         };
+        // Recording began then: the minutes hold it all.
+        assert_eq!(
+            plan(now - 90 * M, now, 1000, &b),
+            vec![
+                (Source::Journal, now - 20_000, now),
+                (Source::Raw, 100 * H - 2 * M, now - 20_000),
+                (Source::Minutes, now - 90 * M, 100 * H - 2 * M),
+            ]
+        );
+        // The minutes before were pruned: the hours hold them.
+        let b = Bounds { minutes_pruned: Some(100 * H - 2 * M), ..b };
         let p = plan(now - 90 * M, now, 1000, &b);
         assert_eq!(
             p,
@@ -875,9 +900,9 @@ mod tests {
 
     #[test]
     fn a_new_file_reads_what_it_has() {
-        let b = Bounds { journal: None, raw: None, minutes: None, rolled: 5 * H };
+        let b = Bounds { journal: None, raw: None, minutes: None, minutes_pruned: None, rolled: 5 * H };
         assert_eq!(plan(0, 6 * H, M, &b), vec![(Source::Hours, 0, 6 * H)]);
-        let b = Bounds { journal: Some(5 * H + 10), raw: None, minutes: None, rolled: 5 * H };
+        let b = Bounds { journal: Some(5 * H + 10), raw: None, minutes: None, minutes_pruned: None, rolled: 5 * H };
         assert_eq!(
             plan(5 * H, 6 * H, 1000, &b),
             vec![(Source::Journal, 5 * H + 10, 6 * H), (Source::Hours, 5 * H, 5 * H + 10)]
@@ -985,7 +1010,6 @@ mod grid_tests {
     /// minutes before the next whole hour come from the hour row, all in the one step of the
     /// hour's first minute (1,800 probes at 12:00, none from 12:30 to 12:59).
     #[test]
-    #[ignore = "review s15-rev9: plan() reads the first (part) hour of a file from its hour row at a 1-minute step"]
     fn a_minute_series_from_a_whole_hour_puts_each_minute_in_its_own_step() {
         let h1 = floor_to(now_ms(), H) + H;
         let t0 = h1 + 30 * M;

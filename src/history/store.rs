@@ -364,12 +364,22 @@ impl Store {
                 .execute(params![id, raw, PRUNE_ROWS * MINUTE_MS])?;
             let table = if kind == "target" { "target_rollup" } else { "counter_rollup" };
             for (res, cutoff) in [(60, minutes), (3600, hours)] {
-                self.conn
+                let deleted = self
+                    .conn
                     .prepare_cached(&format!(
                         "DELETE FROM {table} WHERE res = ?1 AND series = ?2
                          AND t < min(?3, (SELECT min(t) FROM {table} WHERE res = ?1 AND series = ?2) + ?4)"
                     ))?
                     .execute(params![res, id, cutoff, PRUNE_ROWS * res * 1000])?;
+                // Minute rows are whole from here on: readers take older parts from the hours.
+                if res == 60 && deleted > 0 {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO meta(key, value) VALUES('minutes_pruned_until', ?1)
+                             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                        )?
+                        .execute(params![cutoff])?;
+                }
             }
         }
         self.conn
@@ -567,6 +577,11 @@ fn counts_json(names: &[&str], sums: &[u64]) -> String {
 }
 
 /// Where the hour rows are complete up to.
+/// Minute rows older than this may have been pruned (`None`: none ever were).
+pub(crate) fn minutes_pruned_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'minutes_pruned_until'", [], |r| r.get(0)).optional()
+}
+
 pub(crate) fn rolled_until(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row("SELECT value FROM meta WHERE key = 'rolled_until'", [], |r| r.get(0)).optional()
 }
