@@ -14,7 +14,7 @@ PAIRS=${2:-5}
 SECS=${3:-5}
 IP=127.0.9.2
 cargo build --release --quiet --bin netpulse
-NEW=target/release/netpulse
+NEW=${CARGO_TARGET_DIR:-target}/release/netpulse
 TICK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -4,6 +4,7 @@
 #   bench/run.sh [SECONDS_PER_CASE=5] [WORKERS=1]      (ROUNDS=3 FLOWS=32 WRK_THREADS=1)
 #   BASELINE=path/to/older/netpulse bench/run.sh ...   adds that build as a contender ("before")
 #   BACKENDS=nginx bench/run.sh ...                     HTTP backends served by nginx, not by us
+#   (CPU per request of every proxy, nginx backends with default keep-alive, UDP via inetd: bench/peers.sh)
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
 # HTTP: wrk, 64 keep-alive connections, 4 backends (`netpulse serve http`), every proxy with the
@@ -21,8 +22,8 @@ for tool in nginx haproxy wrk; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install -y nginx libnginx-mod-stream haproxy wrk)" >&2; exit 2; }
 done
 cargo build --release --quiet --bin netpulse --example udp_load
-BIN=target/release/netpulse
-LOAD=target/release/examples/udp_load
+BIN=${CARGO_TARGET_DIR:-target}/release/netpulse
+LOAD=${CARGO_TARGET_DIR:-target}/release/examples/udp_load
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
