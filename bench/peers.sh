@@ -36,7 +36,8 @@
 # CPU: utime+stime from /proc/PID/stat of the proxy's whole process set (itself and all its
 # descendants: nginx's master and workers), of the backend's, and of the load generator (the
 # shell's reaped-children times), over each run; "other" is the rest of the machine's busy time
-# (other users of the shared machine). A process at >= 90 % of the cores it can use is flagged.
+# (other users of the shared machine). "of it, user": the proxy's user-space share (utime), the
+# rest is the kernel's work for it. A process at >= 90 % of the cores it can use is flagged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -98,34 +99,35 @@ ready() { # NAME PID ADDR tcp|udp: wait until ADDR answers; if NAME's process en
   exit 1
 }
 
-# utime+stime (clock ticks) of process $1 and all its live descendants; 0 for "-".
+# utime+stime (clock ticks) of process $1 and all its live descendants, then utime alone;
+# "0 0" for "-".
 tree_ticks() {
-  [ "$1" = - ] && { echo 0; return; }
-  local todo=("$1") sum=0 p s
+  [ "$1" = - ] && { echo 0 0; return; }
+  local todo=("$1") sum=0 user=0 p s
   local -a f
   while [ ${#todo[@]} -gt 0 ]; do
     p=${todo[0]}; todo=("${todo[@]:1}")
     s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     read -ra f <<<"${s##*) }" # fields from 3 (state) on: utime is f[11], stime f[12]
-    sum=$((sum + f[11] + f[12]))
+    sum=$((sum + f[11] + f[12])); user=$((user + f[11]))
     mapfile -t -O ${#todo[@]} todo < <(pgrep -P "$p" || true)
   done
-  echo "$sum"
+  echo "$sum $user"
 }
 # CPU of this shell's reaped children (the load generator), and the machine's busy ticks.
 child_ticks() { local s; s=$(</proc/"$1"/stat); read -ra f <<<"${s##*) }"; echo $((f[13] + f[14])); }
 busy_ticks() { local u n s i w q sq st; read -r _ u n s i w q sq st _ </proc/stat; echo $((u + n + s + q + sq + st)); }
 
 # measure PROTO SETUP W CASE PROXY_PID BACKEND_PID -- LOAD COMMAND... >> rows
-# Row: proto setup W case requests rate p99_ms errors proxy_ticks backend_ticks load_ticks busy_ticks wall_s
+# Row: proto setup W case requests rate p99_ms errors proxy_ticks backend_ticks load_ticks busy_ticks wall_s proxy_user_ticks
 measure() {
   local proto=$1 setup=$2 w=$3 name=$4 ppid=$5 bpid=$6; shift 7
-  local p0 b0 l0 m0 t0 out p1 b1 l1 m1 t1 me=$BASHPID
-  p0=$(tree_ticks "$ppid"); b0=$(tree_ticks "$bpid"); m0=$(busy_ticks)
+  local p0 pu0 b0 l0 m0 t0 out p1 pu1 b1 l1 m1 t1 me=$BASHPID
+  read -r p0 pu0 <<<"$(tree_ticks "$ppid")"; read -r b0 _ <<<"$(tree_ticks "$bpid")"; m0=$(busy_ticks)
   t0=$EPOCHREALTIME; l0=$(child_ticks "$me")
   out=$("$@" 2>&1) || true
   l1=$(child_ticks "$me"); t1=$EPOCHREALTIME
-  m1=$(busy_ticks); p1=$(tree_ticks "$ppid"); b1=$(tree_ticks "$bpid")
+  m1=$(busy_ticks); read -r p1 pu1 <<<"$(tree_ticks "$ppid")"; read -r b1 _ <<<"$(tree_ticks "$bpid")"
   local fields
   if [ "$proto" = http ]; then
     fields=$(awk '/ requests in / {n = $1} /^Requests\/sec:/ {r = $2}
@@ -139,7 +141,7 @@ measure() {
     echo "peers: $proto $setup W=$w $name: no answers: $(head -c 300 <<<"$out")" >&2
     fields="0 0 nan 0"
   fi
-  echo "$proto $setup $w $name $fields $((p1 - p0)) $((b1 - b0)) $((l1 - l0)) $((m1 - m0)) $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
+  echo "$proto $setup $w $name $fields $((p1 - p0)) $((b1 - b0)) $((l1 - l0)) $((m1 - m0)) $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}') $((pu1 - pu0))"
 }
 
 # ---------------------------------------------------------------- backends (kept for the whole run)
@@ -292,9 +294,10 @@ groups = {}
 for r in rows:
     proto, setup, w, case = r[0], r[1], int(r[2]), r[3]
     n, rate, p99, err = int(r[4]), float(r[5]), float(r[6]), int(r[7])
-    pt, bt, lt, mt, wall = (float(x) for x in r[8:13])
+    pt, bt, lt, mt, wall, ut = (float(x) for x in r[8:14])
     d = dict(n=n, rate=rate, p99=p99, err=err,
              pus=pt / tick * 1e6 / n if n else float("nan"), pcpu=pt / tick / wall * 100,
+             uus=ut / tick * 1e6 / n if n else float("nan"),
              bus=bt / tick * 1e6 / n if n else float("nan"), bcpu=bt / tick / wall * 100,
              lcpu=lt / tick / wall * 100, ocpu=max(0.0, (mt - pt - bt - lt) / tick / wall * 100))
     groups.setdefault((proto, setup, w), {}).setdefault(case, []).append(d)
@@ -320,6 +323,7 @@ for (proto, setup, w), cases in groups.items():
     if http:
         cols.append(("p99", "ms", 7, lambda c, x: "-" if x["p99"] != x["p99"] else f"{x['p99']:.2f}"))
     cols += [("proxy", "µs", 7, lambda c, x: "-" if c == "direct" else f"{x['pus']:.2f}"),
+             ("of it", "user", 6, lambda c, x: "-" if c == "direct" else f"{x['uus']:.2f}"),
              ("proxy", "%core", 6, lambda c, x: "-" if c == "direct" else f"{x['pcpu']:.0f}"),
              ("backend", "µs", 8, lambda c, x: f"{x['bus']:.2f}"),
              ("backend", "%core", 8, lambda c, x: f"{x['bcpu']:.0f}"),

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -27,7 +28,7 @@ use crate::clock::UtcTime;
 use crate::config::{HashKey, HttpBalancerConfig};
 use crate::log::Log;
 use crate::stats::traffic::{BalancerStats, HttpBackendCells, HttpError, HttpWorkerCells, Proto, plural};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::net::{self, BindError, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
@@ -650,6 +651,46 @@ async fn at_once_or_by<F: std::future::Future>(fut: F, deadline: impl FnOnce() -
     tokio::time::timeout_at(deadline().into(), fut).await.ok()
 }
 
+/// A client connection's idle timer: set once, for [`CLIENT_IDLE_TIMEOUT`] after the
+/// connection began, and when it fires set again from the end of the last request if there
+/// was one since (a timer set per request would cost a registration and a reading of the clock
+/// each time).
+struct Idle<'a> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    /// When the last request ended (or the connection began), on the runtime's clock.
+    last: tokio::time::Instant,
+}
+
+/// Waits, holding no buffer, until the client sends something: `false` if it leaves, idles
+/// out, or we are stopping and nothing comes within [`STOP_GRACE`] (a request already on the
+/// wire when the stop began is still served).
+async fn wait_for_request(
+    c: &mut Conn,
+    idle: &mut Idle<'_>,
+    mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let grace = async { matches!(tokio::time::timeout(STOP_GRACE, c.client.readable()).await, Ok(Ok(()))) };
+    if shutdown.is_cancelled() {
+        return grace.await;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            r = c.client.readable() => return r.is_ok(),
+            () = idle.sleep.as_mut() => {
+                let until = idle.last + CLIENT_IDLE_TIMEOUT;
+                if until <= tokio::time::Instant::now() {
+                    return false;
+                }
+                idle.sleep.as_mut().reset(until);
+            }
+            () = stop.as_mut() => break,
+        }
+    }
+    grace.await
+}
+
 /// A client connection and its scratch space (buffers taken while a request is served).
 struct Conn {
     client: TcpStream,
@@ -669,8 +710,12 @@ impl Proxy {
         let cells = &w.cells;
         cells.clients.up();
         let _open = Decrement(&cells.clients);
+        // One idle timer and one stop watch for the connection's life, not one per request.
+        let mut idle =
+            Idle { sleep: std::pin::pin!(tokio::time::sleep(CLIENT_IDLE_TIMEOUT)), last: tokio::time::Instant::now() };
+        let mut stop = std::pin::pin!(shutdown.cancelled());
         loop {
-            let head = match self.read_request_head(w, &mut c, &shutdown).await {
+            let head = match self.read_request_head(w, &mut c, (&mut idle, stop.as_mut(), &shutdown)).await {
                 Some(h) => h,
                 None => return,
             };
@@ -707,6 +752,7 @@ impl Proxy {
                 return;
             }
             // Idle until the next request: hold no buffers.
+            idle.last = tokio::time::Instant::now();
             c.cbuf.release();
             c.bbuf.release();
             spare::give(&spare::WRITE, std::mem::take(&mut c.out));
@@ -717,8 +763,13 @@ impl Proxy {
     /// Waits for a complete request head; `None` closes the connection (the client left, idled
     /// out, sent garbage — answered with 400 / 431 —, took longer than `head_timeout` for the
     /// whole head — 408 —, or we are stopping and it sent nothing within the grace period).
-    async fn read_request_head(&self, w: &Worker, c: &mut Conn, shutdown: &CancellationToken) -> Option<RequestHead> {
-        if c.cbuf.is_empty() && !self.wait_for_request(c, shutdown).await {
+    async fn read_request_head(
+        &self,
+        w: &Worker,
+        c: &mut Conn,
+        (idle, stop, shutdown): (&mut Idle<'_>, Pin<&mut WaitForCancellationFuture<'_>>, &CancellationToken),
+    ) -> Option<RequestHead> {
+        if c.cbuf.is_empty() && !wait_for_request(c, idle, stop, shutdown).await {
             return None;
         }
         if c.req.capacity() == 0 {
@@ -759,20 +810,6 @@ impl Proxy {
                 Err(_) => return None,
             }
         }
-    }
-
-    /// Waits, holding no buffer, until the client sends something: `false` if it leaves, idles
-    /// out, or we are stopping and nothing comes within [`STOP_GRACE`] (a request already on
-    /// the wire when the stop began is still served).
-    async fn wait_for_request(&self, c: &mut Conn, shutdown: &CancellationToken) -> bool {
-        let idle = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, c.client.readable());
-        let ready = tokio::select! {
-            r = idle => matches!(r, Ok(Ok(()))),
-            _ = shutdown.cancelled() => {
-                matches!(tokio::time::timeout(STOP_GRACE, c.client.readable()).await, Ok(Ok(())))
-            }
-        };
-        ready
     }
 
     /// Answers a request we refuse with `status` and logs why.
@@ -1352,6 +1389,50 @@ fn error_page(status: u16, detail: &str, close: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection on loopback: our end (as `serve_client` has it) and the client's.
+    async fn connection() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.33.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, peer) = listener.accept().await.unwrap();
+        // A new socket starts out readable to the runtime until a read finds nothing.
+        ours.readable().await.unwrap();
+        assert_eq!(ours.try_read(&mut [0u8; 1]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let conn = Conn { client: ours, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new() };
+        (conn, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_is_let_go_a_whole_idle_timeout_after_its_last_request() {
+        let shutdown = CancellationToken::new();
+        let (mut c, mut client) = connection().await;
+        let begun = tokio::time::Instant::now();
+        let mut idle =
+            Idle { sleep: std::pin::pin!(tokio::time::sleep(CLIENT_IDLE_TIMEOUT)), last: tokio::time::Instant::now() };
+        let mut stop = std::pin::pin!(shutdown.cancelled());
+        // A request comes: the wait ends at once.
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(wait_for_request(&mut c, &mut idle, stop.as_mut(), &shutdown).await);
+        assert!(c.cbuf.fill(&mut c.client).await.unwrap() > 0);
+        // Its exchange ends 50 s into the connection; then nothing more comes. The timer set
+        // for 60 s after the connection began does not let it go: 60 s after that request does.
+        tokio::time::advance(Duration::from_secs(50)).await;
+        idle.last = tokio::time::Instant::now();
+        assert!(!wait_for_request(&mut c, &mut idle, stop.as_mut(), &shutdown).await);
+        assert_eq!(begun.elapsed().as_secs(), 110, "let go 60 s after its last request");
+        // A stop lets a quiet client go after the grace period, not the idle timeout.
+        let (mut c, _client) = connection().await;
+        let begun = tokio::time::Instant::now();
+        let mut idle =
+            Idle { sleep: std::pin::pin!(tokio::time::sleep(CLIENT_IDLE_TIMEOUT)), last: tokio::time::Instant::now() };
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stopping.cancel();
+        });
+        assert!(!wait_for_request(&mut c, &mut idle, stop.as_mut(), &shutdown).await);
+        assert_eq!(begun.elapsed(), Duration::from_secs(5) + STOP_GRACE);
+    }
 
     #[test]
     fn errors_map_to_the_status_that_names_the_culprit() {
