@@ -702,11 +702,60 @@ struct Conn {
     /// The request as it goes to the backend (head and the body bytes in hand), kept whole
     /// until the exchange ends so that a retry sends exactly the same bytes.
     req: Vec<u8>,
+    /// The timer for the backends' answers.
+    alarm: Alarm,
+}
+
+/// A connection's timer for the backends' answers: set when the first one is waited for, then
+/// moved only when it fires before the deadline of the answer now waited for (each request's
+/// deadline is later than the last one's), so that a request sets no timer of its own.
+struct Alarm(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Alarm {
+    /// `fut`'s output, or `None` if `deadline` passes first.
+    async fn within<F: std::future::Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        if let std::task::Poll::Ready(out) =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
+        {
+            return Some(out);
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let sleep = match &mut self.0 {
+            Some(sleep) => {
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                out = fut.as_mut() => return Some(out),
+                () = sleep.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
 }
 
 impl Proxy {
     async fn serve_client(&self, w: &Worker, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-        let mut c = Conn { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new() };
+        let mut c = Conn {
+            client,
+            peer,
+            cbuf: Buf::new(),
+            bbuf: Buf::new(),
+            out: Vec::new(),
+            req: Vec::new(),
+            alarm: Alarm(None),
+        };
         let cells = &w.cells;
         cells.clients.up();
         let _open = Decrement(&cells.clients);
@@ -1170,7 +1219,8 @@ impl Proxy {
             }
             let got_nothing = !received_any;
             received_any = true;
-            match fill_until(&mut c.bbuf, upstream, || deadline).await {
+            let filled = c.alarm.within(deadline, c.bbuf.fill(upstream)).await;
+            match filled.unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into())) {
                 Ok(0) if got_nothing => {
                     return Err(Relay::NoResponse(ProxyError::Backend(
                         backend,
@@ -1398,8 +1448,39 @@ mod tests {
         // A new socket starts out readable to the runtime until a read finds nothing.
         ours.readable().await.unwrap();
         assert_eq!(ours.try_read(&mut [0u8; 1]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        let conn = Conn { client: ours, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new() };
+        let conn = Conn {
+            client: ours,
+            peer,
+            cbuf: Buf::new(),
+            bbuf: Buf::new(),
+            out: Vec::new(),
+            req: Vec::new(),
+            alarm: Alarm(None),
+        };
         (conn, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_answer_timer_ends_each_wait_at_its_own_deadline() {
+        let begun = tokio::time::Instant::now();
+        let at = |s: u64| (begun + Duration::from_secs(s)).into_std();
+        let since = || begun.elapsed().as_secs();
+        let never = std::future::pending::<()>;
+        let mut alarm = Alarm(None);
+        assert_eq!(alarm.within(at(30), never()).await, None);
+        assert_eq!(since(), 30, "the first wait ends at its deadline");
+        let answer = tokio::time::sleep(Duration::from_secs(10));
+        assert_eq!(alarm.within(at(60), answer).await, Some(()));
+        assert_eq!(since(), 40, "an answer in time ends the wait");
+        // The timer was left at 60 s: it fires early and is moved on to this wait's deadline.
+        assert_eq!(alarm.within(at(70), never()).await, None);
+        assert_eq!(since(), 70);
+        // A deadline earlier than the timer's moves it back (a shorter wait after a longer one).
+        let answer = tokio::time::sleep(Duration::from_secs(10));
+        assert_eq!(alarm.within(at(300), answer).await, Some(()));
+        assert_eq!(since(), 80);
+        assert_eq!(alarm.within(at(90), never()).await, None);
+        assert_eq!(since(), 90);
     }
 
     #[tokio::test(start_paused = true)]
