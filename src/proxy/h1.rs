@@ -286,9 +286,10 @@ pub(crate) fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     let lowered = lower_minor_version(buf);
     let buf = lowered.as_deref().unwrap_or(buf);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let Some(len) = head_len(req.parse(buf), buf.len())? else { return Ok(None) };
+    // Room for the fields, not written first (4 KiB of zeroes a request otherwise).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Some(len) = head_len(req.parse_with_uninit_headers(buf, &mut headers), buf.len())? else { return Ok(None) };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line".into()));
     };
@@ -385,9 +386,10 @@ pub(crate) fn parse_response(
     chunked_ok: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Some(len) = head_len(resp.parse(buf), buf.len())? else { return Ok(None) };
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers);
+    let Some(len) = head_len(parsed, buf.len())? else { return Ok(None) };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
         return Err(HeadError::Malformed("incomplete status line".into()));
     };
