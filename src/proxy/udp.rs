@@ -13,7 +13,7 @@
 use std::collections::hash_map::RandomState;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, BindError};
 use crate::stats::traffic::{BalancerStats, Proto, UdpDrop, UdpWorkerCells};
-use crate::sys::Batch;
+use crate::sys::{Batch, SendRing};
 
 /// Datagrams moved per system call at most.
 const BATCH: usize = 32;
@@ -320,6 +320,12 @@ struct Relay {
     warn: crate::log::Throttled,
     /// The requests of the batch being relayed, picked for and not yet sent.
     outgoing: Vec<Outgoing>,
+    /// Sends them all in one system call; `None` where the kernel has no io_uring for us (then
+    /// each goes with a `sendto` of its own).
+    ring: Option<SendRing>,
+    /// The sends handed to the ring: flow socket, slot in the batch, backend; and what each did.
+    sends: Vec<(RawFd, usize, SocketAddr)>,
+    sent: Vec<i32>,
 }
 
 /// A request of the batch, picked for: where it goes, where it is, and its flow.
@@ -331,6 +337,7 @@ struct Outgoing {
     slot: usize,
     /// The flow table token of its client's flow.
     token: usize,
+    client: SocketAddr,
 }
 
 impl Relay {
@@ -347,6 +354,9 @@ impl Relay {
             now: Instant::now(),
             warn: crate::log::Throttled::default(),
             outgoing: Vec::with_capacity(BATCH),
+            ring: SendRing::new(BATCH as u32).ok(),
+            sends: Vec::with_capacity(BATCH),
+            sent: Vec::with_capacity(BATCH),
             shared,
         })
     }
@@ -450,13 +460,15 @@ impl Relay {
                 Some(HashKey::Header(_)) | None => None,
             };
             match backends.pick_in(&set, key, self.now, &[]) {
-                Some(index) if index < set.len() => self.outgoing.push(Outgoing { backend: index, slot: i, token }),
+                Some(index) if index < set.len() => {
+                    self.outgoing.push(Outgoing { backend: index, slot: i, token, client });
+                }
                 picked => {
                     if let Some(index) = picked {
                         backends.end(index, None, self.now);
                     }
                     self.cells.dropped(UdpDrop::NoBackend);
-                    self.log_request(client, None, i, false);
+                    self.log_request(client, None, self.requests.payload(i).len(), false);
                 }
             }
         }
@@ -468,19 +480,50 @@ impl Relay {
     fn send_outgoing(&mut self, set: &BackendSet) {
         let mut outgoing = std::mem::take(&mut self.outgoing);
         outgoing.sort_unstable_by_key(|o| (o.backend, o.slot));
+        // Through the ring, all at once: what each send did, in `outgoing`'s order.
+        let through_ring = match self.ring.as_mut() {
+            Some(ring) if !outgoing.is_empty() => {
+                self.sends.clear();
+                for o in &outgoing {
+                    let (Some((owner, flow)), Some(b)) = (self.flows.by_token(o.token), set.get(o.backend)) else {
+                        continue;
+                    };
+                    if owner == o.client {
+                        self.sends.push((flow.socket.as_raw_fd(), o.slot, b.addr));
+                    }
+                }
+                match ring.send(&mut self.requests, &self.sends, &mut self.sent) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let name = &self.shared.name;
+                        self.warn
+                            .warn(self.now, || format!("udp balancer \"{name}\": io_uring: {e}; sending with sendto"));
+                        self.ring = None;
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
         let backends = &self.shared.backends;
+        let mut next_result = 0;
         for o in &outgoing {
-            let Some(client) = self.requests.addr(o.slot) else { continue };
+            let client = o.client;
             let b = set.get(o.backend).map(|b| b.addr);
-            let payload = self.requests.payload(o.slot);
+            let payload_len = self.requests.payload(o.slot).len();
             let cells = &self.cells;
             let sent = match (self.flows.by_token(o.token), b) {
                 (Some((owner, flow)), Some(b)) if owner == client => {
-                    let ok = flow.socket.send_to(payload, b).is_ok();
+                    let ok = if through_ring {
+                        next_result += 1;
+                        self.sent.get(next_result - 1).is_some_and(|&n| n >= 0)
+                    } else {
+                        flow.socket.send_to(self.requests.payload(o.slot), b).is_ok()
+                    };
                     if ok {
                         if let Some(c) = cells.backends.get(o.backend) {
                             c.datagrams_sent.inc();
-                            c.bytes_sent.add(payload.len() as u64);
+                            c.bytes_sent.add(payload_len as u64);
                         }
                         flow.pending.sent(o.backend, set.len(), self.now, backends.tracks_load());
                     } else {
@@ -496,14 +539,14 @@ impl Relay {
                     false
                 }
             };
-            self.log_request(client, b, o.slot, sent);
+            self.log_request(client, b, payload_len, sent);
         }
         outgoing.clear();
         self.outgoing = outgoing;
     }
 
-    /// The access log's line for request `slot` from `client` (sent to `to`, or dropped).
-    fn log_request(&self, client: SocketAddr, to: Option<SocketAddr>, slot: usize, sent: bool) {
+    /// The access log's line for a request of `len` bytes from `client` (sent to `to`, or dropped).
+    fn log_request(&self, client: SocketAddr, to: Option<SocketAddr>, len: usize, sent: bool) {
         if self.shared.log.enabled() {
             let to = to.map_or_else(|| "- (no healthy backend)".to_string(), |b| b.to_string());
             let fate = if sent { "" } else { " dropped" };
@@ -511,7 +554,7 @@ impl Relay {
                 "{} udp {} {client} -> {to} {}B{fate}",
                 UtcTime::now().rfc3339(),
                 self.shared.name,
-                self.requests.payload(slot).len()
+                len
             ));
         }
     }
