@@ -74,6 +74,9 @@ struct Shared {
     /// The address flow sockets bind to: the local address that reaches the backends (the
     /// unspecified address only when they are reached through different ones).
     upstream_ip: IpAddr,
+    /// Whether requests go out through io_uring where the kernel allows it (tests turn it off
+    /// to drive the `sendto` path).
+    send_ring: bool,
 }
 
 /// Counters a worker keeps while it runs; returned when it stops.
@@ -242,6 +245,7 @@ impl UdpBalancer {
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
             upstream_ip: upstream_ip(&config.backends.addrs()),
+            send_ring: true,
         };
         Ok(Self { sockets, shared: Arc::new(shared) })
     }
@@ -354,7 +358,7 @@ impl Relay {
             now: Instant::now(),
             warn: crate::log::Throttled::default(),
             outgoing: Vec::with_capacity(BATCH),
-            ring: SendRing::new(BATCH as u32).ok(),
+            ring: if shared.send_ring { SendRing::new(BATCH as u32).ok() } else { None },
             sends: Vec::with_capacity(BATCH),
             sent: Vec::with_capacity(BATCH),
             shared,
@@ -863,6 +867,16 @@ mod tests {
         backends: &[&UdpSocket],
         max_flows: usize,
     ) -> (SocketAddr, CancellationToken, Vec<thread::JoinHandle<io::Result<UdpStats>>>) {
+        balancer_with(ip, backends, max_flows, true)
+    }
+
+    /// [`balancer_of`], sending requests through io_uring (where the kernel has it) or not.
+    fn balancer_with(
+        ip: &str,
+        backends: &[&UdpSocket],
+        max_flows: usize,
+        send_ring: bool,
+    ) -> (SocketAddr, CancellationToken, Vec<thread::JoinHandle<io::Result<UdpStats>>>) {
         let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.local_addr().unwrap()).collect();
         let config = UdpBalancerConfig {
             name: "test".into(),
@@ -877,7 +891,10 @@ mod tests {
             access_log: false,
             health: crate::config::HealthCheckConfig::default(),
         };
-        let lb = UdpBalancer::bind(&config, Log::disabled()).unwrap();
+        let mut lb = UdpBalancer::bind(&config, Log::disabled()).unwrap();
+        if let Some(shared) = Arc::get_mut(&mut lb.shared) {
+            shared.send_ring = send_ring;
+        }
         let addr = lb.local_addr().unwrap();
         let stop = CancellationToken::new();
         let workers = lb.spawn(stop.clone()).unwrap();
@@ -977,10 +994,18 @@ mod tests {
 
     #[test]
     fn a_burst_keeps_the_rotation_order_and_each_clients_order_at_every_backend() {
+        a_burst_keeps_the_rotation_order("127.0.44.5", true);
+    }
+
+    #[test]
+    fn without_io_uring_a_burst_keeps_the_rotation_order_too() {
+        a_burst_keeps_the_rotation_order("127.0.44.7", false);
+    }
+
+    fn a_burst_keeps_the_rotation_order(ip: &str, send_ring: bool) {
         // Sends are grouped by backend within a batch; the picks are still made in arrival order.
-        let ip = "127.0.44.5";
         let servers = [socket(ip), socket(ip), socket(ip)];
-        let (lb, token, workers) = balancer_of(ip, &[&servers[0], &servers[1], &servers[2]], 8);
+        let (lb, token, workers) = balancer_with(ip, &[&servers[0], &servers[1], &servers[2]], 8, send_ring);
         let clients = [socket(ip), socket(ip)];
         let per_client = 3 * BATCH;
         for i in 0..per_client {
