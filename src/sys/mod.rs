@@ -1,13 +1,14 @@
 //! The system calls netpulse makes beyond std, socket2 and mio. Control messages (TTL / hop
 //! limit, `SO_TIMESTAMPNS`), `ppoll` and interface addresses go through `nix`'s safe wrappers;
 //! hand-written are only the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
-//! datagrams per system call, no allocation per datagram) and `ICMP_FILTER`, for which `nix` has
-//! no option. Those are the crate's only `unsafe`; each block says why it is sound.
+//! datagrams per system call, no allocation per datagram), its io_uring [`SendRing`] (a batch's
+//! datagrams to many flow sockets in one call) and `ICMP_FILTER`, for which `nix` has no option.
+//! Those are the crate's only `unsafe`; each block says why it is sound.
 
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -183,6 +184,81 @@ impl Batch {
         }
         self.filled = 0;
         failed
+    }
+}
+
+#[allow(unsafe_code)]
+impl Batch {
+    /// Makes datagram `i` ready to be sent to `to` on its own; its `sendmsg` header, which points
+    /// into the batch and stays valid while the batch is neither changed nor dropped.
+    fn prepare_send(&mut self, i: usize, to: SocketAddr) -> *const libc::msghdr {
+        self.set_addr(i, to);
+        self.iov[i].iov_len = self.lens[i];
+        &self.hdrs[i].msg_hdr
+    }
+}
+
+/// Sends datagrams of a [`Batch`], each on a socket of its own (a UDP flow's), with one system
+/// call for all of them (io_uring) where `sendto` takes one each, and so one return to user
+/// space, where a backend woken by a send may take the CPU, instead of one per datagram.
+pub(crate) struct SendRing {
+    ring: io_uring::IoUring,
+}
+
+impl SendRing {
+    /// A ring for up to `entries` sends at once; an error where the kernel has no io_uring or
+    /// forbids it (`kernel.io_uring_disabled`, seccomp).
+    pub(crate) fn new(entries: u32) -> io::Result<Self> {
+        Ok(Self { ring: io_uring::IoUring::new(entries)? })
+    }
+
+    /// Sends datagram `slot` of `batch` to `to` on `fd`, for every `(fd, slot, to)` of `sends`,
+    /// without waiting for room in a socket buffer. Per send, in order, into `results`: the bytes
+    /// sent or the negated errno. An error means the ring failed, not a send: it must not be used again
+    /// (entries it did not take would go out with the next call).
+    #[allow(unsafe_code)]
+    pub(crate) fn send(
+        &mut self,
+        batch: &mut Batch,
+        sends: &[(RawFd, usize, SocketAddr)],
+        results: &mut Vec<i32>,
+    ) -> io::Result<()> {
+        results.clear();
+        results.resize(sends.len(), -libc::EIO);
+        let room = self.ring.params().sq_entries() as usize;
+        for (chunk, part) in sends.chunks(room).enumerate() {
+            for (k, &(fd, slot, to)) in part.iter().enumerate() {
+                let hdr = batch.prepare_send(slot, to);
+                let sqe = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), hdr)
+                    .flags(libc::MSG_DONTWAIT as u32)
+                    .build()
+                    .user_data((chunk * room + k) as u64);
+                // SAFETY: the header and the address, iovec and bytes it points to live in
+                // `batch`, which stays borrowed, unchanged, until every send pushed here has
+                // completed: MSG_DONTWAIT sends complete during the submitting call (io_uring
+                // neither arms a poll nor hands them to a worker), and the loop below waits for
+                // each completion before returning. The queue has room: it holds `room` entries
+                // and is empty (every earlier chunk was submitted).
+                if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+                    return Err(io::Error::other("io_uring submission queue full"));
+                }
+            }
+            let mut left = part.len();
+            while left > 0 {
+                match self.ring.submit_and_wait(left) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                for cqe in self.ring.completion() {
+                    if let Some(r) = results.get_mut(cqe.user_data() as usize) {
+                        *r = cqe.result();
+                    }
+                    left = left.saturating_sub(1);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -407,6 +483,46 @@ mod tests {
         let mut lens: Vec<usize> = (0..4).map(|_| client.recv(&mut buf).unwrap()).collect();
         lens.sort_unstable();
         assert_eq!(lens, vec![100, 102, 103, 104]);
+    }
+
+    #[test]
+    fn the_send_ring_sends_each_datagram_on_its_own_socket_and_reports_each_failure() {
+        let Ok(mut ring) = SendRing::new(4) else {
+            eprintln!("no io_uring here; the balancer sends with sendto");
+            return;
+        };
+        let server = UdpSocket::bind("127.0.44.10:0").unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = server.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.44.10:0").unwrap();
+        for i in 0..6u8 {
+            client.send_to(&[i; 10], client.local_addr().unwrap()).unwrap();
+        }
+        let mut batch = Batch::new(8, 2048);
+        while batch.len() < 6 {
+            batch.recv(client.as_fd()).unwrap();
+        }
+        // Six sends on three sockets, more than the ring holds at once; one to an IPv6 address
+        // from an IPv4 socket, which fails alone.
+        let flows: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.44.10:0").unwrap()).collect();
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let sends: Vec<(RawFd, usize, SocketAddr)> =
+            (0..6).map(|i| (flows[i % 3].as_raw_fd(), i, if i == 4 { v6 } else { to })).collect();
+        let mut results = Vec::new();
+        ring.send(&mut batch, &sends, &mut results).unwrap();
+        assert_eq!(results.iter().map(|&r| r >= 0).collect::<Vec<_>>(), [true, true, true, true, false, true]);
+        let mut buf = [0u8; 64];
+        let mut got: Vec<(u8, SocketAddr)> = (0..5)
+            .map(|_| {
+                let (n, from) = server.recv_from(&mut buf).unwrap();
+                assert_eq!(n, 10);
+                (buf[0], from)
+            })
+            .collect();
+        got.sort();
+        let expect: Vec<(u8, SocketAddr)> =
+            [0, 1, 2, 3, 5].iter().map(|&i| (i, flows[usize::from(i) % 3].local_addr().unwrap())).collect();
+        assert_eq!(got, expect);
     }
 
     #[test]
