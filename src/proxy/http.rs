@@ -816,9 +816,9 @@ impl Proxy {
         &self,
         w: &Worker,
         c: &mut Conn,
-        (idle, stop, shutdown): (&mut Idle<'_>, Pin<&mut WaitForCancellationFuture<'_>>, &CancellationToken),
+        (idle, mut stop, shutdown): (&mut Idle<'_>, Pin<&mut WaitForCancellationFuture<'_>>, &CancellationToken),
     ) -> Option<RequestHead> {
-        if c.cbuf.is_empty() && !wait_for_request(c, idle, stop, shutdown).await {
+        if c.cbuf.is_empty() && !wait_for_request(c, idle, stop.as_mut(), shutdown).await {
             return None;
         }
         if c.req.capacity() == 0 {
@@ -827,7 +827,13 @@ impl Proxy {
         }
         // The whole head must arrive by a deadline, however it trickles in (slowloris): from
         // when it is first waited for (most heads come whole in one read, and wait for nothing).
+        // Once stopping, the rest of it has the grace an idle client has, not the whole
+        // head_timeout: one slow client must not hold a stop or a reload.
         let mut deadline = None;
+        let mut stopping = shutdown.is_cancelled();
+        if stopping {
+            deadline = Some(Instant::now() + STOP_GRACE);
+        }
         loop {
             if !c.cbuf.is_empty() {
                 match h1::parse_request(c.cbuf.bytes(), c.peer.ip(), self.log.enabled(), &mut c.req) {
@@ -845,15 +851,30 @@ impl Proxy {
             }
             let head_timeout = self.head_timeout;
             let by = || *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
-            match fill_until(&mut c.cbuf, &mut c.client, by).await {
+            let filled = tokio::select! {
+                biased;
+                r = fill_until(&mut c.cbuf, &mut c.client, by) => Some(r),
+                () = stop.as_mut(), if !stopping => None,
+            };
+            let Some(filled) = filled else {
+                stopping = true;
+                let end = Instant::now() + STOP_GRACE;
+                deadline = Some(deadline.map_or(end, |d| d.min(end)));
+                continue;
+            };
+            match filled {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !c.cbuf.is_empty() => {
                     w.cells.requests.inc();
                     w.cells.refused.inc();
                     w.cells.response(408);
-                    self.refuse(c, 408, &format!("the request head did not arrive within {:?}", self.head_timeout))
-                        .await;
+                    let why = if stopping {
+                        format!("the request head was not complete {STOP_GRACE:?} after the stop began")
+                    } else {
+                        format!("the request head did not arrive within {:?}", self.head_timeout)
+                    };
+                    self.refuse(c, 408, &why).await;
                     return None;
                 }
                 Err(_) => return None,
