@@ -630,12 +630,23 @@ impl Writer {
             // Where an outage began or ended.
             let mut cuts = Vec::new();
             for &(at, p) in &probes {
-                // A probe that settles after a later one (an echo timing out after the next one
-                // was answered) is counted as loss; the outages were judged on those in order.
-                if judge.last_seq.is_some_and(|last| p.seq <= last) {
-                    continue;
+                // A probe older than one already judged (one the monitor reported twice, or
+                // one that waited past HOLD_MS) is counted, not judged again.
+                if judge.last_seq.is_none_or(|last| p.seq > last) {
+                    let why = if p.up { String::new() } else { why(p) };
+                    judge.held.insert(p.seq, Held { at, up: p.up, rtt_ms: p.rtt_ms, why });
                 }
-                judge.last_seq = Some(p.seq);
+            }
+            // Judged in the order they were sent: the next in line, or, when one never comes,
+            // the first held once it has waited HOLD_MS.
+            while let Some((&seq, first)) = judge.held.first_key_value() {
+                let in_line = judge.last_seq.is_none_or(|last| seq == last + 1);
+                if !in_line && first.at > now - HOLD_MS {
+                    break;
+                }
+                let Some((_, p)) = judge.held.pop_first() else { break };
+                let at = p.at;
+                judge.last_seq = Some(seq);
                 if p.up {
                     judge.failing = 0;
                     judge.first = None;
@@ -653,11 +664,11 @@ impl Writer {
                 } else {
                     judge.failing += 1;
                     if judge.failing == 1 {
-                        judge.first = Some((at, why(p)));
+                        judge.first = Some((at, p.why.clone()));
                     }
                     if judge.failing >= FALL && !judge.down {
                         judge.down = true;
-                        let (since, why) = judge.first.clone().unwrap_or_else(|| (at, why(p)));
+                        let (since, why) = judge.first.clone().unwrap_or_else(|| (at, p.why.clone()));
                         events.push((since, "target_down", t.target.clone(), why));
                         changed(since);
                         cuts.push(since);
@@ -846,7 +857,25 @@ struct Judge {
     first: Option<(i64, String)>,
     /// In an outage (`failing` reached [`FALL`]), written as `target_down`.
     down: bool,
+    /// Probes that settled before an earlier one (an answer overtaking probes still waiting
+    /// for their timeout), held until those come: they are judged in the order they were sent.
+    held: std::collections::BTreeMap<u64, Held>,
 }
+
+/// A probe waiting for its turn to be judged.
+#[derive(Debug, Clone)]
+struct Held {
+    /// When it was sent (ms since the epoch).
+    at: i64,
+    up: bool,
+    rtt_ms: Option<f64>,
+    /// Why it failed, if it did.
+    why: String,
+}
+
+/// How long a probe waits for an earlier one that never comes (a sample the monitor dropped)
+/// before it is judged anyway: longer than any probe's timeout.
+const HOLD_MS: i64 = 30_000;
 
 #[cfg(test)]
 mod tests {
@@ -1212,18 +1241,46 @@ mod store_tests {
         assert!(o.down_ms >= 10_000, "down from the first probe to the stop: {} ms ({:?})", o.down_ms, o.list);
     }
 
-    /// Review of 0d9b255 (older than it): with a timeout of three intervals, a blackout of four
-    /// probes is four lost probes but no outage: the probe answered after it overtakes the
-    /// third lost one, which is then skipped as "settled after a later one".
+    /// With a timeout of three intervals, the answer after a blackout of four probes settles
+    /// before the last lost ones: they are still judged in the order they were sent (before,
+    /// the overtaken ones were skipped and the blackout was loss, not an outage).
     #[test]
-    #[ignore = "review s15-rev9: lost probes overtaken by an answered one are never judged (timeout >= 3 intervals); needs judging by sequence across reports"]
     fn a_blackout_shorter_than_the_timeout_is_still_an_outage() {
         let dir = Scratch::new("long-timeout");
         let path = dir.file();
         let sent = blackout_timed_out_after(&path, 6, 4, 15, 3000);
-        let down = events(&path, "target_down");
-        assert_eq!(down.len(), 1, "four probes lost in a row: {down:?}");
-        assert_eq!(down[0].t_ms, sent[5]);
+        let (down, up) = (events(&path, "target_down"), events(&path, "target_up"));
+        assert_eq!((down.len(), up.len()), (1, 1), "four probes lost in a row: {down:?} {up:?}");
+        assert_eq!(down[0].t_ms, sent[5], "from the first lost probe");
+        assert_eq!(up[0].t_ms, sent[9], "to the first answered again");
+    }
+
+    #[test]
+    fn a_probe_the_monitor_never_reported_holds_the_judging_no_longer_than_the_hold() {
+        // Probe 3's sample never reaches the writer; 4, 5 and 6 are lost. They wait for 3, then
+        // are judged without it: an outage from probe 4.
+        let dir = Scratch::new("gap");
+        let path = dir.file();
+        let t0 = now_ms();
+        let (mut w, clock) = writer(&path, Retention::default(), t0);
+        let mut sent = Vec::new();
+        for seq in 1..=50u64 {
+            clock.advance(1000);
+            sent.push(clock.wall_ms());
+            if seq == 3 {
+                w.interval(&report_of(vec![], (seq, seq)));
+                continue;
+            }
+            let up = !(4..=6).contains(&seq);
+            let rtt_ms = up.then_some(1.0);
+            let p = ProbePoint { seq, rtt_ms, up, lost: !up, sent: Some(clock.mono()) };
+            w.interval(&report_of(vec![p], (seq, seq)));
+        }
+        w.stop();
+        let (down, up) = (events(&path, "target_down"), events(&path, "target_up"));
+        assert_eq!((down.len(), up.len()), (1, 1), "{down:?} {up:?}");
+        assert_eq!(down[0].t_ms, sent[3], "from probe 4");
+        assert_eq!(up[0].t_ms, sent[6], "to probe 7");
     }
 
     #[test]
