@@ -706,6 +706,13 @@ struct Conn {
     alarm: Alarm,
 }
 
+impl Conn {
+    /// A new client connection: no buffer is taken until its first request.
+    fn new(client: TcpStream, peer: SocketAddr) -> Self {
+        Self { client, peer, cbuf: Buf::new(), bbuf: Buf::new(), out: Vec::new(), req: Vec::new(), alarm: Alarm(None) }
+    }
+}
+
 /// A connection's timer for the backends' answers: set when the first one is waited for, then
 /// moved only when it fires before the deadline of the answer now waited for (each request's
 /// deadline is later than the last one's), so that a request sets no timer of its own.
@@ -747,15 +754,7 @@ impl Alarm {
 
 impl Proxy {
     async fn serve_client(&self, w: &Worker, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-        let mut c = Conn {
-            client,
-            peer,
-            cbuf: Buf::new(),
-            bbuf: Buf::new(),
-            out: Vec::new(),
-            req: Vec::new(),
-            alarm: Alarm(None),
-        };
+        let mut c = Conn::new(client, peer);
         let cells = &w.cells;
         cells.clients.up();
         let _open = Decrement(&cells.clients);
@@ -1469,16 +1468,7 @@ mod tests {
         // A new socket starts out readable to the runtime until a read finds nothing.
         ours.readable().await.unwrap();
         assert_eq!(ours.try_read(&mut [0u8; 1]).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        let conn = Conn {
-            client: ours,
-            peer,
-            cbuf: Buf::new(),
-            bbuf: Buf::new(),
-            out: Vec::new(),
-            req: Vec::new(),
-            alarm: Alarm(None),
-        };
-        (conn, client)
+        (Conn::new(ours, peer), client)
     }
 
     #[tokio::test(start_paused = true)]
