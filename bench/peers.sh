@@ -57,6 +57,10 @@ for tool in "${need[@]}"; do
   command -v "$tool" >/dev/null || { echo "peers: $tool is missing (apt-get install -y nginx libnginx-mod-stream haproxy wrk inetutils-inetd)" >&2; exit 2; }
 done
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || { echo "peers: nginx's stream module is missing (apt-get install -y libnginx-mod-stream)" >&2; exit 2; }
+# A leftover or a second run on these addresses would answer in place of a contender that failed
+# to bind, and its figures would be taken for that contender's.
+busy=$(ss -Htuln | awk -v net="$NET." 'index($5, net) == 1 {print $1 " " $5}' | tr '\n' ' ')
+[ -z "$busy" ] || { echo "peers: $NET.x is already in use ($busy); stop what listens there first" >&2; exit 1; }
 if [ -z "${NETPULSE:-}" ] || [ -z "${UDP_LOAD:-}" ]; then
   cargo build --release --quiet --bin netpulse --example udp_load
 fi
@@ -139,6 +143,7 @@ measure() {
   fi
   if [ -z "$fields" ] || [ "${fields%% *}" = 0 ]; then
     echo "peers: $proto $setup W=$w $name: no answers: $(head -c 300 <<<"$out")" >&2
+    : >"$TMP/incomplete"
     fields="0 0 nan 0"
   fi
   echo "$proto $setup $w $name $fields $((p1 - p0)) $((b1 - b0)) $((l1 - l0)) $((m1 - m0)) $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}') $((pu1 - pu0))"
@@ -229,7 +234,9 @@ http_group() {
   local cases=(direct netpulse nginx haproxy ${BASELINE:+before}) c
   for c in "${cases[@]}"; do ready "$c" "${pid[$c]}" "${port[$c]}" tcp; done
   sleep 1 # health checks settle (netpulse checks every 1 s; every backend starts up)
-  for c in "${cases[@]}"; do wrk -t"$w" -c"$CONNS" -d1s "http://${port[$c]}/" >/dev/null; done
+  for c in "${cases[@]}"; do
+    wrk -t"$w" -c"$CONNS" -d1s "http://${port[$c]}/" >/dev/null || { echo "peers: $c failed its warm-up" >&2; cat "$TMP/$c.err" >&2 2>/dev/null; exit 1; }
+  done
   for _ in $(seq "$ROUNDS"); do
     for c in "${cases[@]}"; do
       measure http "$setup" "$w" "$c" "${pid[$c]}" "$bpid" -- \
@@ -395,3 +402,7 @@ if summary["udp"]:
         print(f"| {setup} | {w} | {fmt(m,'netpulse','rate','.0f')} / {fmt(m,'nginx','rate','.0f')} / {fmt(m,'direct','rate','.0f')} | **{rn:.2f}x** | **{rd:.2f}x** "
               f"| {fmt(m,'netpulse','pus','.2f')} / {fmt(m,'nginx','pus','.2f')} |")
 PY
+if [ -e "$TMP/incomplete" ]; then
+  echo "peers: some cases got no answers (see above): their rows are not figures" >&2
+  exit 1
+fi
