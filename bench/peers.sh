@@ -7,6 +7,8 @@
 #   BASELINE=path/to/older/netpulse bench/peers.sh   adds that build as a contender ("before")
 #   NETPULSE=path/to/netpulse UDP_LOAD=path/to/udp_load bench/peers.sh   skips the cargo build
 #   HAPROXY_REUSE=always bench/peers.sh   HAProxy's http-reuse (default: not set, i.e. safe)
+#   NGINX_UDP_RESPONSES= bench/peers.sh   nginx UDP without proxy_responses (default 1: a session
+#                                         per datagram; unset: one per client, pinned to a backend)
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk inetutils-inetd; python3.
 #
@@ -249,7 +251,7 @@ http_group() {
 # ---------------------------------------------------------------- UDP: one setup, W workers
 udp_group() {
   local setup=$1 w=$2 back=${UDP_BACK[$1]} bpid=${UDP_BPID[$1]}
-  local list; list=$(tr ' ' ',' <<<"$back")
+  local list resp=${NGINX_UDP_RESPONSES-1}; list=$(tr ' ' ',' <<<"$back")
   declare -A port pid
   start netpulse "$BIN" balance udp --listen $PX:9888 --backend "$list" --workers "$w" --quiet
   GROUP+=("$STARTED"); pid[netpulse]=$STARTED; port[netpulse]=$PX:9888
@@ -264,7 +266,7 @@ udp_group() {
     echo "stream {"
     # shellcheck disable=SC2086 # $back is a list of addresses
     echo "  upstream u { $(printf 'server %s; ' $back)}"
-    echo "  server { listen $PX:9889 udp reuseport; proxy_pass u; proxy_responses 1; proxy_timeout 1s; }"
+    echo "  server { listen $PX:9889 udp reuseport; proxy_pass u; ${resp:+proxy_responses $resp; }proxy_timeout 1s; }"
     echo "}"
   } >"$TMP/nginx-udp.conf"
   start nginx nginx -c "$TMP/nginx-udp.conf" -p "$TMP"
