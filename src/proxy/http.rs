@@ -644,11 +644,15 @@ async fn fill_until(buf: &mut Buf, s: &mut TcpStream, deadline: impl FnOnce() ->
 /// clock. The first poll is the runtime's own, so readiness is kept as an await keeps it.
 async fn at_once_or_by<F: std::future::Future>(fut: F, deadline: impl FnOnce() -> Instant) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
-    if let std::task::Poll::Ready(out) = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
-    {
+    if let std::task::Poll::Ready(out) = poll_once(fut.as_mut()).await {
         return Some(out);
     }
     tokio::time::timeout_at(deadline().into(), fut).await.ok()
+}
+
+/// Polls `fut` once, in the task's own context (so a pending one is woken as if awaited).
+async fn poll_once<F: std::future::Future>(mut fut: Pin<&mut F>) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// A client connection's idle timer: set once, for [`CLIENT_IDLE_TIMEOUT`] after the
@@ -722,9 +726,7 @@ impl Alarm {
     /// `fut`'s output, or `None` if `deadline` passes first.
     async fn within<F: std::future::Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
         let mut fut = std::pin::pin!(fut);
-        if let std::task::Poll::Ready(out) =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
-        {
+        if let std::task::Poll::Ready(out) = poll_once(fut.as_mut()).await {
             return Some(out);
         }
         let deadline = tokio::time::Instant::from_std(deadline);
