@@ -198,17 +198,24 @@ stop_group() {
   GROUP=()
 }
 
+# start_ours PROTO PORT BEFORE_PORT BACKENDS W: netpulse (and BASELINE, as "before") balancing
+# PROTO on $PX:PORT (BEFORE_PORT) to BACKENDS; fills the caller's pid[] and port[].
+start_ours() {
+  local proto=$1 at=$2 before_at=$3 list=$4 w=$5
+  start netpulse "$BIN" balance "$proto" --listen "$PX:$at" --backend "$list" --workers "$w" --quiet
+  GROUP+=("$STARTED"); pid[netpulse]=$STARTED; port[netpulse]=$PX:$at
+  if [ -n "${BASELINE:-}" ]; then
+    start before "$BASELINE" balance "$proto" --listen "$PX:$before_at" --backend "$list" --workers "$w" --quiet
+    GROUP+=("$STARTED"); pid[before]=$STARTED; port[before]=$PX:$before_at
+  fi
+}
+
 # ---------------------------------------------------------------- HTTP: one setup, W workers
 http_group() {
   local setup=$1 w=$2 back=${HTTP_BACK[$1]} bpid=${HTTP_BPID[$1]}
   local list; list=$(tr ' ' ',' <<<"$back")
   declare -A port pid
-  start netpulse "$BIN" balance http --listen $PX:9000 --backend "$list" --workers "$w" --quiet
-  GROUP+=("$STARTED"); pid[netpulse]=$STARTED; port[netpulse]=$PX:9000
-  if [ -n "${BASELINE:-}" ]; then
-    start before "$BASELINE" balance http --listen $PX:9030 --backend "$list" --workers "$w" --quiet
-    GROUP+=("$STARTED"); pid[before]=$STARTED; port[before]=$PX:9030
-  fi
+  start_ours http 9000 9030 "$list" "$w"
   {
     echo "worker_processes $w; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.log warn;"
     echo "events { worker_connections 4096; }"
@@ -253,12 +260,7 @@ udp_group() {
   local setup=$1 w=$2 back=${UDP_BACK[$1]} bpid=${UDP_BPID[$1]}
   local list resp=${NGINX_UDP_RESPONSES-1}; list=$(tr ' ' ',' <<<"$back")
   declare -A port pid
-  start netpulse "$BIN" balance udp --listen $PX:9888 --backend "$list" --workers "$w" --quiet
-  GROUP+=("$STARTED"); pid[netpulse]=$STARTED; port[netpulse]=$PX:9888
-  if [ -n "${BASELINE:-}" ]; then
-    start before "$BASELINE" balance udp --listen $PX:9890 --backend "$list" --workers "$w" --quiet
-    GROUP+=("$STARTED"); pid[before]=$STARTED; port[before]=$PX:9890
-  fi
+  start_ours udp 9888 9890 "$list" "$w"
   {
     echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
     echo "worker_processes $w; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.log warn;"
