@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 
 /// A backend on `at` serving each connection with `serve` on its own thread.
-fn backend(at: &str, serve: fn(TcpStream)) {
+fn backend(at: &str, serve: impl Fn(TcpStream) + Send + Copy + 'static) {
     let l = TcpListener::bind(at).unwrap();
     thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -38,9 +38,18 @@ fn read_head(s: &mut TcpStream) -> Option<String> {
 }
 
 fn balancer(listen: &str, backend: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["balance", "http", "--listen", listen, "--backend", backend, "--quiet", "--retries", "0"];
-    args.extend_from_slice(extra);
-    Proc::up(&args)
+    balancer_with(listen, backend, extra, true)
+}
+
+/// [`balancer`], with io_uring allowed or not (`NETPULSE_IO_URING=off`: every write is a
+/// `sendto` of its own, as on a kernel without io_uring).
+fn balancer_with(listen: &str, backend: &str, extra: &[&str], io_uring: bool) -> Proc {
+    let mut cmd = netpulse();
+    cmd.args(["balance", "http", "--listen", listen, "--backend", backend, "--quiet", "--retries", "0"]).args(extra);
+    if !io_uring {
+        cmd.env("NETPULSE_IO_URING", "off");
+    }
+    Proc::up_command(cmd)
 }
 
 /// The connection's one answer timer, left set by a request answered just in time, still ends
@@ -93,11 +102,22 @@ fn a_body_that_stalls_ends_the_client_connection_short() {
 }
 
 /// A client that asks for a large response and stops reading: the balancer gives up on it,
-/// and so lets go of the backend connection that was feeding it.
+/// and so lets go of the backend connection that was feeding it; with its writes queued for
+/// io_uring and without.
 #[test]
 fn a_client_that_stops_reading_lets_the_backend_connection_go() {
     static LET_GO: AtomicBool = AtomicBool::new(false);
-    backend("127.0.46.4:8001", |mut s| {
+    client_stops_reading("127.0.46.4", true, &LET_GO);
+}
+
+#[test]
+fn a_client_that_stops_reading_lets_the_backend_connection_go_without_io_uring() {
+    static LET_GO: AtomicBool = AtomicBool::new(false);
+    client_stops_reading("127.0.46.6", false, &LET_GO);
+}
+
+fn client_stops_reading(ip: &str, io_uring: bool, let_go: &'static AtomicBool) {
+    backend(&format!("{ip}:8001"), move |mut s| {
         let Some(head) = read_head(&mut s) else { return };
         let huge = 1u64 << 40;
         let chunk = vec![b'x'; 64 * 1024];
@@ -106,18 +126,18 @@ fn a_client_that_stops_reading_lets_the_backend_connection_go() {
             ok = s.write_all(&chunk).is_ok();
         }
         if head.starts_with("GET /huge") {
-            LET_GO.store(true, Ordering::SeqCst);
+            let_go.store(true, Ordering::SeqCst);
         }
     });
-    let _lb = balancer("127.0.46.4:8000", "127.0.46.4:8001", &["--timeout", "500ms"]);
-    let mut s = TcpStream::connect("127.0.46.4:8000").unwrap();
+    let _lb = balancer_with(&format!("{ip}:8000"), &format!("{ip}:8001"), &["--timeout", "500ms"], io_uring);
+    let mut s = TcpStream::connect(format!("{ip}:8000")).unwrap();
     s.write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut first = [0u8; 12];
     s.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
     // Reads nothing more.
     wait_until("the backend connection to be let go", Duration::from_secs(20), || {
-        LET_GO.load(Ordering::SeqCst).then_some(())
+        let_go.load(Ordering::SeqCst).then_some(())
     });
     drop(s);
 }

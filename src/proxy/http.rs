@@ -70,6 +70,9 @@ struct Proxy {
     connect_timeout: Duration,
     timeout: Duration,
     log: Log,
+    /// Whether workers queue their small writes and make them in one io_uring call when they
+    /// run out of work (`crate::sys::queued`), where the kernel allows it.
+    queued_sends: bool,
 }
 
 /// What one worker thread owns: its keep-alive pools (one per backend) and its counters.
@@ -332,6 +335,7 @@ impl HttpBalancer {
             connect_timeout: config.connect_timeout.0,
             timeout: config.timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
+            queued_sends: crate::sys::io_uring_wanted(),
         });
         Ok(Self { listeners, max_connections: config.max_connections, proxy })
     }
@@ -384,7 +388,14 @@ impl HttpBalancer {
                 let permits = Arc::new(Semaphore::new(share));
                 let (proxy, shutdown) = (self.proxy.clone(), shutdown.clone());
                 thread::Builder::new().name(format!("http-{}-{i}", self.proxy.name)).spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let mut rt = tokio::runtime::Builder::new_current_thread();
+                    // Small writes wait for the worker to run out of work, then go out together.
+                    if proxy.queued_sends && crate::sys::queued::install(256) {
+                        rt.on_thread_park(|| {
+                            crate::sys::queued::flush();
+                        });
+                    }
+                    let rt = rt.enable_all().build()?;
                     rt.block_on(proxy.accept_loop(listener, permits, shutdown))
                 })
             })
@@ -622,7 +633,20 @@ fn request_key(key: &HashKey, head: &[u8], peer: SocketAddr) -> Option<u64> {
 
 /// Writes everything with a deadline, so a peer that stops reading cannot hold a connection
 /// (and its permit) forever; a timeout is an `io::ErrorKind::TimedOut` error.
-async fn write_within(s: &mut TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
+async fn write_within(s: &mut TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if let Some(queued) = crate::sys::queued::send(s.as_raw_fd(), bytes) {
+        match queued.await {
+            n if n >= 0 => {
+                bytes = bytes.get(n as usize..).unwrap_or_default();
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+            }
+            e if e == -libc::EAGAIN => {}
+            e => return Err(io::Error::from_raw_os_error(-e)),
+        }
+    }
     at_once_or_by(s.write_all(bytes), || Instant::now() + limit)
         .await
         .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))

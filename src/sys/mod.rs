@@ -2,8 +2,18 @@
 //! limit, `SO_TIMESTAMPNS`), `ppoll` and interface addresses go through `nix`'s safe wrappers;
 //! hand-written are only the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
 //! datagrams per system call, no allocation per datagram), its io_uring [`SendRing`] (a batch's
-//! datagrams to many flow sockets in one call) and `ICMP_FILTER`, for which `nix` has no option.
+//! datagrams to many flow sockets in one call), the HTTP workers' [`queued`] sends (a worker's
+//! small writes made together, in one io_uring call, when it runs out of work) and
+//! `ICMP_FILTER`, for which `nix` has no option.
 //! Those are the crate's only `unsafe`; each block says why it is sound.
+
+pub(crate) mod queued;
+
+/// Whether io_uring may be used (where the kernel allows it): yes unless `NETPULSE_IO_URING`
+/// says `off` (or `0`, `no`, `false`), the way out should a kernel's io_uring misbehave.
+pub(crate) fn io_uring_wanted() -> bool {
+    !matches!(std::env::var("NETPULSE_IO_URING").as_deref(), Ok("off" | "0" | "no" | "false"))
+}
 
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
