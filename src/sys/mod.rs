@@ -1,9 +1,8 @@
 //! The system calls netpulse makes beyond std, socket2 and mio. Control messages (TTL / hop
 //! limit, `SO_TIMESTAMPNS`), `ppoll` and interface addresses go through `nix`'s safe wrappers;
 //! hand-written are only the `recvmmsg`/`sendmmsg` [`Batch`] of the UDP balancer's hot path (32
-//! datagrams per system call, no allocation per datagram), its io_uring [`BatchRing`] (a batch's
-//! datagrams to and from many flow sockets in one call) and `ICMP_FILTER`, for which `nix` has no
-//! option.
+//! datagrams per system call, no allocation per datagram), its io_uring [`SendRing`] (a batch's
+//! datagrams to many flow sockets in one call) and `ICMP_FILTER`, for which `nix` has no option.
 //! Those are the crate's only `unsafe`; each block says why it is sound.
 
 use std::io::{self, IoSliceMut};
@@ -177,29 +176,8 @@ impl Batch {
         self.filled = 0;
         failed
     }
-}
 
-impl Batch {
-    /// Makes datagram `i` ready to be sent to `to` on its own; its `sendmsg` header, which points
-    /// into the batch and stays valid while the batch is neither changed nor dropped.
-    fn prepare_send(&mut self, i: usize, to: SocketAddr) -> *const libc::msghdr {
-        self.set_addr(i, to);
-        self.iov[i].iov_len = self.lens[i];
-        &self.hdrs[i].msg_hdr
-    }
-
-    /// Makes free slot `i` ready to receive a datagram on its own; its `recvmsg` header, valid as
-    /// long as the one of [`Batch::prepare_send`].
-    fn prepare_recv(&mut self, i: usize) -> *mut libc::msghdr {
-        self.iov[i].iov_len = self.slot;
-        self.lens[i] = 0;
-        let hdr = &mut self.hdrs[i].msg_hdr;
-        hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-        hdr.msg_flags = 0;
-        hdr
-    }
-
-    /// Datagrams received into free slots one by one ([`BatchRing::recv`]) join the batch:
+    /// Datagrams received into free slots join the batch:
     /// `slots`, in increasing order, move down to follow the datagrams held, in that order (the
     /// other free slots, empty or dropped, are forgotten). Slots not above those held, out of
     /// order or beyond the batch are ignored.
@@ -223,20 +201,25 @@ impl Batch {
     }
 }
 
-/// Sends datagrams of a [`Batch`], each on a socket of its own (a UDP flow's), and receives
-/// datagrams from many sockets into a batch, with one system call for all of them (io_uring)
-/// where `sendto` and `recvmmsg` take one per socket, and so one return to user space, where a
-/// backend woken by a send may take the CPU, instead of one per datagram.
-///
-/// Every operation is non-blocking (`MSG_DONTWAIT`): it completes during the call that submits
-/// it — io_uring neither arms a poll for it nor hands it to a worker thread — and each call
-/// reaps every completion before it returns, so nothing the kernel writes or reads outlives the
-/// borrow of the batch.
-pub(crate) struct BatchRing {
+#[allow(unsafe_code)]
+impl Batch {
+    /// Makes datagram `i` ready to be sent to `to` on its own; its `sendmsg` header, which points
+    /// into the batch and stays valid while the batch is neither changed nor dropped.
+    fn prepare_send(&mut self, i: usize, to: SocketAddr) -> *const libc::msghdr {
+        self.set_addr(i, to);
+        self.iov[i].iov_len = self.lens[i];
+        &self.hdrs[i].msg_hdr
+    }
+}
+
+/// Sends datagrams of a [`Batch`], each on a socket of its own (a UDP flow's), with one system
+/// call for all of them (io_uring) where `sendto` takes one each, and so one return to user
+/// space, where a backend woken by a send may take the CPU, instead of one per datagram.
+pub(crate) struct SendRing {
     ring: io_uring::IoUring,
 }
 
-impl BatchRing {
+impl SendRing {
     /// A ring for up to `entries` sends at once; an error where the kernel has no io_uring or
     /// forbids it (`kernel.io_uring_disabled`, seccomp).
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
@@ -284,68 +267,6 @@ impl BatchRing {
                 for cqe in self.ring.completion() {
                     if let Some(r) = results.get_mut(cqe.user_data() as usize) {
                         *r = cqe.result();
-                    }
-                    left = left.saturating_sub(1);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Receives one datagram from `fd` into free slot `slot` of `batch`, for every `(fd, slot)` of
-    /// `recvs`, without waiting; receives from one socket are made in the order given. Per
-    /// receive, in order, into `results`: the datagram's length or the negated errno (`-EAGAIN`:
-    /// none was queued). A slot that got a datagram holds its bytes and source ([`Batch::payload`],
-    /// [`Batch::addr`]) but is not part of the batch until [`Batch::keep_received`].
-    ///
-    /// An error means the ring failed: it must not be used again; `results` still says what
-    /// each receive it ran did (`-EIO` for the others). A slot that is not free is an
-    /// `InvalidInput` error before anything is received.
-    #[allow(unsafe_code)]
-    pub(crate) fn recv(
-        &mut self,
-        batch: &mut Batch,
-        recvs: &[(RawFd, usize)],
-        results: &mut Vec<i32>,
-    ) -> io::Result<()> {
-        results.clear();
-        results.resize(recvs.len(), -libc::EIO);
-        if recvs.iter().any(|&(_, slot)| slot < batch.len() || slot >= batch.capacity()) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "receive into a slot that is not free"));
-        }
-        let room = self.ring.params().sq_entries() as usize;
-        for (chunk, part) in recvs.chunks(room).enumerate() {
-            for (k, &(fd, slot)) in part.iter().enumerate() {
-                let hdr = batch.prepare_recv(slot);
-                let sqe = io_uring::opcode::RecvMsg::new(io_uring::types::Fd(fd), hdr)
-                    .flags(libc::MSG_DONTWAIT as u32)
-                    .build()
-                    .user_data((chunk * room + k) as u64);
-                // SAFETY: the header and the address, iovec and bytes it points to live in
-                // `batch`, borrowed mutably until every receive pushed here has completed (see
-                // the type's comment: MSG_DONTWAIT receives complete during the submitting
-                // call, and the loop below waits for each completion); the kernel writes at most
-                // `iov_len` bytes (the slot's size) and `msg_namelen` address bytes. Each slot is
-                // free (checked above), so no datagram held is overwritten. The queue has room:
-                // it holds `room` entries and is empty (every earlier chunk was submitted).
-                if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                    return Err(io::Error::other("io_uring submission queue full"));
-                }
-            }
-            let mut left = part.len();
-            while left > 0 {
-                match self.ring.submit_and_wait(left) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-                for cqe in self.ring.completion() {
-                    let at = cqe.user_data() as usize;
-                    if let (Some(r), Some(&(_, slot))) = (results.get_mut(at), recvs.get(at)) {
-                        *r = cqe.result();
-                        if let Ok(len) = usize::try_from(cqe.result()) {
-                            batch.lens[slot] = len.min(batch.slot);
-                        }
                     }
                     left = left.saturating_sub(1);
                 }
@@ -583,7 +504,7 @@ mod tests {
 
     #[test]
     fn the_send_ring_sends_each_datagram_on_its_own_socket_and_reports_each_failure() {
-        let Ok(mut ring) = BatchRing::new(4) else {
+        let Ok(mut ring) = SendRing::new(4) else {
             eprintln!("no io_uring here; the balancer sends with sendto");
             return;
         };
@@ -619,46 +540,6 @@ mod tests {
         let expect: Vec<(u8, SocketAddr)> =
             [0, 1, 2, 3, 5].iter().map(|&i| (i, flows[usize::from(i) % 3].local_addr().unwrap())).collect();
         assert_eq!(got, expect);
-    }
-
-    #[test]
-    fn the_ring_receives_from_many_sockets_in_order_and_says_which_are_drained() {
-        let Ok(mut ring) = BatchRing::new(4) else {
-            eprintln!("no io_uring here; the balancer receives with recvmmsg");
-            return;
-        };
-        let sender = UdpSocket::bind("127.0.43.11:0").unwrap();
-        let sockets: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.43.11:0").unwrap()).collect();
-        for s in &sockets {
-            s.set_nonblocking(true).unwrap();
-        }
-        // Three datagrams queued on the first socket, none on the second, one on the third.
-        for (s, n) in [(0, 3u8), (2, 1)] {
-            for i in 0..n {
-                sender.send_to(&[s as u8 * 10 + i; 20], sockets[s].local_addr().unwrap()).unwrap();
-            }
-        }
-        let mut batch = Batch::new(8, 2048);
-        // Two reads per socket, more than the ring holds at once, in slot order.
-        let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-        let recvs: Vec<(RawFd, usize)> = (0..6).map(|i| (fds[i % 3], i)).collect();
-        let mut results = Vec::new();
-        ring.recv(&mut batch, &recvs, &mut results).unwrap();
-        assert_eq!(results, [20, -libc::EAGAIN, 20, 20, -libc::EAGAIN, -libc::EAGAIN]);
-        assert_eq!(batch.len(), 0, "nothing joins the batch before it is kept");
-        batch.keep_received(&[0, 2, 3]);
-        assert_eq!(batch.len(), 3);
-        let got: Vec<(u8, usize, Option<SocketAddr>)> =
-            (0..3).map(|i| (batch.payload(i)[0], batch.payload(i).len(), batch.addr(i))).collect();
-        let from = Some(sender.local_addr().unwrap());
-        assert_eq!(got, [(0, 20, from), (20, 20, from), (1, 20, from)]);
-        // The first socket's third datagram is still queued; a held slot is refused.
-        let err = ring.recv(&mut batch, &[(fds[0], 2)], &mut results).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        ring.recv(&mut batch, &[(fds[0], 3), (fds[0], 4)], &mut results).unwrap();
-        assert_eq!(results, [20, -libc::EAGAIN]);
-        batch.keep_received(&[3]);
-        assert_eq!((batch.len(), batch.payload(3)), (4, &[2u8; 20][..]));
     }
 
     #[test]
