@@ -330,6 +330,8 @@ struct Relay {
     /// The sends handed to the ring: flow socket, slot in the batch, backend; and what each did.
     sends: Vec<(RawFd, usize, SocketAddr)>,
     sent: Vec<i32>,
+    /// The slots of the replies batch kept (the backends' replies).
+    kept: Vec<usize>,
 }
 
 /// A request of the batch, picked for: where it goes, where it is, and its flow.
@@ -361,6 +363,7 @@ impl Relay {
             ring: if shared.send_ring { SendRing::new(BATCH as u32).ok() } else { None },
             sends: Vec::with_capacity(BATCH),
             sent: Vec::with_capacity(BATCH),
+            kept: Vec::with_capacity(BATCH),
             shared,
         })
     }
@@ -392,7 +395,7 @@ impl Relay {
             for event in &events {
                 match event.token() {
                     LISTENER => read_requests = retiring.is_none(),
-                    Token(t) => self.on_replies(t - 1)?,
+                    Token(t) => self.on_replies(t - 1),
                 }
             }
             if read_requests {
@@ -564,13 +567,19 @@ impl Relay {
     }
 
     /// Reads everything backends sent to flow `token` and queues it for the flow's client.
-    fn on_replies(&mut self, token: usize) -> io::Result<()> {
+    ///
+    /// One `recvmmsg` per readable flow socket. Reading all of a poll round's sockets with one
+    /// io_uring call instead (two `RecvMsg` per socket, the second to find it drained) was
+    /// measured no cheaper: a receive through io_uring costs what a system call does (1.2-2.0 µs
+    /// per socket against 1.1-1.2 with 1-4 sockets a round, even from 12), and multishot
+    /// receives only move the same work into the senders' wake-ups (kernel 6.18).
+    fn on_replies(&mut self, token: usize) {
         loop {
             if self.replies.is_full() {
                 self.flush_replies();
             }
-            let Some((client, flow)) = self.flows.by_token(token) else {
-                return Ok(());
+            let Some((_, flow)) = self.flows.by_token(token) else {
+                return;
             };
             let before = self.replies.len();
             // An error here is an ICMP report queued on the flow socket: nothing to relay. Flow
@@ -578,49 +587,58 @@ impl Relay {
             // waits behind an error), which edge-triggered readiness needs.
             let got = self.replies.recv(flow.socket.as_fd()).unwrap_or_default();
             if got == 0 {
-                return Ok(());
+                return;
             }
-            let set = self.shared.backends.snapshot(self.now);
-            let mut from_backend = false;
-            let mut i = before;
-            while i < self.replies.len() {
-                let from = self.replies.addr(i);
-                match from.and_then(|b| set.index_of(b).map(|i| (b, i))) {
-                    Some((b, index)) => {
-                        from_backend = true;
-                        if let Some(c) = self.cells.backends.get(index) {
-                            c.datagrams_received.inc();
-                            c.bytes_received.add(self.replies.payload(i).len() as u64);
-                        }
-                        if let Some(latency) = flow.pending.answered(index, self.now) {
-                            self.shared.backends.end(index, latency, self.now);
-                        }
-                        if self.shared.log.enabled() {
-                            self.shared.log.line(format!(
-                                "{} udp {} {client} <- {b} {}B",
-                                UtcTime::now().rfc3339(),
-                                self.shared.name,
-                                self.replies.payload(i).len()
-                            ));
-                        }
-                        self.replies.set_addr(i, client);
-                        i += 1;
-                    }
-                    _ => {
-                        // Not from a backend: someone probing the upstream port. Drop it.
-                        self.cells.dropped(UdpDrop::Stranger);
-                        self.replies.swap_remove(i);
-                    }
+            let shared = self.shared.clone();
+            let set = shared.backends.snapshot(self.now);
+            self.kept.clear();
+            for slot in before..before + got {
+                if self.relay_reply(token, slot, &set) {
+                    self.kept.push(slot);
                 }
             }
-            // Only a backend's reply keeps the flow alive; strangers' datagrams do not.
-            if from_backend {
-                self.flows.touch(&client, self.now);
-            }
-            if !self.replies.is_full() {
-                return Ok(());
+            self.replies.truncate(before);
+            self.replies.keep_received(&self.kept);
+            // Only a short read says the socket is drained: strangers dropped from a full one
+            // leave room, not an empty queue.
+            if before + got < self.replies.capacity() {
+                return;
             }
         }
+    }
+
+    /// A reply received into slot `slot` of the replies batch from flow `token`'s socket: if a
+    /// backend of `set` sent it, counts it, ends its request's wait and addresses it to the
+    /// flow's client (true: keep it); else drops and counts it (false).
+    fn relay_reply(&mut self, token: usize, slot: usize, set: &BackendSet) -> bool {
+        let Some((client, flow)) = self.flows.by_token(token) else {
+            return false;
+        };
+        let from = self.replies.addr(slot);
+        let Some((b, index)) = from.and_then(|b| set.index_of(b).map(|i| (b, i))) else {
+            // Not from a backend: someone probing the upstream port. It does not keep the flow alive.
+            self.cells.dropped(UdpDrop::Stranger);
+            return false;
+        };
+        let len = self.replies.payload(slot).len();
+        if let Some(c) = self.cells.backends.get(index) {
+            c.datagrams_received.inc();
+            c.bytes_received.add(len as u64);
+        }
+        if let Some(latency) = flow.pending.answered(index, self.now) {
+            self.shared.backends.end(index, latency, self.now);
+        }
+        if self.shared.log.enabled() {
+            self.shared.log.line(format!(
+                "{} udp {} {client} <- {b} {len}B",
+                UtcTime::now().rfc3339(),
+                self.shared.name
+            ));
+        }
+        self.replies.set_addr(slot, client);
+        // Only a backend's reply keeps the flow alive.
+        self.flows.touch(&client, self.now);
+        true
     }
 
     fn flush_replies(&mut self) {
@@ -1037,6 +1055,56 @@ mod tests {
         }
         let stats = stop(token, workers);
         assert_eq!((stats.requests, stats.dropped), (2 * per_client as u64, 0), "{stats}");
+    }
+
+    #[test]
+    fn the_replies_of_many_flows_reach_their_clients_in_order_and_strangers_are_dropped() {
+        replies_of_many_flows("127.0.43.2", true);
+    }
+
+    #[test]
+    fn without_io_uring_the_replies_of_many_flows_arrive_in_order_too() {
+        replies_of_many_flows("127.0.43.3", false);
+    }
+
+    /// Forty flows, five replies queued on each (more than a batch in all), and a stranger
+    /// writing to every other flow socket in between.
+    fn replies_of_many_flows(ip: &str, ring: bool) {
+        let backend = socket(ip);
+        let (lb, token, workers) = balancer_with(ip, &[&backend], 64, ring);
+        let clients: Vec<UdpSocket> = (0..40).map(|_| socket(ip)).collect();
+        let mut buf = [0u8; 64];
+        let mut flows = vec![None; clients.len()];
+        for (c, client) in clients.iter().enumerate() {
+            client.send_to(format!("{c}").as_bytes(), lb).unwrap();
+        }
+        for _ in 0..clients.len() {
+            let (n, flow) = backend.recv_from(&mut buf).unwrap();
+            let c: usize = std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
+            flows[c] = Some(flow);
+        }
+        let flows: Vec<SocketAddr> = flows.into_iter().map(Option::unwrap).collect();
+        let stranger = socket(ip);
+        let per_flow = 5;
+        for i in 0..per_flow {
+            for (c, flow) in flows.iter().enumerate() {
+                backend.send_to(format!("{c} {i}").as_bytes(), flow).unwrap();
+                if c % 2 == 0 {
+                    stranger.send_to(b"not a backend", flow).unwrap();
+                }
+            }
+        }
+        for (c, client) in clients.iter().enumerate() {
+            let got: Vec<String> = (0..per_flow)
+                .map(|_| String::from_utf8(recv_within(client, Duration::from_secs(2)).unwrap_or_default()).unwrap())
+                .collect();
+            let expect: Vec<String> = (0..per_flow).map(|i| format!("{c} {i}")).collect();
+            assert_eq!(got, expect, "client {c}");
+        }
+        // No client got more: the balancer sent exactly the backend's replies.
+        let stats = stop(token, workers);
+        let (replies, strangers) = ((clients.len() * per_flow) as u64, (clients.len() / 2 * per_flow) as u64);
+        assert_eq!((stats.replies, stats.dropped), (replies, strangers), "{stats}");
     }
 
     #[test]

@@ -145,18 +145,9 @@ impl Batch {
         self.hdrs[i].msg_hdr.msg_namelen = to_storage(addr, &mut self.addrs[i]);
     }
 
-    /// Drops datagram `i` from the batch (the last one takes its place).
-    pub(crate) fn swap_remove(&mut self, i: usize) {
-        let last = self.filled - 1;
-        if i != last {
-            let (a, b) = (i * self.slot, last * self.slot);
-            let len = self.lens[last];
-            self.data.copy_within(b..b + len, a);
-            self.lens[i] = len;
-            self.addrs[i] = self.addrs[last];
-            self.hdrs[i].msg_hdr.msg_namelen = self.hdrs[last].msg_hdr.msg_namelen;
-        }
-        self.filled = last;
+    /// Keeps the first `len` datagrams held, forgets the others.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.filled = self.filled.min(len);
     }
 
     /// Sends every datagram held to its address on `fd` with as few `sendmmsg` calls as the
@@ -194,6 +185,29 @@ impl Batch {
         }
         self.filled = 0;
         failed
+    }
+
+    /// Datagrams received into free slots join the batch:
+    /// `slots`, in increasing order, move down to follow the datagrams held, in that order (the
+    /// other free slots, empty or dropped, are forgotten). Slots not above those held, out of
+    /// order or beyond the batch are ignored.
+    pub(crate) fn keep_received(&mut self, slots: &[usize]) {
+        let mut last = None;
+        for &from in slots {
+            if from < self.filled || from >= self.capacity() || last.is_some_and(|l| from <= l) {
+                continue;
+            }
+            last = Some(from);
+            let to = self.filled;
+            if from != to {
+                let len = self.lens[from];
+                self.data.copy_within(from * self.slot..from * self.slot + len, to * self.slot);
+                self.lens[to] = len;
+                self.addrs[to] = self.addrs[from];
+                self.hdrs[to].msg_hdr.msg_namelen = self.hdrs[from].msg_hdr.msg_namelen;
+            }
+            self.filled += 1;
+        }
     }
 }
 
@@ -485,13 +499,16 @@ mod tests {
             assert_eq!(batch.payload(i), &vec![i as u8; 100 + i][..]);
             assert_eq!(batch.addr(i), Some(client.local_addr().unwrap()));
         }
-        batch.swap_remove(1);
+        // Dropping the second keeps the others in their order.
+        batch.truncate(1);
+        batch.keep_received(&[2, 3, 4]);
         assert_eq!(batch.len(), 4);
-        assert_eq!(batch.payload(1), &[4u8; 104][..]);
+        assert_eq!(batch.payload(1), &[2u8; 102][..]);
+        assert_eq!(batch.payload(3), &[4u8; 104][..]);
+        assert_eq!(batch.addr(3), Some(client.local_addr().unwrap()));
         assert_eq!(batch.send(server.as_fd()), 0);
         let mut buf = [0u8; 2048];
-        let mut lens: Vec<usize> = (0..4).map(|_| client.recv(&mut buf).unwrap()).collect();
-        lens.sort_unstable();
+        let lens: Vec<usize> = (0..4).map(|_| client.recv(&mut buf).unwrap()).collect();
         assert_eq!(lens, vec![100, 102, 103, 104]);
     }
 
