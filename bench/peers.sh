@@ -12,7 +12,7 @@
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk inetutils-inetd; python3.
 #
-# What runs, on loopback 127.0.45.x only (one 2-core machine: load, proxy and backends share it):
+# What runs, on loopback 127.0.45.x only (NET= picks another range; one 2-core machine: load, proxy and backends share it):
 #   HTTP backends, "ours":  one `netpulse serve http --quiet` on 4 ports (one thread).
 #   HTTP backends, "nginx": one nginx (BACKEND_WORKERS=1 worker) answering `return 200` on 4 ports
 #                           with its default keep-alive limits (keepalive_requests 1000,
@@ -50,7 +50,7 @@ UDP=${UDP-ours inetd}
 FLOWS=${FLOWS:-32}
 CONNS=${CONNS:-64}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
-NET=127.0.45
+NET=${NET:-127.0.45} # NET=127.0.43 bench/peers.sh runs on another range
 PX=$NET.10 # every proxy listens here, each on its own port
 
 need=(nginx haproxy wrk python3 ss pgrep)

@@ -35,32 +35,40 @@ fn seq_of(msg: &str) -> u32 {
 
 #[test]
 fn rotation_is_per_datagram_and_continues_across_client_runs() {
-    let seen = recording_servers("127.0.2.1", &[2526, 2527, 2528]);
-    let lb = Proc::up(&[
-        "balance",
-        "udp",
-        "--listen",
-        "127.0.2.1:8888",
-        "--check",
-        "none",
-        "--backend",
-        "127.0.2.1:2526,127.0.2.1:2527,127.0.2.1:2528",
-    ]);
+    rotation_continues("127.0.2.1", true);
+}
+
+/// The same with `NETPULSE_IO_URING=off`: each request goes out with a `sendto` of its own, as
+/// on a kernel without io_uring.
+#[test]
+fn rotation_is_per_datagram_and_continues_across_client_runs_without_io_uring() {
+    rotation_continues("127.0.2.21", false);
+}
+
+fn rotation_continues(ip: &str, io_uring: bool) {
+    let seen = recording_servers(ip, &[2526, 2527, 2528]);
+    let mut cmd = common::netpulse();
+    let backends = format!("{ip}:2526,{ip}:2527,{ip}:2528");
+    cmd.args(["balance", "udp", "--listen", &format!("{ip}:8888"), "--check", "none", "--backend", &backends]);
+    if !io_uring {
+        cmd.env("NETPULSE_IO_URING", "off");
+    }
+    let lb = Proc::up_command(cmd);
     let mut order = Vec::new();
     for _run in 0..2 {
-        let (code, out) = run(&["udp-ping", "127.0.2.1", "8888", "-c", "4"], Duration::from_secs(10));
+        let (code, out) = run(&["udp-ping", ip, "8888", "-c", "4"], Duration::from_secs(10));
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("4 packets transmitted, 4 received, 0% packet loss"), "{out}");
         assert!(out.contains("rtt min/avg/max/mdev = "), "{out}");
-        assert_eq!(out.matches("bytes from 127.0.2.1:8888: seq=").count(), 4, "{out}");
+        assert_eq!(out.matches(&format!("bytes from {ip}:8888: seq=")).count(), 4, "{out}");
         let mut got = std::mem::take(&mut *seen.lock().unwrap());
         got.sort_by_key(|(_, m)| seq_of(m));
         order.extend(got.into_iter().map(|(server, m)| (seq_of(&m), server)));
     }
     // ping 1 -> server 1, ping 2 -> server 2, ...; the second run resumes where the first stopped.
     assert_eq!(order, vec![(1, 0), (2, 1), (3, 2), (4, 0), (1, 1), (2, 2), (3, 0), (4, 1)]);
-    lb.wait_for("-> 127.0.2.1:2527 15B", Duration::from_secs(2));
-    lb.wait_for("<- 127.0.2.1:2527 15B", Duration::from_secs(2));
+    lb.wait_for(&format!("-> {ip}:2527 15B"), Duration::from_secs(2));
+    lb.wait_for(&format!("<- {ip}:2527 15B"), Duration::from_secs(2));
 }
 
 #[test]

@@ -245,7 +245,7 @@ impl UdpBalancer {
             idle_timeout: config.flow_idle_timeout.0,
             log: if config.access_log { log } else { Log::disabled() },
             upstream_ip: upstream_ip(&config.backends.addrs()),
-            send_ring: true,
+            send_ring: crate::sys::io_uring_wanted(),
         };
         Ok(Self { sockets, shared: Arc::new(shared) })
     }

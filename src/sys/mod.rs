@@ -9,8 +9,9 @@
 
 pub(crate) mod queued;
 
-/// Whether io_uring may be used (where the kernel allows it): yes unless `NETPULSE_IO_URING`
-/// says `off` (or `0`, `no`, `false`), the way out should a kernel's io_uring misbehave.
+/// Whether io_uring may be used (where the kernel allows it), by the HTTP workers' queued sends
+/// and the UDP balancer's send ring: yes unless `NETPULSE_IO_URING` says `off` (or `0`, `no`,
+/// `false`), the way out should a kernel's io_uring misbehave.
 pub(crate) fn io_uring_wanted() -> bool {
     !matches!(std::env::var("NETPULSE_IO_URING").as_deref(), Ok("off" | "0" | "no" | "false"))
 }
