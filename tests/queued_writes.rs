@@ -1,0 +1,153 @@
+//! The HTTP workers' queued writes (`src/sys/queued.rs`: small writes made together in one
+//! io_uring call) where io_uring is there but not as we need it: every request must still be
+//! served, the usual way. Real processes and raw sockets on 127.0.44.0/24; the kernel's io_uring
+//! is made to look older with a preloaded C shim (built with `cc`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// Makes every io_uring the process sets up look like Linux 5.4's: the ring is there, but only
+/// the operations 5.4 knows (up to `IORING_OP_CONNECT`) may be used, so `IORING_OP_SEND` (5.6)
+/// fails, and so does `IORING_REGISTER_PROBE` (also 5.6), as on 5.4. io_uring's own
+/// restrictions do it (`IORING_SETUP_R_DISABLED`, `IORING_REGISTER_RESTRICTIONS`), on the
+/// `io_uring_setup` the io-uring crate makes through libc's `syscall`. Says so on stderr.
+const OLD_KERNEL_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/io_uring.h>
+
+long syscall(long n, ...) {
+    static long (*real)(long, ...);
+    if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    va_list ap;
+    va_start(ap, n);
+    long a[6];
+    for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (n != SYS_io_uring_setup) return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+    struct io_uring_params *p = (struct io_uring_params *)a[1];
+    p->flags |= IORING_SETUP_R_DISABLED;
+    long fd = real(n, a[0], a[1]);
+    if (fd < 0) return fd;
+    struct io_uring_restriction r[IORING_OP_CONNECT + 1];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i <= IORING_OP_CONNECT; i++) {
+        r[i].opcode = IORING_RESTRICTION_SQE_OP;
+        r[i].sqe_op = i;
+    }
+    if (real(SYS_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, r, IORING_OP_CONNECT + 1) < 0) return -1;
+    if (real(SYS_io_uring_register, fd, IORING_REGISTER_ENABLE_RINGS, 0, 0) < 0) return -1;
+    p->flags &= ~IORING_SETUP_R_DISABLED;
+    static const char said[] = "test shim: an io_uring without IORING_OP_SEND, as on Linux 5.4\n";
+    if (write(2, said, sizeof said - 1) < 0) {}
+    return fd;
+}
+"#;
+
+/// The shim, built once per test process; its path.
+fn old_kernel_shim() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netpulse-queued-writes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, lib) = (dir.join("old_kernel.c"), dir.join("old_kernel.so"));
+    std::fs::write(&src, OLD_KERNEL_SHIM).unwrap();
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("cc (Debian packages gcc, libc6-dev, linux-libc-dev)");
+    assert!(built.success(), "the shim did not build");
+    lib
+}
+
+/// `n` bytes a shifted copy or a lost write would show.
+fn body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i * 7 % 26) as u8).collect()
+}
+
+/// A keep-alive backend on `at`: `GET /N` is answered with [`body`]`(N)`, a POST with its body.
+fn backend(at: &str) {
+    let l = TcpListener::bind(at).unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let answer = if line.starts_with("POST") {
+                        let mut b = vec![0; length];
+                        if r.read_exact(&mut b).is_err() {
+                            return;
+                        }
+                        b
+                    } else {
+                        body(line.split(' ').nth(1).and_then(|p| p[1..].parse().ok()).unwrap_or(0))
+                    };
+                    let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len()).into_bytes();
+                    out.extend_from_slice(&answer);
+                    if r.get_mut().write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Linux 5.1 to 5.5 (Ubuntu 20.04's 5.4, Amazon Linux 2's 5.4) set io_uring rings up but know no
+/// `IORING_OP_SEND`: a balancer that queued its writes there would fail every request (its
+/// sends end in an error, the backend is blamed, the client gets nothing). It must see that
+/// when it starts and write the usual way: small and large answers, a POST, on one connection.
+#[test]
+fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
+    let shim = old_kernel_shim();
+    backend("127.0.44.101:8001");
+    let mut cmd = netpulse();
+    cmd.args(["balance", "http", "--listen", "127.0.44.101:8000", "--backend", "127.0.44.101:8001"])
+        .args(["--quiet", "--check", "none", "--workers", "2"])
+        .env("LD_PRELOAD", &shim);
+    let p = Proc::up_command(cmd);
+    // The shim took (a machine without io_uring at all would prove nothing here).
+    p.wait_for("test shim: an io_uring without IORING_OP_SEND", Duration::from_secs(10));
+    let front = addr("127.0.44.101:8000");
+    let mut c = Http::connect(front);
+    for n in [2, 16 * 1024 - 64, 100_000, 5] {
+        let r = c.get(&format!("/{n}"));
+        assert_eq!(r.status, 200, "GET /{n}: {r:?}\n{}", p.output());
+        assert_eq!(r.body.as_bytes(), body(n), "GET /{n}: the body");
+    }
+    let r = c.raw(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"), "{}", p.output());
+    // A connection of its own still finds the backend in the rotation (not ejected for our error).
+    assert_eq!(get(front, "/3").body.as_bytes(), body(3));
+}
