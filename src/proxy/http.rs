@@ -643,7 +643,8 @@ async fn write_within(s: &mut TcpStream, mut bytes: &[u8], limit: Duration) -> i
                     return Ok(());
                 }
             }
-            e if e == -libc::EAGAIN => {}
+            // No room (then the usual way waits for it, with the deadline), or never made.
+            e if e == -libc::EAGAIN || e == crate::sys::queued::NOT_SENT => {}
             e => return Err(io::Error::from_raw_os_error(-e)),
         }
     }

@@ -13,8 +13,13 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-/// The largest send that is queued (a copy is made); larger ones are written directly.
-pub(crate) const MAX_QUEUED: usize = 16 * 1024;
+/// The largest send that is queued (a copy is made); larger ones are written directly: a large
+/// body streams faster without waiting for a flush per chunk (a 100 MB download took 10–30 %
+/// longer with 16 KiB chunks queued).
+pub(crate) const MAX_QUEUED: usize = 4 * 1024;
+/// What a queued send ends with when it was never made (the ring failed, or the send was polled
+/// away from its thread): the caller sends it the usual way.
+pub(crate) const NOT_SENT: i32 = -libc::ECANCELED;
 /// A queue this long is flushed at once, without waiting for the runtime to park: a runtime
 /// that always has a task to run still sends, in batches of this size.
 const FLUSH_AT: usize = 32;
@@ -160,11 +165,12 @@ impl Queue {
                 Ok(_) => left = left.saturating_sub(self.complete()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    // Sends the kernel has not taken must never go out later from freed buffers:
-                    // the ring goes (`with_queue` drops the queue), and every waiting send fails.
+                    // A failed call took none of them, and sends the kernel has not taken must
+                    // never go out later from freed buffers: the ring goes (`with_queue` drops
+                    // the queue), and every waiting send is left to its caller (`NOT_SENT`).
                     self.failed = true;
                     for (_, s) in self.slots.iter_mut().filter(|(_, s)| s.result.is_none()) {
-                        s.result = Some(-libc::EIO);
+                        s.result = Some(NOT_SENT);
                         self.wake.extend(s.waker.take());
                     }
                     break;
@@ -209,7 +215,7 @@ impl Future for Queued {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
         let Some(key) = self.key else {
-            return Poll::Ready(-libc::EIO);
+            return Poll::Ready(NOT_SENT);
         };
         let queue = self.queue;
         let out = with_queue(|q| {
@@ -238,7 +244,7 @@ impl Future for Queued {
             }
             None => {
                 self.key = None;
-                Poll::Ready(-libc::EIO)
+                Poll::Ready(NOT_SENT)
             }
         }
     }
