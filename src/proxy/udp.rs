@@ -44,12 +44,6 @@ const SLOT: usize = 65_536;
 const TICK: Duration = Duration::from_millis(100);
 /// How long a retired generation goes on relaying replies (at most the flow idle timeout).
 pub const RETIRE_GRACE: Duration = Duration::from_secs(5);
-/// How many times a worker that just had work looks again (yielding the CPU in between) before
-/// it sleeps. Measured with 2 workers on 2 cores, 32 closed-loop flows through `netpulse serve
-/// udp`, medians of 3 interleaved 4 s runs: 0 looks 79.3k datagrams/s at 10.41 µs of balancer
-/// CPU each; 5: 80.0k, 9.74; 20: 82.1k, 9.58; 50: 82.0k, 9.72; 200: 76.4k, 10.45. With 1 worker
-/// no change beyond the noise. An idle balancer sleeps after its 20 looks (tens of µs).
-const SPIN_LOOKS: u32 = 20;
 /// The mio token of the listening socket; flow token `i` is `Token(i + 1)`.
 const LISTENER: Token = Token(0);
 
@@ -382,8 +376,6 @@ impl Relay {
         let mut more_requests = false;
         // Once retired: until when replies are still relayed.
         let mut retiring: Option<Instant> = None;
-        // Whether the last round found something to do.
-        let mut busy = false;
         while !shutdown.is_cancelled() {
             if retiring.is_none() && retire.is_cancelled() {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&self.socket.as_raw_fd()));
@@ -394,24 +386,10 @@ impl Relay {
                 break;
             }
             let wait = if more_requests { Duration::ZERO } else { TICK };
-            // After a busy round, look again a few times, giving the CPU to whoever wants it in
-            // between (the backend about to answer, the client about to send), before sleeping:
-            // a worker that sleeps must be woken, which costs more than the looks.
-            let mut looks = if busy && !more_requests { SPIN_LOOKS } else { 0 };
-            loop {
-                let wait = if looks > 0 { Duration::ZERO } else { wait };
-                match self.poll.poll(&mut events, Some(wait)) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
-                    r => r?,
-                }
-                if events.is_empty() && looks > 0 {
-                    looks -= 1;
-                    thread::yield_now();
-                    continue;
-                }
-                break;
+            match self.poll.poll(&mut events, Some(wait)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+                r => r?,
             }
-            busy = !events.is_empty();
             self.now = Instant::now();
             let mut read_requests = std::mem::take(&mut more_requests);
             for event in &events {
