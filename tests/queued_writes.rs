@@ -57,12 +57,44 @@ long syscall(long n, ...) {
 }
 "#;
 
-/// The shim, built once per test process; its path.
-fn old_kernel_shim() -> PathBuf {
+/// Makes the Nth `io_uring_enter` the process makes that submits something (N from
+/// `FAIL_ENTER`) fail with `ENOMEM`, without entering the kernel (so nothing it held was taken),
+/// as a ring may fail under memory pressure. Says so on stderr.
+const FAILING_ENTER_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+long syscall(long n, ...) {
+    static long (*real)(long, ...);
+    static int submits;
+    const char *nth = getenv("FAIL_ENTER");
+    if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    va_list ap;
+    va_start(ap, n);
+    long a[6];
+    for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (n == SYS_io_uring_enter && a[1] > 0 && nth && __atomic_add_fetch(&submits, 1, __ATOMIC_SEQ_CST) == atoi(nth)) {
+        static const char said[] = "test shim: io_uring_enter fails with ENOMEM\n";
+        if (write(2, said, sizeof said - 1) < 0) {}
+        errno = ENOMEM;
+        return -1;
+    }
+    return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+"#;
+
+/// `source` built into a shared library, once per test; its path.
+fn shim(name: &str, source: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("netpulse-queued-writes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (src, lib) = (dir.join("old_kernel.c"), dir.join("old_kernel.so"));
-    std::fs::write(&src, OLD_KERNEL_SHIM).unwrap();
+    let (src, lib) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.so")));
+    std::fs::write(&src, source).unwrap();
     let built = Command::new("cc")
         .args(["-shared", "-fPIC", "-o"])
         .arg(&lib)
@@ -130,7 +162,7 @@ fn backend(at: &str) {
 /// when it starts and write the usual way: small and large answers, a POST, on one connection.
 #[test]
 fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
-    let shim = old_kernel_shim();
+    let shim = shim("old_kernel", OLD_KERNEL_SHIM);
     backend("127.0.44.101:8001");
     let mut cmd = netpulse();
     cmd.args(["balance", "http", "--listen", "127.0.44.101:8000", "--backend", "127.0.44.101:8001"])
@@ -150,4 +182,33 @@ fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
     assert_eq!((r.status, r.body.as_str()), (200, "hello"), "{}", p.output());
     // A connection of its own still finds the backend in the rotation (not ejected for our error).
     assert_eq!(get(front, "/3").body.as_bytes(), body(3));
+}
+
+/// A ring that fails while writes wait in it: those writes go out the usual way, and the
+/// worker writes the usual way from then on. Every request is answered, whole, in order, with
+/// no retry to hide a lost write: the failure hits a response on its way to the client (the
+/// 2nd call: the 1st carries the first request to the backend), or a request on its way to the
+/// backend (the 3rd).
+#[test]
+fn when_the_ring_fails_the_writes_waiting_in_it_go_out_the_usual_way() {
+    let shim = shim("failing_enter", FAILING_ENTER_SHIM);
+    for (ip, nth) in [("127.0.44.102", "2"), ("127.0.44.103", "3")] {
+        backend(&format!("{ip}:8001"));
+        let mut cmd = netpulse();
+        cmd.args(["balance", "http", "--listen", &format!("{ip}:8000"), "--backend", &format!("{ip}:8001")])
+            .args(["--quiet", "--check", "none", "--workers", "1", "--retries", "0"])
+            .env("LD_PRELOAD", &shim)
+            .env("FAIL_ENTER", nth);
+        let p = Proc::up_command(cmd);
+        let front = addr(&format!("{ip}:8000"));
+        let mut c = Http::connect(front);
+        for i in 0..20 {
+            let n = 1 + i * 97;
+            let r = c.get(&format!("/{n}"));
+            assert_eq!(r.status, 200, "call {nth} failed; GET /{n}: {r:?}\n{}", p.output());
+            assert_eq!(r.body.as_bytes(), body(n), "call {nth} failed; GET /{n}: the body");
+        }
+        p.wait_for("test shim: io_uring_enter fails with ENOMEM", Duration::from_secs(5));
+        assert_eq!(get(front, "/3").body.as_bytes(), body(3));
+    }
 }
