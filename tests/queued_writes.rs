@@ -1,6 +1,6 @@
 //! The HTTP workers' queued writes (`src/sys/queued.rs`: small writes made together in one
-//! io_uring call) where io_uring is there but not as we need it: every request must still be
-//! served, the usual way. Real processes and raw sockets on 127.0.44.0/24; the kernel's io_uring
+//! io_uring call) and the UDP balancer's send ring where io_uring is there but not as we need
+//! it: every request must still be served, the usual way. Real processes and raw sockets on 127.0.44.0/24; the kernel's io_uring
 //! is made to look older with a preloaded C shim (built with `cc`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,11 +19,13 @@ use common::*;
 /// the operations 5.4 knows (up to `IORING_OP_CONNECT`) may be used, so `IORING_OP_SEND` (5.6)
 /// fails, and so does `IORING_REGISTER_PROBE` (also 5.6), as on 5.4. io_uring's own
 /// restrictions do it (`IORING_SETUP_R_DISABLED`, `IORING_REGISTER_RESTRICTIONS`), on the
-/// `io_uring_setup` the io-uring crate makes through libc's `syscall`. Says so on stderr.
+/// `io_uring_setup` the io-uring crate makes through libc's `syscall`. `LAST_OP=8` stops short
+/// of `IORING_OP_SENDMSG` too, as on Linux 5.1–5.2. Says so on stderr.
 const OLD_KERNEL_SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -42,13 +44,14 @@ long syscall(long n, ...) {
     p->flags |= IORING_SETUP_R_DISABLED;
     long fd = real(n, a[0], a[1]);
     if (fd < 0) return fd;
+    int last = getenv("LAST_OP") ? atoi(getenv("LAST_OP")) : IORING_OP_CONNECT;
     struct io_uring_restriction r[IORING_OP_CONNECT + 1];
     memset(r, 0, sizeof r);
-    for (int i = 0; i <= IORING_OP_CONNECT; i++) {
+    for (int i = 0; i <= last && i <= IORING_OP_CONNECT; i++) {
         r[i].opcode = IORING_RESTRICTION_SQE_OP;
         r[i].sqe_op = i;
     }
-    if (real(SYS_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, r, IORING_OP_CONNECT + 1) < 0) return -1;
+    if (real(SYS_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, r, last + 1) < 0) return -1;
     if (real(SYS_io_uring_register, fd, IORING_REGISTER_ENABLE_RINGS, 0, 0) < 0) return -1;
     p->flags &= ~IORING_SETUP_R_DISABLED;
     static const char said[] = "test shim: an io_uring without IORING_OP_SEND, as on Linux 5.4\n";
@@ -211,4 +214,30 @@ fn when_the_ring_fails_the_writes_waiting_in_it_go_out_the_usual_way() {
         p.wait_for("test shim: io_uring_enter fails with ENOMEM", Duration::from_secs(5));
         assert_eq!(get(front, "/3").body.as_bytes(), body(3));
     }
+}
+
+/// On a kernel whose io_uring cannot send datagrams (Linux 5.1–5.2: no `IORING_OP_SENDMSG`)
+/// and cannot say so (the probe came in 5.6), the UDP balancer sends each datagram with
+/// `sendto`, and every ping is answered (through the ring, every one would be dropped).
+#[test]
+fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_every_datagram() {
+    let shim = shim("old_kernel_udp", OLD_KERNEL_SHIM);
+    let echo = std::net::UdpSocket::bind("127.0.44.104:2526").unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            buf[..n].make_ascii_uppercase();
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut cmd = netpulse();
+    cmd.args(["balance", "udp", "--listen", "127.0.44.104:8888", "--backend", "127.0.44.104:2526"])
+        .args(["--quiet", "--check", "none"])
+        .env("LD_PRELOAD", &shim)
+        .env("LAST_OP", "8");
+    let p = Proc::up_command(cmd);
+    p.wait_for("test shim: an io_uring without IORING_OP_SEND", Duration::from_secs(10));
+    let (code, out) = run(&["udp-ping", "127.0.44.104", "8888", "-c", "10"], Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}\n{}", p.output());
+    assert!(out.contains("10 packets transmitted, 10 received, 0% packet loss"), "{out}\n{}", p.output());
 }

@@ -232,9 +232,17 @@ pub(crate) struct SendRing {
 
 impl SendRing {
     /// A ring for up to `entries` sends at once; an error where the kernel has no io_uring or
-    /// forbids it (`kernel.io_uring_disabled`, seccomp).
+    /// forbids it (`kernel.io_uring_disabled`, seccomp), or cannot say that it knows
+    /// `IORING_OP_SENDMSG` (it came in Linux 5.3, the probe in 5.6: on older kernels every send
+    /// would fail, so they send with `sendto`).
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
-        Ok(Self { ring: io_uring::IoUring::new(entries)? })
+        let ring = io_uring::IoUring::new(entries)?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "this kernel's io_uring cannot send datagrams"));
+        }
+        Ok(Self { ring })
     }
 
     /// Sends datagram `slot` of `batch` to `to` on `fd`, for every `(fd, slot, to)` of `sends`,
