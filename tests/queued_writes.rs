@@ -15,15 +15,21 @@ use std::time::Duration;
 
 use common::*;
 
-/// Makes every io_uring the process sets up look like Linux 5.4's: the ring is there, but only
-/// the operations 5.4 knows (up to `IORING_OP_CONNECT`) may be used, so `IORING_OP_SEND` (5.6)
-/// fails, and so does `IORING_REGISTER_PROBE` (also 5.6), as on 5.4. io_uring's own
-/// restrictions do it (`IORING_SETUP_R_DISABLED`, `IORING_REGISTER_RESTRICTIONS`), on the
-/// `io_uring_setup` the io-uring crate makes through libc's `syscall`. `LAST_OP=8` stops short
-/// of `IORING_OP_SENDMSG` too, as on Linux 5.1–5.2. Says so on stderr.
-const OLD_KERNEL_SHIM: &str = r#"
+/// A preloaded shim over the `syscall` through which the io-uring crate reaches io_uring; each of
+/// its two faults is off unless its variable is set, and says on stderr when it acts.
+///
+/// `LAST_OP=N`: every io_uring the process sets up allows only operations 0..=N, as an older
+/// kernel's would: 16 (`IORING_OP_CONNECT`) is Linux 5.4 (no `IORING_OP_SEND`, which came in
+/// 5.6), 8 stops short of `IORING_OP_SENDMSG` (5.3), as on 5.1–5.2. `IORING_REGISTER_PROBE` (5.6)
+/// fails too, as on those kernels. io_uring's own restrictions do it (`IORING_SETUP_R_DISABLED`,
+/// `IORING_REGISTER_RESTRICTIONS`).
+///
+/// `FAIL_ENTER=N`: the Nth `io_uring_enter` that submits something fails with `ENOMEM` without
+/// entering the kernel (so nothing it held was taken), as a ring may fail under memory pressure.
+const SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,20 +37,31 @@ const OLD_KERNEL_SHIM: &str = r#"
 #include <sys/syscall.h>
 #include <linux/io_uring.h>
 
+static void say(const char *what) {
+    if (write(2, what, strlen(what)) < 0) {}
+}
+
 long syscall(long n, ...) {
     static long (*real)(long, ...);
+    static int submits;
     if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
     va_list ap;
     va_start(ap, n);
     long a[6];
     for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    if (n != SYS_io_uring_setup) return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+    const char *nth = getenv("FAIL_ENTER"), *last_op = getenv("LAST_OP");
+    if (n == SYS_io_uring_enter && a[1] > 0 && nth && __atomic_add_fetch(&submits, 1, __ATOMIC_SEQ_CST) == atoi(nth)) {
+        say("test shim: io_uring_enter fails with ENOMEM\n");
+        errno = ENOMEM;
+        return -1;
+    }
+    if (n != SYS_io_uring_setup || !last_op) return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
     struct io_uring_params *p = (struct io_uring_params *)a[1];
     p->flags |= IORING_SETUP_R_DISABLED;
     long fd = real(n, a[0], a[1]);
     if (fd < 0) return fd;
-    int last = getenv("LAST_OP") ? atoi(getenv("LAST_OP")) : IORING_OP_CONNECT;
+    int last = atoi(last_op);
     struct io_uring_restriction r[IORING_OP_CONNECT + 1];
     memset(r, 0, sizeof r);
     for (int i = 0; i <= last && i <= IORING_OP_CONNECT; i++) {
@@ -54,50 +71,17 @@ long syscall(long n, ...) {
     if (real(SYS_io_uring_register, fd, IORING_REGISTER_RESTRICTIONS, r, last + 1) < 0) return -1;
     if (real(SYS_io_uring_register, fd, IORING_REGISTER_ENABLE_RINGS, 0, 0) < 0) return -1;
     p->flags &= ~IORING_SETUP_R_DISABLED;
-    static const char said[] = "test shim: an io_uring without IORING_OP_SEND, as on Linux 5.4\n";
-    if (write(2, said, sizeof said - 1) < 0) {}
+    say("test shim: an io_uring of an older kernel, without IORING_OP_SEND\n");
     return fd;
 }
 "#;
 
-/// Makes the Nth `io_uring_enter` the process makes that submits something (N from
-/// `FAIL_ENTER`) fail with `ENOMEM`, without entering the kernel (so nothing it held was taken),
-/// as a ring may fail under memory pressure. Says so on stderr.
-const FAILING_ENTER_SHIM: &str = r#"
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <stdarg.h>
-#include <stdlib.h>
-#include <unistd.h>
-#include <sys/syscall.h>
-
-long syscall(long n, ...) {
-    static long (*real)(long, ...);
-    static int submits;
-    const char *nth = getenv("FAIL_ENTER");
-    if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
-    va_list ap;
-    va_start(ap, n);
-    long a[6];
-    for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
-    va_end(ap);
-    if (n == SYS_io_uring_enter && a[1] > 0 && nth && __atomic_add_fetch(&submits, 1, __ATOMIC_SEQ_CST) == atoi(nth)) {
-        static const char said[] = "test shim: io_uring_enter fails with ENOMEM\n";
-        if (write(2, said, sizeof said - 1) < 0) {}
-        errno = ENOMEM;
-        return -1;
-    }
-    return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
-}
-"#;
-
-/// `source` built into a shared library, once per test; its path.
-fn shim(name: &str, source: &str) -> PathBuf {
+/// [`SHIM`] built into a shared library named `name` (one per test: they run at once); its path.
+fn shim(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("netpulse-queued-writes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (src, lib) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.so")));
-    std::fs::write(&src, source).unwrap();
+    std::fs::write(&src, SHIM).unwrap();
     let built = Command::new("cc")
         .args(["-shared", "-fPIC", "-o"])
         .arg(&lib)
@@ -165,15 +149,16 @@ fn backend(at: &str) {
 /// when it starts and write the usual way: small and large answers, a POST, on one connection.
 #[test]
 fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
-    let shim = shim("old_kernel", OLD_KERNEL_SHIM);
+    let shim = shim("old_kernel");
     backend("127.0.44.101:8001");
     let mut cmd = netpulse();
     cmd.args(["balance", "http", "--listen", "127.0.44.101:8000", "--backend", "127.0.44.101:8001"])
         .args(["--quiet", "--check", "none", "--workers", "2"])
-        .env("LD_PRELOAD", &shim);
+        .env("LD_PRELOAD", &shim)
+        .env("LAST_OP", "16");
     let p = Proc::up_command(cmd);
     // The shim took (a machine without io_uring at all would prove nothing here).
-    p.wait_for("test shim: an io_uring without IORING_OP_SEND", Duration::from_secs(10));
+    p.wait_for("test shim: an io_uring of an older kernel", Duration::from_secs(10));
     let front = addr("127.0.44.101:8000");
     let mut c = Http::connect(front);
     for n in [2, 16 * 1024 - 64, 100_000, 5] {
@@ -194,7 +179,7 @@ fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
 /// backend (the 3rd).
 #[test]
 fn when_the_ring_fails_the_writes_waiting_in_it_go_out_the_usual_way() {
-    let shim = shim("failing_enter", FAILING_ENTER_SHIM);
+    let shim = shim("failing_enter");
     for (ip, nth) in [("127.0.44.102", "2"), ("127.0.44.103", "3")] {
         backend(&format!("{ip}:8001"));
         let mut cmd = netpulse();
@@ -221,7 +206,7 @@ fn when_the_ring_fails_the_writes_waiting_in_it_go_out_the_usual_way() {
 /// `sendto`, and every ping is answered (through the ring, every one would be dropped).
 #[test]
 fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_every_datagram() {
-    let shim = shim("old_kernel_udp", OLD_KERNEL_SHIM);
+    let shim = shim("old_kernel_udp");
     let echo = std::net::UdpSocket::bind("127.0.44.104:2526").unwrap();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -236,7 +221,7 @@ fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_e
         .env("LD_PRELOAD", &shim)
         .env("LAST_OP", "8");
     let p = Proc::up_command(cmd);
-    p.wait_for("test shim: an io_uring without IORING_OP_SEND", Duration::from_secs(10));
+    p.wait_for("test shim: an io_uring of an older kernel", Duration::from_secs(10));
     let (code, out) = run(&["udp-ping", "127.0.44.104", "8888", "-c", "10"], Duration::from_secs(20));
     assert_eq!(code, 0, "{out}\n{}", p.output());
     assert!(out.contains("10 packets transmitted, 10 received, 0% packet loss"), "{out}\n{}", p.output());
