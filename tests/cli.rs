@@ -215,6 +215,16 @@ fn bad_flags_are_usage_errors() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--config"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
+
+    // The io_uring switch takes on or off; anything else is said, not read as "on".
+    let mut cmd = common::netpulse();
+    cmd.args(["balance", "http", "--listen", "127.0.0.1:8000", "--backend", "127.0.0.1:8001"])
+        .env("NETPULSE_IO_URING", "disabled");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("NETPULSE_IO_URING=\"disabled\" is neither on nor off"), "{err}");
 }
 
 #[test]

@@ -30,6 +30,10 @@ pub(crate) struct UsageError(pub(crate) String);
 /// A closed stdout (`netpulse ping ... | head`) ends the command quietly with 0, as ripgrep does.
 pub fn run(cli: Cli) -> ExitCode {
     diagnostics();
+    if let Err(why) = crate::sys::io_uring_setting() {
+        let _ = writeln!(io::stderr(), "netpulse: {why}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -11,9 +11,23 @@ pub(crate) mod queued;
 
 /// Whether io_uring may be used (where the kernel allows it), by the HTTP workers' queued sends
 /// and the UDP balancer's send ring: yes unless `NETPULSE_IO_URING` says `off` (or `0`, `no`,
-/// `false`), the way out should a kernel's io_uring misbehave.
+/// `false`), the way out should a kernel's io_uring misbehave. A value that is none of those
+/// nor `on` (`1`, `yes`, `true`) is an error, said once when a command starts
+/// ([`io_uring_setting`]), so here it cannot occur.
 pub(crate) fn io_uring_wanted() -> bool {
-    !matches!(std::env::var("NETPULSE_IO_URING").as_deref(), Ok("off" | "0" | "no" | "false"))
+    io_uring_setting().unwrap_or(true)
+}
+
+/// `NETPULSE_IO_URING` read: whether io_uring may be used, or what is wrong with the value.
+pub(crate) fn io_uring_setting() -> Result<bool, String> {
+    let Some(value) = std::env::var_os("NETPULSE_IO_URING") else {
+        return Ok(true);
+    };
+    match value.to_string_lossy().to_ascii_lowercase().as_str() {
+        "" | "on" | "1" | "yes" | "true" => Ok(true),
+        "off" | "0" | "no" | "false" => Ok(false),
+        other => Err(format!("NETPULSE_IO_URING={other:?} is neither on nor off (unset it, or set it to off)")),
+    }
 }
 
 use std::io::{self, IoSliceMut};
