@@ -34,7 +34,8 @@
 # Load: wrk -t$W -c$CONNS keep-alive (-t1 with 1 worker: one load thread per proxy worker, and a
 # single wrk thread drives more than any proxy here does), --latency; UDP: examples/udp_load.rs,
 # $FLOWS closed-loop clients on one thread. Every contender is warmed up for 1 s first, then the
-# cases run interleaved (direct, netpulse, nginx, haproxy, before) for ROUNDS rounds; medians.
+# cases run interleaved (direct, netpulse, nginx, haproxy, before; each round starts one later)
+# for ROUNDS rounds; medians.
 # CPU: utime+stime from /proc/PID/stat of the proxy's whole process set (itself and all its
 # descendants: nginx's master and workers), of the backend's, and of the load generator (the
 # shell's reaped-children times), over each run; "other" is the rest of the machine's busy time
@@ -246,13 +247,24 @@ http_group() {
   for c in "${cases[@]}"; do
     wrk -t"$w" -c"$CONNS" -d1s "http://${port[$c]}/" >/dev/null || { echo "peers: $c failed its warm-up" >&2; cat "$TMP/$c.err" >&2 2>/dev/null; exit 1; }
   done
-  for _ in $(seq "$ROUNDS"); do
-    for c in "${cases[@]}"; do
+  for r in $(seq 0 $((ROUNDS - 1))); do
+    for c in $(rotated "$r" "${cases[@]}"); do
       measure http "$setup" "$w" "$c" "${pid[$c]}" "$bpid" -- \
         wrk -t"$w" -c"$CONNS" -d"${SECS}s" --latency "http://${port[$c]}/" >>"$TMP/rows"
     done
   done
   stop_group
+}
+
+# The cases in round R (from 0), rotated by R: no contender always runs first, or right after the
+# same other one.
+rotated() {
+  local r=$1 i
+  shift
+  for ((i = 0; i < $#; i++)); do
+    local k=$(((i + r) % $# + 1))
+    echo "${!k}"
+  done
 }
 
 # ---------------------------------------------------------------- UDP: one setup, W workers
@@ -278,8 +290,8 @@ udp_group() {
   for c in "${cases[@]}"; do ready "$c" "${pid[$c]}" "${port[$c]}" udp; done
   sleep 1
   for c in "${cases[@]}"; do "$LOAD" "${port[$c]}" "$FLOWS" 1 >/dev/null; done
-  for _ in $(seq "$ROUNDS"); do
-    for c in "${cases[@]}"; do
+  for r in $(seq 0 $((ROUNDS - 1))); do
+    for c in $(rotated "$r" "${cases[@]}"); do
       measure udp "$setup" "$w" "$c" "${pid[$c]}" "$bpid" -- "$LOAD" "${port[$c]}" "$FLOWS" "$SECS" >>"$TMP/rows"
     done
   done

@@ -14,9 +14,17 @@ use crate::config::{
     PortList, Probability, ProbeInterval, ServeHttpConfig, ServeUdpConfig, StatusSpec, Strategy, UdpBalancerConfig,
 };
 
+/// The environment variables netpulse reads, for `--help`.
+const ENVIRONMENT: &str = "Environment:
+  RUST_LOG=warn           diagnostics on stderr at this level and above (default: info)
+  NO_COLOR=1              no colours in the terminal dashboard
+  NETPULSE_IO_URING=off   every balancer write a system call of its own, not batched through
+                          io_uring (default: on where the kernel's io_uring can send)
+  XDG_DATA_HOME=DIR       where history and the rotation are kept (default: ~/.local/share)";
+
 /// Monitor network performance and load-balance HTTP and UDP, in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "netpulse", version, propagate_version = true)]
+#[command(name = "netpulse", version, propagate_version = true, after_help = ENVIRONMENT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
