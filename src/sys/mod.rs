@@ -245,18 +245,10 @@ pub(crate) struct SendRing {
 }
 
 impl SendRing {
-    /// A ring for up to `entries` sends at once; an error where the kernel has no io_uring or
-    /// forbids it (`kernel.io_uring_disabled`, seccomp), or cannot say that it knows
-    /// `IORING_OP_SENDMSG` (it came in Linux 5.3, the probe in 5.6: on older kernels every send
-    /// would fail, so they send with `sendto`).
+    /// A ring for up to `entries` sends at once; an error where [`ring_that_knows`] finds no
+    /// `IORING_OP_SENDMSG` (then the balancer sends with `sendto`).
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
-        let ring = io_uring::IoUring::new(entries)?;
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "this kernel's io_uring cannot send datagrams"));
-        }
-        Ok(Self { ring })
+        Ok(Self { ring: ring_that_knows(entries, io_uring::opcode::SendMsg::CODE)? })
     }
 
     /// Sends datagram `slot` of `batch` to `to` on `fd`, for every `(fd, slot, to)` of `sends`,
@@ -307,6 +299,21 @@ impl SendRing {
         }
         Ok(())
     }
+}
+
+/// An io_uring for `entries` operations at once, where the kernel can say that it knows
+/// operation `op`: an error where it has no io_uring, forbids it (`kernel.io_uring_disabled`,
+/// seccomp), cannot say (the probe came in Linux 5.6) or does not know `op` (Linux 5.1–5.5 set
+/// rings up without `IORING_OP_SEND`, 5.1–5.2 without `IORING_OP_SENDMSG`: every such operation
+/// would fail).
+pub(crate) fn ring_that_knows(entries: u32, op: u8) -> io::Result<io_uring::IoUring> {
+    let ring = io_uring::IoUring::new(entries)?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(op) {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("this kernel's io_uring lacks operation {op}")));
+    }
+    Ok(ring)
 }
 
 /// Writes `addr` into `storage`; returns the address length.

@@ -60,15 +60,9 @@ thread_local! {
 /// its runtime is about to park.
 pub(crate) fn install(entries: u32) -> bool {
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let Ok(ring) = io_uring::IoUring::new(entries) else {
+    let Ok(ring) = super::ring_that_knows(entries, io_uring::opcode::Send::CODE) else {
         return false;
     };
-    // Linux 5.1 to 5.5 set rings up but know no `IORING_OP_SEND`: every send would end in an
-    // error. The probe came with it (5.6); a kernel that cannot say what it knows is not used.
-    let mut probe = io_uring::Probe::new();
-    if ring.submitter().register_probe(&mut probe).is_err() || !probe.is_supported(io_uring::opcode::Send::CODE) {
-        return false;
-    }
     let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let queue =
         Queue { id, ring, slots: slab::Slab::new(), queued: 0, spare: Vec::new(), wake: Vec::new(), failed: false };
