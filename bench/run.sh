@@ -4,6 +4,8 @@
 #   bench/run.sh [SECONDS_PER_CASE=5] [WORKERS=1]      (ROUNDS=3 FLOWS=32 WRK_THREADS=1)
 #   BASELINE=path/to/older/netpulse bench/run.sh ...   adds that build as a contender ("before")
 #   BACKENDS=nginx bench/run.sh ...                     HTTP backends served by nginx, not by us
+#     (nginx's default keepalive_requests 1000: every proxy reopens upstream connections now and
+#     then; NGINX_KEEPALIVE_REQUESTS=1000000 keeps them open, as the runs before 2026-11-30 did)
 #   (CPU per request of every proxy, nginx backends with default keep-alive, UDP via inetd: bench/peers.sh)
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk
@@ -37,7 +39,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$IP/$1") 2>/dev/null &&
 if [ "${BACKENDS:-netpulse}" = nginx ]; then
   {
     echo "worker_processes 1; daemon off; pid $TMP/backends.pid; error_log $TMP/backends-error.log warn;"
-    echo "events { worker_connections 4096; } http { access_log off; keepalive_requests 1000000;"
+    echo "events { worker_connections 4096; } http { access_log off; keepalive_requests ${NGINX_KEEPALIVE_REQUESTS:-1000};"
     for p in 9001 9002 9003 9004; do
       echo "  server { listen $IP:$p; location / { default_type text/plain; return 200 \"Handled by server on port $p\\n\"; } }"
     done
