@@ -29,8 +29,8 @@ fn example_config_on(ip: &str) -> PathBuf {
 
 /// What `up` prints for the documented default lab (README: HTTP backends on :8001-8004 behind a
 /// balancer on :8000, UDP ping servers on :2526-2528 behind a balancer on :8888, a monitor of
-/// every backend with metrics on :9100), on `ip`.
-fn documented_default_banner(ip: &str, data: &std::path::Path) -> String {
+/// every backend with metrics on :9100), on `ip`; `writes` is how its writes go out.
+fn documented_default_banner(ip: &str, data: &std::path::Path, writes: &str) -> String {
     let http = (8001..=8004).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
     let udp = (2526..=2528).map(|p| format!("{ip}:{p}")).collect::<Vec<_>>().join(", ");
     let history = data.join("netpulse/history.db").display().to_string();
@@ -48,6 +48,7 @@ fn documented_default_banner(ip: &str, data: &std::path::Path) -> String {
          \x20 dashboard      http://{ip}:9100/ (JSON: /api/v1/)\n\
          \x20 history        {history} (kept: intervals 2d, minutes 30d, hours 365d)\n\
          \x20 rotation kept  {rotation}\n\
+         \x20 writes         {writes}\n\
          try:\n\
          \x20 curl http://{ip}:8000/\n\
          \x20 netpulse udp-ping {ip} 8888\n\
@@ -118,7 +119,14 @@ fn up_with_no_config_starts_the_embedded_default_on_127_0_0_1() {
     cmd.arg("up").env("XDG_DATA_HOME", &data);
     let mut up = Proc::up_command(cmd);
     let out = up.output();
-    assert!(out.contains(&documented_default_banner("127.0.0.1", &data)), "{out}");
+    // Through io_uring where this kernel can (and lets us), else with sendto, saying why.
+    let writes = out.lines().find_map(|l| l.strip_prefix("  writes         ")).unwrap_or_default();
+    assert!(
+        writes.starts_with("io_uring, a round's small writes in one system call")
+            || writes.starts_with("sendto, one system call per write ("),
+        "{out}"
+    );
+    assert!(out.contains(&documented_default_banner("127.0.0.1", &data, writes)), "{out}");
     let r = get(addr("127.0.0.1:8000"), "/");
     assert_eq!((r.status, r.body.as_str()), (200, "Handled by server on port 8001\n"));
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
@@ -291,10 +299,13 @@ fn the_example_config_runs_the_documented_default_lab() {
     let path = example_config_on("127.0.9.1");
     let data = common::data_home();
     let mut cmd = common::netpulse();
-    cmd.args(["up", "--config", path.to_str().unwrap(), "--quiet"]).env("XDG_DATA_HOME", &data);
+    cmd.args(["up", "--config", path.to_str().unwrap(), "--quiet"])
+        .env("XDG_DATA_HOME", &data)
+        .env("NETPULSE_IO_URING", "off");
     let mut up = Proc::up_command(cmd);
     let out = up.output();
-    assert!(out.contains(&documented_default_banner("127.0.9.1", &data)), "{out}");
+    let writes = "sendto, one system call per write (NETPULSE_IO_URING=off)";
+    assert!(out.contains(&documented_default_banner("127.0.9.1", &data, writes)), "{out}");
     let status = up.signal_and_wait("TERM", Duration::from_secs(5));
     assert!(status.success(), "{status:?}: {}", up.output());
     // And `--help` lists every command of the design.

@@ -159,6 +159,11 @@ fn on_a_kernel_whose_io_uring_cannot_send_requests_are_served_the_usual_way() {
     let p = Proc::up_command(cmd);
     // The shim took (a machine without io_uring at all would prove nothing here).
     p.wait_for("test shim: an io_uring of an older kernel", Duration::from_secs(10));
+    // And the start says so.
+    p.wait_for(
+        "  writes         sendto, one system call per write (an io_uring that cannot say what it knows (before Linux 5.6): ",
+        Duration::from_secs(10),
+    );
     let front = addr("127.0.44.101:8000");
     let mut c = Http::connect(front);
     for n in [2, 16 * 1024 - 64, 100_000, 5] {

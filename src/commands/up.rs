@@ -392,6 +392,9 @@ fn bind(config: &Config, log: &Log) -> Result<Bound> {
     if let Some(dir) = kept_in {
         let _ = writeln!(banner, "  rotation kept  {}", dir.display());
     }
+    if !http.is_empty() || !udp.is_empty() {
+        let _ = writeln!(banner, "  writes         {}", crate::sys::io_uring_use());
+    }
     banner.push_str("try:\n");
     for t in tries {
         let _ = writeln!(banner, "  {t}");

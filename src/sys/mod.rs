@@ -30,6 +30,19 @@ pub(crate) fn io_uring_setting() -> Result<bool, String> {
     }
 }
 
+/// How the balancers' writes go out here, for the start banner: through io_uring (the HTTP
+/// workers' small writes and the UDP batches), or each with a `sendto` and why.
+pub(crate) fn io_uring_use() -> String {
+    if !io_uring_wanted() {
+        return "sendto, one system call per write (NETPULSE_IO_URING=off)".into();
+    }
+    let ring = |op| ring_that_knows(2, op).map(drop);
+    match ring(io_uring::opcode::Send::CODE).and_then(|()| ring(io_uring::opcode::SendMsg::CODE)) {
+        Ok(()) => "io_uring, a round's small writes in one system call (NETPULSE_IO_URING=off: sendto)".into(),
+        Err(e) => format!("sendto, one system call per write ({e})"),
+    }
+}
+
 use std::io::{self, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -307,11 +320,18 @@ impl SendRing {
 /// rings up without `IORING_OP_SEND`, 5.1–5.2 without `IORING_OP_SENDMSG`: every such operation
 /// would fail).
 pub(crate) fn ring_that_knows(entries: u32, op: u8) -> io::Result<io_uring::IoUring> {
-    let ring = io_uring::IoUring::new(entries)?;
+    let ring = io_uring::IoUring::new(entries).map_err(|e| io::Error::new(e.kind(), format!("no io_uring: {e}")))?;
     let mut probe = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| {
+        io::Error::new(e.kind(), format!("an io_uring that cannot say what it knows (before Linux 5.6): {e}"))
+    })?;
     if !probe.is_supported(op) {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("this kernel's io_uring lacks operation {op}")));
+        let name = match op {
+            io_uring::opcode::Send::CODE => "IORING_OP_SEND",
+            io_uring::opcode::SendMsg::CODE => "IORING_OP_SENDMSG",
+            _ => "an operation we need",
+        };
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("an io_uring without {name}")));
     }
     Ok(ring)
 }
