@@ -9,6 +9,9 @@
 #   HAPROXY_REUSE=always bench/peers.sh   HAProxy's http-reuse (default: not set, i.e. safe)
 #   NGINX_UDP_RESPONSES= bench/peers.sh   nginx UDP without proxy_responses (default 1: a session
 #                                         per datagram; unset: one per client, pinned to a backend)
+#   PROXY_CPUS=0.5 bench/peers.sh   every proxy limited to half a core (a cgroup CPU quota of its
+#                                   own, 5 ms per 10 ms; as in a container with a CPU limit), so
+#                                   the proxy, not load or backends, is what bounds req/s
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk inetutils-inetd; python3.
 #
@@ -52,6 +55,7 @@ FLOWS=${FLOWS:-32}
 CONNS=${CONNS:-64}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 NET=${NET:-127.0.45} # NET=127.0.43 bench/peers.sh runs on another range
+PROXY_CPUS=${PROXY_CPUS:-} # a CPU limit for every proxy (cores; empty: none)
 PX=$NET.10 # every proxy listens here, each on its own port
 
 need=(nginx haproxy wrk python3 ss pgrep)
@@ -71,6 +75,22 @@ OUT=${CARGO_TARGET_DIR:-target}
 BIN=${NETPULSE:-$OUT/release/netpulse}
 LOAD=${UDP_LOAD:-$OUT/release/examples/udp_load}
 TICK=$(getconf CLK_TCK)
+# PROXY_CPUS: each contender gets a cgroup of its own with a CFS quota (cgroup v2's cpu.max, or
+# v1's cpu controller), its processes started in it.
+CGROUP='' CGROUP_V=''
+if [ -n "$PROXY_CPUS" ]; then
+  QUOTA=$(awk -v c="$PROXY_CPUS" 'BEGIN { q = int(c * 10000 + 0.5); if (q < 1000) q = 0; print q }')
+  [ "$QUOTA" -gt 0 ] || { echo "peers: PROXY_CPUS=$PROXY_CPUS: give cores, at least 0.1" >&2; exit 2; }
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    CGROUP=/sys/fs/cgroup/netpulse-peers-$$ CGROUP_V=2
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    CGROUP=/sys/fs/cgroup/cpu/netpulse-peers-$$ CGROUP_V=1
+  else
+    echo "peers: PROXY_CPUS needs a cgroup cpu controller (v2 cpu.max or v1 cpu), and root" >&2; exit 2
+  fi
+  mkdir "$CGROUP" || { echo "peers: PROXY_CPUS: cannot make $CGROUP (root is needed)" >&2; exit 2; }
+fi
 TMP=$(mktemp -d)
 export XDG_DATA_HOME=$TMP/data # netpulse keeps its rotation state here, not in the user's home
 PIDS=()  # everything started, killed at exit
@@ -81,6 +101,10 @@ cleanup() {
   for p in "${GROUP[@]}" "${PIDS[@]}" $INETD_PID; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$TMP"
+  if [ -n "$CGROUP" ]; then
+    # A killed proxy's processes may take a moment to leave their cgroup.
+    for _ in $(seq 20); do rmdir "$CGROUP"/*/ 2>/dev/null; rmdir "$CGROUP" 2>/dev/null && break; sleep 0.1; done
+  fi
 }
 trap cleanup EXIT
 
@@ -89,6 +113,22 @@ start() {
   local name=$1; shift
   "$@" >/dev/null 2>"$TMP/$name.err" &
   STARTED=$!
+}
+# start_proxy NAME CMD... : start, within NAME's CPU limit when PROXY_CPUS is set.
+start_proxy() {
+  local name=$1; shift
+  [ -n "$CGROUP" ] || { start "$name" "$@"; return; }
+  local g=$CGROUP/$name
+  if [ ! -d "$g" ]; then
+    mkdir "$g"
+    if [ "$CGROUP_V" = 2 ]; then
+      echo "$QUOTA 10000" >"$g/cpu.max"
+    else
+      echo 10000 >"$g/cpu.cfs_period_us"; echo "$QUOTA" >"$g/cpu.cfs_quota_us"
+    fi
+  fi
+  # shellcheck disable=SC2016 # $$ and $0 are the inner shell's
+  start "$name" sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$g" "$@"
 }
 ready() { # NAME PID ADDR tcp|udp: wait until ADDR answers; if NAME's process ends first, say why
   local name=$1 pid=$2 addr=$3 proto=$4
@@ -203,10 +243,10 @@ stop_group() {
 # PROTO on $PX:PORT (BEFORE_PORT) to BACKENDS; fills the caller's pid[] and port[].
 start_ours() {
   local proto=$1 at=$2 before_at=$3 list=$4 w=$5
-  start netpulse "$BIN" balance "$proto" --listen "$PX:$at" --backend "$list" --workers "$w" --quiet
+  start_proxy netpulse "$BIN" balance "$proto" --listen "$PX:$at" --backend "$list" --workers "$w" --quiet
   GROUP+=("$STARTED"); pid[netpulse]=$STARTED; port[netpulse]=$PX:$at
   if [ -n "${BASELINE:-}" ]; then
-    start before "$BASELINE" balance "$proto" --listen "$PX:$before_at" --backend "$list" --workers "$w" --quiet
+    start_proxy before "$BASELINE" balance "$proto" --listen "$PX:$before_at" --backend "$list" --workers "$w" --quiet
     GROUP+=("$STARTED"); pid[before]=$STARTED; port[before]=$PX:$before_at
   fi
 }
@@ -227,7 +267,7 @@ http_group() {
     echo "  server { listen $PX:9010 reuseport; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
     echo "}"
   } >"$TMP/nginx-http.conf"
-  start nginx nginx -c "$TMP/nginx-http.conf" -p "$TMP"
+  start_proxy nginx nginx -c "$TMP/nginx-http.conf" -p "$TMP"
   GROUP+=("$STARTED"); pid[nginx]=$STARTED; port[nginx]=$PX:9010
   {
     printf 'global\n  nbthread %s\n' "$w"
@@ -238,7 +278,7 @@ http_group() {
     local i=1 a
     for a in $back; do printf '  server s%d %s check\n' $i "$a"; i=$((i + 1)); done
   } >"$TMP/haproxy.cfg"
-  start haproxy haproxy -f "$TMP/haproxy.cfg"
+  start_proxy haproxy haproxy -f "$TMP/haproxy.cfg"
   GROUP+=("$STARTED"); pid[haproxy]=$STARTED; port[haproxy]=$PX:9020
   pid[direct]=-; port[direct]=${back%% *}
   local cases=(direct netpulse nginx haproxy ${BASELINE:+before}) c
@@ -283,7 +323,7 @@ udp_group() {
     echo "  server { listen $PX:9889 udp reuseport; proxy_pass u; ${resp:+proxy_responses $resp; }proxy_timeout 1s; }"
     echo "}"
   } >"$TMP/nginx-udp.conf"
-  start nginx nginx -c "$TMP/nginx-udp.conf" -p "$TMP"
+  start_proxy nginx nginx -c "$TMP/nginx-udp.conf" -p "$TMP"
   GROUP+=("$STARTED"); pid[nginx]=$STARTED; port[nginx]=$PX:9889
   pid[direct]=-; port[direct]=${back%% *}
   local cases=(direct netpulse nginx ${BASELINE:+before}) c
@@ -300,6 +340,7 @@ udp_group() {
 
 {
   echo "netpulse bench/peers.sh: $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  [ -z "$PROXY_CPUS" ] || echo "  every proxy limited to $PROXY_CPUS of a core (cgroup v$CGROUP_V CPU quota: ${QUOTA} µs per 10 ms)"
   echo "  $ROUNDS rounds x ${SECS}s per case, medians; $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'); wrk -t<W> -c$CONNS, udp_load $FLOWS flows"
 } >"$TMP/head"
 for w in $WORKERS; do
@@ -309,7 +350,7 @@ done
 echo "  load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/head"
 cat "$TMP/head"
 
-BACKEND_WORKERS=$BACKEND_WORKERS TICK=$TICK python3 - "$TMP/rows" <<'PY'
+PROXY_CPUS=$PROXY_CPUS BACKEND_WORKERS=$BACKEND_WORKERS TICK=$TICK python3 - "$TMP/rows" <<'PY'
 import os, sys, statistics as st
 tick = float(os.environ["TICK"])
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -330,6 +371,7 @@ def med(runs, k):
     return st.median(v) if v else float("nan")
 
 BW = int(os.environ["BACKEND_WORKERS"])
+LIMIT = float(os.environ["PROXY_CPUS"]) if os.environ.get("PROXY_CPUS") else None
 backend_cores = {("http", "ours"): 1, ("http", "nginx"): BW, ("udp", "ours"): 1, ("udp", "inetd"): 1}
 backend_name = {("http", "ours"): "netpulse serve http (1 thread)",
                 ("http", "nginx"): f"nginx return 200, default keep-alive limits ({BW} worker)",
@@ -364,8 +406,9 @@ for (proto, setup, w), cases in groups.items():
         print(f"  {c:9}" + "".join(f" {f(c, x):>{n}}" for _, _, n, f in cols))
         if x["bcpu"] >= 90 * backend_cores[(proto, setup)]:
             flags.append(f"{c}: the backend at {x['bcpu']:.0f} % of its {backend_cores[(proto, setup)]} core(s): backend-bound, this row measures the backend")
-        if c != "direct" and x["pcpu"] >= 90 * w:
-            flags.append(f"{c}: proxy at {x['pcpu']:.0f} % of its {w} core(s) (proxy-bound)")
+        pcores = min(w, LIMIT) if LIMIT else w
+        if c != "direct" and x["pcpu"] >= 90 * pcores:
+            flags.append(f"{c}: proxy at {x['pcpu']:.0f} % of its {pcores:g} core(s) (proxy-bound)")
         if x["lcpu"] >= 90 * lcores:
             flags.append(f"{c}: load generator at {x['lcpu']:.0f} % of its {lcores} core(s): load-bound")
         if x["err"]:
