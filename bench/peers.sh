@@ -12,6 +12,10 @@
 #   PROXY_CPUS=0.5 bench/peers.sh   every proxy limited to half a core (a cgroup CPU quota of its
 #                                   own, 5 ms per 10 ms; as in a container with a CPU limit), so
 #                                   the proxy, not load or backends, is what bounds req/s
+#   EACH_CPUS=0.6 bench/peers.sh    every process limited to 0.6 of a core, each in its own cgroup:
+#                                   proxy, backends and load generator, as if each had a machine
+#                                   of its own (then "direct" is no longer two processes sharing
+#                                   what three share through a proxy)
 #
 # Needs: apt-get install -y nginx libnginx-mod-stream haproxy wrk inetutils-inetd; python3.
 #
@@ -56,6 +60,8 @@ CONNS=${CONNS:-64}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 NET=${NET:-127.0.45} # NET=127.0.43 bench/peers.sh runs on another range
 PROXY_CPUS=${PROXY_CPUS:-} # a CPU limit for every proxy (cores; empty: none)
+EACH_CPUS=${EACH_CPUS:-}   # the same for every process of the run
+LIMIT_CPUS=${EACH_CPUS:-$PROXY_CPUS}
 PX=$NET.10 # every proxy listens here, each on its own port
 
 need=(nginx haproxy wrk python3 ss pgrep)
@@ -75,21 +81,22 @@ OUT=${CARGO_TARGET_DIR:-target}
 BIN=${NETPULSE:-$OUT/release/netpulse}
 LOAD=${UDP_LOAD:-$OUT/release/examples/udp_load}
 TICK=$(getconf CLK_TCK)
-# PROXY_CPUS: each contender gets a cgroup of its own with a CFS quota (cgroup v2's cpu.max, or
-# v1's cpu controller), its processes started in it.
+# PROXY_CPUS, EACH_CPUS: each contender (and under EACH_CPUS each backend and the load) gets a
+# cgroup of its own with a CFS quota (cgroup v2's cpu.max, or v1's cpu controller), its processes
+# started in it.
 CGROUP='' CGROUP_V=''
-if [ -n "$PROXY_CPUS" ]; then
-  QUOTA=$(awk -v c="$PROXY_CPUS" 'BEGIN { q = int(c * 10000 + 0.5); if (q < 1000) q = 0; print q }')
-  [ "$QUOTA" -gt 0 ] || { echo "peers: PROXY_CPUS=$PROXY_CPUS: give cores, at least 0.1" >&2; exit 2; }
+if [ -n "$LIMIT_CPUS" ]; then
+  QUOTA=$(awk -v c="$LIMIT_CPUS" 'BEGIN { q = int(c * 10000 + 0.5); if (q < 1000) q = 0; print q }')
+  [ "$QUOTA" -gt 0 ] || { echo "peers: a CPU limit of $LIMIT_CPUS: give cores, at least 0.1" >&2; exit 2; }
   if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
     CGROUP=/sys/fs/cgroup/netpulse-peers-$$ CGROUP_V=2
     echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
   elif [ -d /sys/fs/cgroup/cpu ]; then
     CGROUP=/sys/fs/cgroup/cpu/netpulse-peers-$$ CGROUP_V=1
   else
-    echo "peers: PROXY_CPUS needs a cgroup cpu controller (v2 cpu.max or v1 cpu), and root" >&2; exit 2
+    echo "peers: a CPU limit needs a cgroup cpu controller (v2 cpu.max or v1 cpu), and root" >&2; exit 2
   fi
-  mkdir "$CGROUP" || { echo "peers: PROXY_CPUS: cannot make $CGROUP (root is needed)" >&2; exit 2; }
+  mkdir "$CGROUP" || { echo "peers: a CPU limit: cannot make $CGROUP (root is needed)" >&2; exit 2; }
 fi
 TMP=$(mktemp -d)
 export XDG_DATA_HOME=$TMP/data # netpulse keeps its rotation state here, not in the user's home
@@ -114,11 +121,14 @@ start() {
   "$@" >/dev/null 2>"$TMP/$name.err" &
   STARTED=$!
 }
-# start_proxy NAME CMD... : start, within NAME's CPU limit when PROXY_CPUS is set.
-start_proxy() {
-  local name=$1; shift
-  [ -n "$CGROUP" ] || { start "$name" "$@"; return; }
-  local g=$CGROUP/$name
+# limit KIND NAME: sets LIM to what runs a command in NAME's cgroup when KIND is limited
+# (proxies under PROXY_CPUS or EACH_CPUS; backends and load under EACH_CPUS); else to nothing.
+LIM=()
+limit() {
+  LIM=()
+  [ -n "$CGROUP" ] || return 0
+  [ "$1" = proxy ] || [ -n "$EACH_CPUS" ] || return 0
+  local g=$CGROUP/$2
   if [ ! -d "$g" ]; then
     mkdir "$g"
     if [ "$CGROUP_V" = 2 ]; then
@@ -128,7 +138,13 @@ start_proxy() {
     fi
   fi
   # shellcheck disable=SC2016 # $$ and $0 are the inner shell's
-  start "$name" sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$g" "$@"
+  LIM=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$g")
+}
+# start_proxy NAME CMD... : start, within NAME's CPU limit when there is one.
+start_proxy() {
+  local name=$1; shift
+  limit proxy "$name"
+  start "$name" "${LIM[@]}" "$@"
 }
 ready() { # NAME PID ADDR tcp|udp: wait until ADDR answers; if NAME's process ends first, say why
   local name=$1 pid=$2 addr=$3 proto=$4
@@ -172,7 +188,8 @@ measure() {
   local p0 pu0 b0 l0 m0 t0 out p1 pu1 b1 l1 m1 t1 me=$BASHPID
   read -r p0 pu0 <<<"$(tree_ticks "$ppid")"; read -r b0 _ <<<"$(tree_ticks "$bpid")"; m0=$(busy_ticks)
   t0=$EPOCHREALTIME; l0=$(child_ticks "$me")
-  out=$("$@" 2>&1) || true
+  limit load load
+  out=$("${LIM[@]}" "$@" 2>&1) || true
   l1=$(child_ticks "$me"); t1=$EPOCHREALTIME
   m1=$(busy_ticks); read -r p1 pu1 <<<"$(tree_ticks "$ppid")"; read -r b1 _ <<<"$(tree_ticks "$bpid")"
   local fields
@@ -197,7 +214,8 @@ declare -A HTTP_BACK HTTP_BPID UDP_BACK UDP_BPID
 for s in $HTTP; do
   case $s in
     ours)
-      start ours-http-backend "$BIN" serve http --bind $NET.1 --ports 9001-9004 --quiet
+      limit backend ours-http-backend
+      start ours-http-backend "${LIM[@]}" "$BIN" serve http --bind $NET.1 --ports 9001-9004 --quiet
       PIDS+=("$STARTED"); HTTP_BPID[ours]=$STARTED; HTTP_BACK[ours]="$NET.1:9001 $NET.1:9002 $NET.1:9003 $NET.1:9004" ;;
     nginx)
       {
@@ -208,7 +226,8 @@ for s in $HTTP; do
         done
         echo "}"
       } >"$TMP/backend-nginx.conf"
-      start nginx-http-backend nginx -c "$TMP/backend-nginx.conf" -p "$TMP"
+      limit backend nginx-http-backend
+      start nginx-http-backend "${LIM[@]}" nginx -c "$TMP/backend-nginx.conf" -p "$TMP"
       PIDS+=("$STARTED"); HTTP_BPID[nginx]=$STARTED; HTTP_BACK[nginx]="$NET.2:9001 $NET.2:9002 $NET.2:9003 $NET.2:9004" ;;
     *) echo "peers: HTTP setups are ours and nginx, not $s" >&2; exit 2 ;;
   esac
@@ -216,13 +235,15 @@ done
 for s in $UDP; do
   case $s in
     ours)
-      start ours-udp-backend "$BIN" serve udp --bind $NET.1 --ports 9101-9103 --quiet
+      limit backend ours-udp-backend
+      start ours-udp-backend "${LIM[@]}" "$BIN" serve udp --bind $NET.1 --ports 9101-9103 --quiet
       PIDS+=("$STARTED"); UDP_BPID[ours]=$STARTED; UDP_BACK[ours]="$NET.1:9101 $NET.1:9102 $NET.1:9103" ;;
     inetd)
       # inetutils-inetd has no foreground mode without a debug line per datagram: it daemonizes,
       # and its pid file says which process it is.
       printf '%s:echo dgram udp wait root internal\n' $NET.5 $NET.6 $NET.7 >"$TMP/inetd.conf"
-      inetutils-inetd -p"$TMP/inetd.pid" "$TMP/inetd.conf"
+      limit backend inetd
+      "${LIM[@]}" inetutils-inetd -p"$TMP/inetd.pid" "$TMP/inetd.conf"
       for _ in $(seq 100); do [ -s "$TMP/inetd.pid" ] && break; sleep 0.05; done
       INETD_PID=$(cat "$TMP/inetd.pid")
       UDP_BPID[inetd]=$INETD_PID; UDP_BACK[inetd]="$NET.5:7 $NET.6:7 $NET.7:7" ;;
@@ -340,7 +361,11 @@ udp_group() {
 
 {
   echo "netpulse bench/peers.sh: $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-  [ -z "$PROXY_CPUS" ] || echo "  every proxy limited to $PROXY_CPUS of a core (cgroup v$CGROUP_V CPU quota: ${QUOTA} µs per 10 ms)"
+  if [ -n "$EACH_CPUS" ]; then
+    echo "  every process (proxy, backends, load) limited to $EACH_CPUS of a core, each in its own cgroup (v$CGROUP_V CPU quota: ${QUOTA} µs per 10 ms)"
+  elif [ -n "$PROXY_CPUS" ]; then
+    echo "  every proxy limited to $PROXY_CPUS of a core (cgroup v$CGROUP_V CPU quota: ${QUOTA} µs per 10 ms)"
+  fi
   echo "  $ROUNDS rounds x ${SECS}s per case, medians; $(nginx -v 2>&1 | sed 's/.*version: //'), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'); wrk -t<W> -c$CONNS, udp_load $FLOWS flows"
 } >"$TMP/head"
 for w in $WORKERS; do
@@ -350,7 +375,7 @@ done
 echo "  load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/head"
 cat "$TMP/head"
 
-PROXY_CPUS=$PROXY_CPUS BACKEND_WORKERS=$BACKEND_WORKERS TICK=$TICK python3 - "$TMP/rows" <<'PY'
+LIMIT_CPUS=$LIMIT_CPUS EACH_CPUS=$EACH_CPUS BACKEND_WORKERS=$BACKEND_WORKERS TICK=$TICK python3 - "$TMP/rows" <<'PY'
 import os, sys, statistics as st
 tick = float(os.environ["TICK"])
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
@@ -371,7 +396,8 @@ def med(runs, k):
     return st.median(v) if v else float("nan")
 
 BW = int(os.environ["BACKEND_WORKERS"])
-LIMIT = float(os.environ["PROXY_CPUS"]) if os.environ.get("PROXY_CPUS") else None
+LIMIT = float(os.environ["LIMIT_CPUS"]) if os.environ.get("LIMIT_CPUS") else None
+EACH = bool(os.environ.get("EACH_CPUS"))
 backend_cores = {("http", "ours"): 1, ("http", "nginx"): BW, ("udp", "ours"): 1, ("udp", "inetd"): 1}
 backend_name = {("http", "ours"): "netpulse serve http (1 thread)",
                 ("http", "nginx"): f"nginx return 200, default keep-alive limits ({BW} worker)",
@@ -402,15 +428,17 @@ for (proto, setup, w), cases in groups.items():
     print("  " + " " * 9 + "".join(f" {h:>{n}}" for _, h, n, _ in cols))
     flags = []
     lcores = w if http else 1
+    lcores = min(lcores, LIMIT) if EACH else lcores
     for c, x in m.items():
         print(f"  {c:9}" + "".join(f" {f(c, x):>{n}}" for _, _, n, f in cols))
-        if x["bcpu"] >= 90 * backend_cores[(proto, setup)]:
-            flags.append(f"{c}: the backend at {x['bcpu']:.0f} % of its {backend_cores[(proto, setup)]} core(s): backend-bound, this row measures the backend")
+        bcores = min(backend_cores[(proto, setup)], LIMIT) if EACH else backend_cores[(proto, setup)]
+        if x["bcpu"] >= 90 * bcores:
+            flags.append(f"{c}: the backend at {x['bcpu']:.0f} % of its {bcores:g} core(s): backend-bound, this row measures the backend")
         pcores = min(w, LIMIT) if LIMIT else w
         if c != "direct" and x["pcpu"] >= 90 * pcores:
             flags.append(f"{c}: proxy at {x['pcpu']:.0f} % of its {pcores:g} core(s) (proxy-bound)")
         if x["lcpu"] >= 90 * lcores:
-            flags.append(f"{c}: load generator at {x['lcpu']:.0f} % of its {lcores} core(s): load-bound")
+            flags.append(f"{c}: load generator at {x['lcpu']:.0f} % of its {lcores:g} core(s): load-bound")
         if x["err"]:
             flags.append(f"{c}: {x['err']} {'errors (non-2xx or socket)' if proto == 'http' else 'datagrams unanswered'}")
     np = m.get("netpulse")
