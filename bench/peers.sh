@@ -9,10 +9,10 @@
 #   HAPROXY_REUSE=always bench/peers.sh   HAProxy's http-reuse (default: not set, i.e. safe)
 #   NGINX_UDP_RESPONSES= bench/peers.sh   nginx UDP without proxy_responses (default 1: a session
 #                                         per datagram; unset: one per client, pinned to a backend)
-#   PROXY_CPUS=0.5 bench/peers.sh   every proxy limited to half a core (a cgroup CPU quota of its
+#   PROXY_CPUS=0.5 bench/peers.sh   (root) every proxy limited to half a core (a cgroup CPU quota of its
 #                                   own, 5 ms per 10 ms; as in a container with a CPU limit), so
 #                                   the proxy, not load or backends, is what bounds req/s
-#   EACH_CPUS=0.6 bench/peers.sh    every process limited to 0.6 of a core, each in its own cgroup:
+#   EACH_CPUS=0.6 bench/peers.sh    (root) every process limited to 0.6 of a core, each in its own cgroup:
 #                                   proxy, backends and load generator, as if each had a machine
 #                                   of its own (then "direct" is no longer two processes sharing
 #                                   what three share through a proxy)
@@ -46,11 +46,16 @@
 # CPU: utime+stime from /proc/PID/stat of the proxy's whole process set (itself and all its
 # descendants: nginx's master and workers), of the backend's, and of the load generator (the
 # shell's reaped-children times), over each run; "other" is the rest of the machine's busy time
-# (other users of the shared machine). "of it, user": the proxy's user-space share (utime), the
+# (other users of the shared machine; under a CPU limit also the kernel's network work done while
+# a CPU is otherwise idle, outside every process's time and quota). "of it, user": the proxy's user-space share (utime), the
 # rest is the kernel's work for it. A process at >= 90 % of the cores it can use is flagged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case ${1:-} in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+esac
 SECS=${1:-5}
+[[ $SECS =~ ^[0-9]+$ ]] && [ "$SECS" -gt 0 ] || { echo "peers: seconds per case must be a whole number above 0, not '$SECS' (bench/peers.sh --help)" >&2; exit 2; }
 ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-1 2}
 HTTP=${HTTP-ours nginx}
@@ -58,6 +63,7 @@ UDP=${UDP-ours inetd}
 FLOWS=${FLOWS:-32}
 CONNS=${CONNS:-64}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
+[ -n "$HTTP$UDP" ] || { echo "peers: HTTP= and UDP= are both empty: nothing to run" >&2; exit 2; }
 NET=${NET:-127.0.45} # NET=127.0.43 bench/peers.sh runs on another range
 PROXY_CPUS=${PROXY_CPUS:-} # a CPU limit for every proxy (cores; empty: none)
 EACH_CPUS=${EACH_CPUS:-}   # the same for every process of the run
@@ -467,7 +473,8 @@ for (proto, setup, w), cases in groups.items():
 
 others = [d["ocpu"] for g in groups.values() for runs in g.values() for d in runs]
 print()
-print(f"Other processes on the machine took {st.median(others):.0f} % of a core (median; {min(others):.0f}-{max(others):.0f}) during the runs.")
+print(f"Other processes on the machine took {st.median(others):.0f} % of a core (median; {min(others):.0f}-{max(others):.0f}) during the runs"
+      + (" (under a CPU limit this counts kernel work outside every quota too)." if LIMIT else "."))
 print("Where a row's %core columns add up to all the cores, the machine is saturated and req/s is shared out")
 print("among everyone's CPU per request: compare req/s within a group, µs (CPU per request) across groups.")
 
