@@ -55,7 +55,7 @@ case ${1:-} in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 esac
 SECS=${1:-5}
-[[ $SECS =~ ^[0-9]+$ ]] && [ "$SECS" -gt 0 ] || { echo "peers: seconds per case must be a whole number above 0, not '$SECS' (bench/peers.sh --help)" >&2; exit 2; }
+if ! [[ $SECS =~ ^[0-9]+$ ]] || [ "$SECS" -eq 0 ]; then echo "peers: seconds per case must be a whole number above 0, not '$SECS' (bench/peers.sh --help)" >&2; exit 2; fi
 ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-1 2}
 HTTP=${HTTP-ours nginx}
