@@ -33,11 +33,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start everything from one config (with no file: the classic lab on 127.0.0.1)
+    #[command(after_help = ENVIRONMENT)]
     Up(UpArgs),
     /// Run mock backends: HTTP servers that name their port, or classic UDP ping servers
     #[command(subcommand)]
     Serve(ServeCommand),
     /// Run a balancer from flags, or the balancers of a config file
+    #[command(after_help = ENVIRONMENT)]
     Balance(BalanceArgs),
     /// Ping a classic UDP ping server (or a balancer in front of some)
     UdpPing(UdpPingArgs),
@@ -330,8 +332,10 @@ pub struct BalanceArgs {
 #[derive(Debug, Subcommand)]
 pub enum BalanceKind {
     /// HTTP/1.1 reverse proxy
+    #[command(after_help = ENVIRONMENT)]
     Http(BalanceHttpArgs),
     /// UDP datagram balancer
+    #[command(after_help = ENVIRONMENT)]
     Udp(BalanceUdpArgs),
 }
 

@@ -375,12 +375,17 @@ fn up_says_when_a_target_goes_down_and_the_verdict_changes() {
     up.wait_for("connectivity: disconnected (was connected); down: tcp://127.0.17.3:9", QUICK);
 }
 
-/// `--help` names the environment netpulse reads, the io_uring switch among it.
+/// `--help` names the environment netpulse reads, the io_uring switch among it, and so does the
+/// help of each command that runs balancers.
 #[test]
 fn help_names_the_environment_variables() {
-    let (code, out) = run(&["--help"], QUICK);
-    assert_eq!(code, 0, "{out}");
-    for var in ["RUST_LOG", "NO_COLOR", "NETPULSE_IO_URING=off", "XDG_DATA_HOME"] {
-        assert!(out.contains(var), "{var} is not in --help:\n{out}");
+    for args in [&["--help"][..], &["up", "--help"], &["balance", "--help"], &["balance", "http", "--help"]] {
+        let (code, out) = run(args, QUICK);
+        assert_eq!(code, 0, "{out}");
+        for var in ["RUST_LOG", "NO_COLOR", "NETPULSE_IO_URING=off", "XDG_DATA_HOME"] {
+            assert!(out.contains(var), "{var} is not in {args:?}:\n{out}");
+        }
     }
+    let (_, out) = run(&["balance", "udp", "--help"], QUICK);
+    assert!(out.contains("NETPULSE_IO_URING=off"), "{out}");
 }
