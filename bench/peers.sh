@@ -46,9 +46,10 @@
 # CPU: utime+stime from /proc/PID/stat of the proxy's whole process set (itself and all its
 # descendants: nginx's master and workers), of the backend's, and of the load generator (the
 # shell's reaped-children times), over each run; "other" is the rest of the machine's busy time
-# (other users of the shared machine; under a CPU limit also the kernel's network work done while
-# a CPU is otherwise idle, outside every process's time and quota). "of it, user": the proxy's user-space share (utime), the
-# rest is the kernel's work for it. A process at >= 90 % of the cores it can use is flagged.
+# (other users of the shared machine; under a CPU limit also the kernel's network work done
+# outside the measured processes, by ksoftirqd or in interrupts on an idle CPU, which no quota
+# bounds). "of it, user": the proxy's user-space share (utime), the rest is the kernel's work
+# for it. A process at >= 90 % of the cores it can use is flagged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case ${1:-} in
@@ -92,17 +93,23 @@ TICK=$(getconf CLK_TCK)
 # started in it.
 CGROUP='' CGROUP_V=''
 if [ -n "$LIMIT_CPUS" ]; then
-  QUOTA=$(awk -v c="$LIMIT_CPUS" 'BEGIN { q = int(c * 10000 + 0.5); if (q < 1000) q = 0; print q }')
+  QUOTA=0 # awk would read "0.6abc" as 0.6 and "abc" as 0: only a plain number of cores is taken
+  [[ $LIMIT_CPUS =~ ^[0-9]*\.?[0-9]+$ ]] && QUOTA=$(awk -v c="$LIMIT_CPUS" 'BEGIN { q = int(c * 10000 + 0.5); print q < 1000 ? 0 : q }')
   [ "$QUOTA" -gt 0 ] || { echo "peers: a CPU limit of $LIMIT_CPUS: give cores, at least 0.1" >&2; exit 2; }
   if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
     CGROUP=/sys/fs/cgroup/netpulse-peers-$$ CGROUP_V=2
-    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    echo +cpu 2>/dev/null >/sys/fs/cgroup/cgroup.subtree_control ||
+      { echo "peers: a CPU limit: cannot enable cgroup v2's cpu controller under /sys/fs/cgroup (root is needed)" >&2; exit 2; }
   elif [ -d /sys/fs/cgroup/cpu ]; then
     CGROUP=/sys/fs/cgroup/cpu/netpulse-peers-$$ CGROUP_V=1
   else
     echo "peers: a CPU limit needs a cgroup cpu controller (v2 cpu.max or v1 cpu), and root" >&2; exit 2
   fi
   mkdir "$CGROUP" || { echo "peers: a CPU limit: cannot make $CGROUP (root is needed)" >&2; exit 2; }
+  # v2: the groups made under it get a cpu.max only where it hands the controller down.
+  if [ "$CGROUP_V" = 2 ] && ! echo +cpu 2>/dev/null >"$CGROUP/cgroup.subtree_control"; then
+    rmdir "$CGROUP"; echo "peers: a CPU limit: cannot enable the cpu controller in $CGROUP" >&2; exit 2
+  fi
 fi
 TMP=$(mktemp -d)
 export XDG_DATA_HOME=$TMP/data # netpulse keeps its rotation state here, not in the user's home
@@ -115,8 +122,15 @@ cleanup() {
   wait 2>/dev/null || true
   rm -rf "$TMP"
   if [ -n "$CGROUP" ]; then
-    # A killed proxy's processes may take a moment to leave their cgroup.
-    for _ in $(seq 20); do rmdir "$CGROUP"/*/ 2>/dev/null; rmdir "$CGROUP" 2>/dev/null && break; sleep 0.1; done
+    # A killed proxy's processes (inetd: not our child, not waited for) may take a moment to
+    # leave their cgroup. Nothing here may fail under `set -e`: that would end the cleanup.
+    local g
+    for _ in $(seq 30); do
+      for g in "$CGROUP"/*/; do [ ! -d "$g" ] || rmdir "$g" 2>/dev/null || true; done
+      rmdir "$CGROUP" 2>/dev/null && break
+      sleep 0.1
+    done
+    [ ! -d "$CGROUP" ] || echo "peers: $CGROUP is left (processes still in it: $(cat "$CGROUP"/*/cgroup.procs 2>/dev/null | tr '\n' ' '))" >&2
   fi
 }
 trap cleanup EXIT
@@ -311,8 +325,9 @@ http_group() {
   local cases=(direct netpulse nginx haproxy ${BASELINE:+before}) c
   for c in "${cases[@]}"; do ready "$c" "${pid[$c]}" "${port[$c]}" tcp; done
   sleep 1 # health checks settle (netpulse checks every 1 s; every backend starts up)
+  limit load load # the warm-up within the load's limit too, as the runs it warms up
   for c in "${cases[@]}"; do
-    wrk -t"$w" -c"$CONNS" -d1s "http://${port[$c]}/" >/dev/null || { echo "peers: $c failed its warm-up" >&2; cat "$TMP/$c.err" >&2 2>/dev/null; exit 1; }
+    "${LIM[@]}" wrk -t"$w" -c"$CONNS" -d1s "http://${port[$c]}/" >/dev/null || { echo "peers: $c failed its warm-up" >&2; cat "$TMP/$c.err" >&2 2>/dev/null; exit 1; }
   done
   for r in $(seq 0 $((ROUNDS - 1))); do
     for c in $(rotated "$r" "${cases[@]}"); do
@@ -356,7 +371,8 @@ udp_group() {
   local cases=(direct netpulse nginx ${BASELINE:+before}) c
   for c in "${cases[@]}"; do ready "$c" "${pid[$c]}" "${port[$c]}" udp; done
   sleep 1
-  for c in "${cases[@]}"; do "$LOAD" "${port[$c]}" "$FLOWS" 1 >/dev/null; done
+  limit load load
+  for c in "${cases[@]}"; do "${LIM[@]}" "$LOAD" "${port[$c]}" "$FLOWS" 1 >/dev/null; done
   for r in $(seq 0 $((ROUNDS - 1))); do
     for c in $(rotated "$r" "${cases[@]}"); do
       measure udp "$setup" "$w" "$c" "${pid[$c]}" "$bpid" -- "$LOAD" "${port[$c]}" "$FLOWS" "$SECS" >>"$TMP/rows"
@@ -473,8 +489,8 @@ for (proto, setup, w), cases in groups.items():
 
 others = [d["ocpu"] for g in groups.values() for runs in g.values() for d in runs]
 print()
-print(f"Other processes on the machine took {st.median(others):.0f} % of a core (median; {min(others):.0f}-{max(others):.0f}) during the runs"
-      + (" (under a CPU limit this counts kernel work outside every quota too)." if LIMIT else "."))
+what = "Other processes on the machine" if LIMIT is None else "Work outside every measured process (other processes; kernel work no quota bounds)"
+print(f"{what} took {st.median(others):.0f} % of a core (median; {min(others):.0f}-{max(others):.0f}) during the runs.")
 print("Where a row's %core columns add up to all the cores, the machine is saturated and req/s is shared out")
 print("among everyone's CPU per request: compare req/s within a group, µs (CPU per request) across groups.")
 

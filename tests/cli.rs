@@ -373,6 +373,8 @@ fn up_says_when_a_target_goes_down_and_the_verdict_changes() {
     let up = Proc::up(&["up", "--config", config.to_str().unwrap(), "--quiet"]);
     up.wait_for("target tcp://127.0.17.3:9 is down (Connection refused", QUICK);
     up.wait_for("connectivity: disconnected (was connected); down: tcp://127.0.17.3:9", QUICK);
+    // No balancer, no line about how balancers write.
+    assert!(!up.output().contains("  writes "), "{}", up.output());
 }
 
 /// `--help` names the environment netpulse reads, the io_uring switch among it, and so does the

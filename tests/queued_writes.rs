@@ -1,6 +1,6 @@
 //! The HTTP workers' queued writes (`src/sys/queued.rs`: small writes made together in one
 //! io_uring call) and the UDP balancer's send ring where io_uring is there but not as we need
-//! it: every request must still be served, the usual way. Real processes and raw sockets on 127.0.44.0/24; the kernel's io_uring
+//! it: every request must still be served, the usual way. Real processes and raw sockets on 127.0.44.0/24 (and 127.0.43.20); the kernel's io_uring
 //! is made to look older with a preloaded C shim (built with `cc`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +26,9 @@ use common::*;
 ///
 /// `FAIL_ENTER=N`: the Nth `io_uring_enter` that submits something fails with `ENOMEM` without
 /// entering the kernel (so nothing it held was taken), as a ring may fail under memory pressure.
+///
+/// `SETUP_ERRNO=N`: every `io_uring_setup` fails with errno N, as `kernel.io_uring_disabled=2`
+/// or a container's seccomp filter makes it fail with `EPERM` (1).
 const SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -50,7 +53,12 @@ long syscall(long n, ...) {
     long a[6];
     for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    const char *nth = getenv("FAIL_ENTER"), *last_op = getenv("LAST_OP");
+    const char *nth = getenv("FAIL_ENTER"), *last_op = getenv("LAST_OP"), *setup_errno = getenv("SETUP_ERRNO");
+    if (n == SYS_io_uring_setup && setup_errno) {
+        say("test shim: io_uring_setup fails\n");
+        errno = atoi(setup_errno);
+        return -1;
+    }
     if (n == SYS_io_uring_enter && a[1] > 0 && nth && __atomic_add_fetch(&submits, 1, __ATOMIC_SEQ_CST) == atoi(nth)) {
         say("test shim: io_uring_enter fails with ENOMEM\n");
         errno = ENOMEM;
@@ -230,4 +238,34 @@ fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_e
     let (code, out) = run(&["udp-ping", "127.0.44.104", "8888", "-c", "10"], Duration::from_secs(20));
     assert_eq!(code, 0, "{out}\n{}", p.output());
     assert!(out.contains("10 packets transmitted, 10 received, 0% packet loss"), "{out}\n{}", p.output());
+}
+
+/// Where io_uring is not permitted (`kernel.io_uring_disabled=2`, a container's seccomp filter:
+/// `io_uring_setup` fails with `EPERM`), the start banner says so and names what forbids it, and
+/// the UDP balancer relays every datagram with `sendto`.
+#[test]
+fn where_io_uring_is_not_permitted_the_banner_names_why_and_every_datagram_is_relayed() {
+    let shim = shim("not_permitted");
+    let echo = std::net::UdpSocket::bind("127.0.43.20:2526").unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            buf[..n].make_ascii_uppercase();
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut cmd = netpulse();
+    cmd.args(["balance", "udp", "--listen", "127.0.43.20:8888", "--backend", "127.0.43.20:2526"])
+        .args(["--quiet", "--check", "none"])
+        .env("LD_PRELOAD", &shim)
+        .env("SETUP_ERRNO", "1");
+    let p = Proc::up_command(cmd);
+    p.wait_for(
+        "  writes         sendto, one system call per write (io_uring not permitted here \
+         (sysctl kernel.io_uring_disabled, or a seccomp filter such as a container's): ",
+        Duration::from_secs(10),
+    );
+    let (code, out) = run(&["udp-ping", "127.0.43.20", "8888", "-c", "5"], Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}\n{}", p.output());
+    assert!(out.contains("5 packets transmitted, 5 received, 0% packet loss"), "{out}\n{}", p.output());
 }

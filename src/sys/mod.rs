@@ -320,7 +320,16 @@ impl SendRing {
 /// rings up without `IORING_OP_SEND`, 5.1–5.2 without `IORING_OP_SENDMSG`: every such operation
 /// would fail).
 pub(crate) fn ring_that_knows(entries: u32, op: u8) -> io::Result<io_uring::IoUring> {
-    let ring = io_uring::IoUring::new(entries).map_err(|e| io::Error::new(e.kind(), format!("no io_uring: {e}")))?;
+    let ring = io_uring::IoUring::new(entries).map_err(|e| {
+        // There, but forbidden: say by what, so that an operator knows what to change.
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                "io_uring not permitted here (sysctl kernel.io_uring_disabled, or a seccomp filter such as a container's)"
+            }
+            _ => "no io_uring",
+        };
+        io::Error::new(e.kind(), format!("{why}: {e}"))
+    })?;
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| {
         io::Error::new(e.kind(), format!("an io_uring that cannot say what it knows (before Linux 5.6): {e}"))
