@@ -122,7 +122,7 @@ fn up_with_no_config_starts_the_embedded_default_on_127_0_0_1() {
     // Through io_uring where this kernel can (and lets us), else with sendto, saying why.
     let writes = out.lines().find_map(|l| l.strip_prefix("  writes         ")).unwrap_or_default();
     assert!(
-        writes.starts_with("io_uring, a round's small writes in one system call")
+        writes.starts_with("io_uring, small writes batched, one system call per turn of the event loop")
             || writes.starts_with("sendto, one system call per write ("),
         "{out}"
     );

@@ -116,9 +116,11 @@ fn scratch(tag: &str) -> PathBuf {
 /// dashboard that left raw mode on would fail the comparison).
 fn command_line(dir: &Path, env: &str, args: &str) -> String {
     let before = dir.join("stty-before");
+    // History and the rotation go to the test's directory, not the user's ~/.local/share.
     format!(
-        "stty -g > {b}; {env} {bin} {args}; echo exit=$?; stty -g | cmp -s - {b} && echo tty-restored",
+        "stty -g > {b}; XDG_DATA_HOME={data} {env} {bin} {args}; echo exit=$?; stty -g | cmp -s - {b} && echo tty-restored",
         b = before.display(),
+        data = dir.join("data").display(),
         bin = env!("CARGO_BIN_EXE_netpulse"),
     )
 }
@@ -287,7 +289,8 @@ fn monitor_honours_no_color_and_iface_and_ctrl_c_stops_it() {
 
     // --no-tui on a terminal: today's table.
     tmux.run(&format!(
-        "clear; {} monitor --no-tui --interval 100ms --count 2 tcp://127.0.16.2:18080",
+        "clear; XDG_DATA_HOME={} {} monitor --no-tui --interval 100ms --count 2 tcp://127.0.16.2:18080",
+        dir.join("data").display(),
         env!("CARGO_BIN_EXE_netpulse")
     ));
     let screen = tmux.wait("the plain table", |s| s.contains("TARGET") && s.contains("MDEV ms"));

@@ -38,7 +38,7 @@ pub(crate) fn io_uring_use() -> String {
     }
     let ring = |op| ring_that_knows(2, op).map(drop);
     match ring(io_uring::opcode::Send::CODE).and_then(|()| ring(io_uring::opcode::SendMsg::CODE)) {
-        Ok(()) => "io_uring, a round's small writes in one system call (NETPULSE_IO_URING=off: sendto)".into(),
+        Ok(()) => "io_uring, small writes batched, one system call per turn of the event loop (NETPULSE_IO_URING=off: a sendto each)".into(),
         Err(e) => format!("sendto, one system call per write ({e})"),
     }
 }
