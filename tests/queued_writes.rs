@@ -1,6 +1,6 @@
 //! The HTTP workers' queued writes (`src/sys/queued.rs`: small writes made together in one
 //! io_uring call) and the UDP balancer's send ring where io_uring is there but not as we need
-//! it: every request must still be served, the usual way. Real processes and raw sockets on 127.0.44.0/24 (and 127.0.43.20); the kernel's io_uring
+//! it: every request must still be served, the usual way. Real processes and raw sockets on 127.0.44.0/24; the kernel's io_uring
 //! is made to look older with a preloaded C shim (built with `cc`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,13 +214,11 @@ fn when_the_ring_fails_the_writes_waiting_in_it_go_out_the_usual_way() {
     }
 }
 
-/// On a kernel whose io_uring cannot send datagrams (Linux 5.1–5.2: no `IORING_OP_SENDMSG`)
-/// and cannot say so (the probe came in 5.6), the UDP balancer sends each datagram with
-/// `sendto`, and every ping is answered (through the ring, every one would be dropped).
-#[test]
-fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_every_datagram() {
-    let shim = shim("old_kernel_udp");
-    let echo = std::net::UdpSocket::bind("127.0.44.104:2526").unwrap();
+/// A UDP echo (upper-cased) on `ip`:2526 behind `netpulse balance udp` on `ip`:8888, the shim
+/// `name` preloaded with its fault `fault` (variable, value).
+fn udp_balancer_over_shim(name: &str, ip: &str, fault: (&str, &str)) -> Proc {
+    let shim = shim(name);
+    let echo = std::net::UdpSocket::bind(format!("{ip}:2526")).unwrap();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = echo.recv_from(&mut buf) {
@@ -229,15 +227,29 @@ fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_e
         }
     });
     let mut cmd = netpulse();
-    cmd.args(["balance", "udp", "--listen", "127.0.44.104:8888", "--backend", "127.0.44.104:2526"])
+    cmd.args(["balance", "udp", "--listen", &format!("{ip}:8888"), "--backend", &format!("{ip}:2526")])
         .args(["--quiet", "--check", "none"])
         .env("LD_PRELOAD", &shim)
-        .env("LAST_OP", "8");
-    let p = Proc::up_command(cmd);
-    p.wait_for("test shim: an io_uring of an older kernel", Duration::from_secs(10));
-    let (code, out) = run(&["udp-ping", "127.0.44.104", "8888", "-c", "10"], Duration::from_secs(20));
+        .env(fault.0, fault.1);
+    Proc::up_command(cmd)
+}
+
+/// `count` pings through the balancer on `ip`:8888, every one answered.
+fn every_ping_answered(ip: &str, count: u32, p: &Proc) {
+    let (code, out) = run(&["udp-ping", ip, "8888", "-c", &count.to_string()], Duration::from_secs(20));
     assert_eq!(code, 0, "{out}\n{}", p.output());
-    assert!(out.contains("10 packets transmitted, 10 received, 0% packet loss"), "{out}\n{}", p.output());
+    let summary = format!("{count} packets transmitted, {count} received, 0% packet loss");
+    assert!(out.contains(&summary), "{out}\n{}", p.output());
+}
+
+/// On a kernel whose io_uring cannot send datagrams (Linux 5.1–5.2: no `IORING_OP_SENDMSG`)
+/// and cannot say so (the probe came in 5.6), the UDP balancer sends each datagram with
+/// `sendto`, and every ping is answered (through the ring, every one would be dropped).
+#[test]
+fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_every_datagram() {
+    let p = udp_balancer_over_shim("old_kernel_udp", "127.0.44.104", ("LAST_OP", "8"));
+    p.wait_for("test shim: an io_uring of an older kernel", Duration::from_secs(10));
+    every_ping_answered("127.0.44.104", 10, &p);
 }
 
 /// Where io_uring is not permitted (`kernel.io_uring_disabled=2`, a container's seccomp filter:
@@ -245,27 +257,11 @@ fn on_a_kernel_whose_io_uring_cannot_say_what_it_knows_the_udp_balancer_relays_e
 /// the UDP balancer relays every datagram with `sendto`.
 #[test]
 fn where_io_uring_is_not_permitted_the_banner_names_why_and_every_datagram_is_relayed() {
-    let shim = shim("not_permitted");
-    let echo = std::net::UdpSocket::bind("127.0.43.20:2526").unwrap();
-    thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            buf[..n].make_ascii_uppercase();
-            let _ = echo.send_to(&buf[..n], from);
-        }
-    });
-    let mut cmd = netpulse();
-    cmd.args(["balance", "udp", "--listen", "127.0.43.20:8888", "--backend", "127.0.43.20:2526"])
-        .args(["--quiet", "--check", "none"])
-        .env("LD_PRELOAD", &shim)
-        .env("SETUP_ERRNO", "1");
-    let p = Proc::up_command(cmd);
+    let p = udp_balancer_over_shim("not_permitted", "127.0.44.105", ("SETUP_ERRNO", "1"));
     p.wait_for(
         "  writes         sendto, one system call per write (io_uring not permitted here \
          (sysctl kernel.io_uring_disabled, or a seccomp filter such as a container's): ",
         Duration::from_secs(10),
     );
-    let (code, out) = run(&["udp-ping", "127.0.43.20", "8888", "-c", "5"], Duration::from_secs(20));
-    assert_eq!(code, 0, "{out}\n{}", p.output());
-    assert!(out.contains("5 packets transmitted, 5 received, 0% packet loss"), "{out}\n{}", p.output());
+    every_ping_answered("127.0.44.105", 5, &p);
 }
