@@ -36,9 +36,8 @@ pub(crate) fn io_uring_use() -> String {
     if !io_uring_wanted() {
         return "sendto, one system call per write (NETPULSE_IO_URING=off)".into();
     }
-    let ring = |op| ring_that_knows(2, op).map(drop);
-    match ring(io_uring::opcode::Send::CODE).and_then(|()| ring(io_uring::opcode::SendMsg::CODE)) {
-        Ok(()) => "io_uring, small writes batched, one system call per turn of the event loop (NETPULSE_IO_URING=off: a sendto each)".into(),
+    match ring_that_knows(2, &[io_uring::opcode::Send::CODE, io_uring::opcode::SendMsg::CODE]) {
+        Ok(_) => "io_uring, small writes batched, one system call per turn of the event loop (NETPULSE_IO_URING=off: a sendto each)".into(),
         Err(e) => format!("sendto, one system call per write ({e})"),
     }
 }
@@ -261,7 +260,7 @@ impl SendRing {
     /// A ring for up to `entries` sends at once; an error where [`ring_that_knows`] finds no
     /// `IORING_OP_SENDMSG` (then the balancer sends with `sendto`).
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
-        Ok(Self { ring: ring_that_knows(entries, io_uring::opcode::SendMsg::CODE)? })
+        Ok(Self { ring: ring_that_knows(entries, &[io_uring::opcode::SendMsg::CODE])? })
     }
 
     /// Sends datagram `slot` of `batch` to `to` on `fd`, for every `(fd, slot, to)` of `sends`,
@@ -314,12 +313,12 @@ impl SendRing {
     }
 }
 
-/// An io_uring for `entries` operations at once, where the kernel can say that it knows
-/// operation `op`: an error where it has no io_uring, forbids it (`kernel.io_uring_disabled`,
-/// seccomp), cannot say (the probe came in Linux 5.6) or does not know `op` (Linux 5.1–5.5 set
+/// An io_uring for `entries` operations at once, where the kernel can say that it knows every
+/// operation of `ops`: an error where it has no io_uring, forbids it (`kernel.io_uring_disabled`,
+/// seccomp), cannot say (the probe came in Linux 5.6) or does not know one (Linux 5.1–5.5 set
 /// rings up without `IORING_OP_SEND`, 5.1–5.2 without `IORING_OP_SENDMSG`: every such operation
 /// would fail).
-pub(crate) fn ring_that_knows(entries: u32, op: u8) -> io::Result<io_uring::IoUring> {
+pub(crate) fn ring_that_knows(entries: u32, ops: &[u8]) -> io::Result<io_uring::IoUring> {
     let ring = io_uring::IoUring::new(entries).map_err(|e| {
         // There, but forbidden: say by what, so that an operator knows what to change.
         let why = match e.raw_os_error() {
@@ -334,7 +333,7 @@ pub(crate) fn ring_that_knows(entries: u32, op: u8) -> io::Result<io_uring::IoUr
     ring.submitter().register_probe(&mut probe).map_err(|e| {
         io::Error::new(e.kind(), format!("an io_uring that cannot say what it knows (before Linux 5.6): {e}"))
     })?;
-    if !probe.is_supported(op) {
+    if let Some(&op) = ops.iter().find(|&&op| !probe.is_supported(op)) {
         let name = match op {
             io_uring::opcode::Send::CODE => "IORING_OP_SEND",
             io_uring::opcode::SendMsg::CODE => "IORING_OP_SENDMSG",

@@ -60,7 +60,7 @@ thread_local! {
 /// its runtime is about to park.
 pub(crate) fn install(entries: u32) -> bool {
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let Ok(ring) = super::ring_that_knows(entries, io_uring::opcode::Send::CODE) else {
+    let Ok(ring) = super::ring_that_knows(entries, &[io_uring::opcode::Send::CODE]) else {
         return false;
     };
     let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
